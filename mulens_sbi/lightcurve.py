@@ -16,7 +16,7 @@ import numpy as np
 from jax import Array
 
 from mulens_sbi.lensing import point_source, single
-from mulens_sbi.params import check_parameters, in_range
+from mulens_sbi.params import RANGES, check_parameters
 
 
 def source_trajectory(t: Array, t_0: Array, u_0: Array, t_E: Array, alpha: Array) -> tuple[Array, Array]:
@@ -25,6 +25,15 @@ def source_trajectory(t: Array, t_0: Array, u_0: Array, t_E: Array, alpha: Array
     tau = (t - t_0) / t_E
     ca, sa = jnp.cos(a), jnp.sin(a)
     return tau * ca - u_0 * sa, tau * sa + u_0 * ca
+
+
+def in_range_jax(name: str, value: Array) -> Array:
+    """Traceable twin of :func:`mulens_sbi.params.in_range`: finite and inside the allowed range."""
+    lo, hi, lo_in, hi_in = RANGES[name]
+    ok = jnp.isfinite(value)
+    ok &= (value >= lo) if lo_in else (value > lo)
+    ok &= (value <= hi) if hi_in else (value < hi)
+    return ok
 
 
 def flux(mag: Array, f_s: Array, f_b: Array) -> Array:
@@ -71,14 +80,13 @@ def magnification_batch(t: Array, params: dict[str, Array]) -> tuple[Array, Arra
     b = p["t_0"].shape[0]
     if finite:
         p.setdefault("limb_darkening", jnp.zeros(b))
-    valid = np.ones(b, dtype=bool)
+    vmask = jnp.ones(b, dtype=bool)
     for name, v in p.items():
-        valid &= np.asarray(in_range(name, np.asarray(v)))
+        vmask &= in_range_jax(name, v)
     safe = {
         "t_0": 0.0, "u_0": 0.1, "t_E": 10.0, "s": 1.0, "q": 1e-3, "alpha": 0.0, "rho": 1e-3,
         "limb_darkening": 0.0,
     }
-    vmask = jnp.asarray(valid)
     p = {k: jnp.where(vmask, v, safe[k]) for k, v in p.items()}
     t = jnp.broadcast_to(jnp.asarray(t, dtype=jnp.float64), (b, jnp.shape(t)[-1]))
     mag, ok = _batch_core(t, p, binary, finite)
