@@ -1,0 +1,173 @@
+"""Command line: ``mulens-sbi <command> [options]``.
+
+Each command is a thin wrapper: an ``add_arguments(parser)`` that declares its options and a
+``run(args)`` that turns them into a frozen settings object and calls ONE library function
+(e.g. :func:`mulens_sbi.simulate.run_simulation`). New commands are added by appending a
+:class:`Command` to :data:`COMMANDS`. Errors the user can fix (bad spec, output exists, bad
+value) print ``mulens-sbi <command>: error: ...`` and exit with status 2; nothing is overwritten
+without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
+    return v
+
+
+# ----------------------------------------------------------------------------------------------
+# simulate
+
+
+def _simulate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--survey",
+        required=True,
+        help="survey spec: a name under simulators/ (roman, kmtnet) or a path to a .toml file",
+    )
+    p.add_argument("--n", type=_positive_int, required=True, help="number of light curves")
+    p.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0); same seed, same set")
+    p.add_argument(
+        "--shard-size", type=_positive_int, default=1000, help="light curves per shard (default 1000)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=128,
+        help="light curves per solver call (default 128; part of the run's identity)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete an existing simulation in --out and start again"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _simulate_run(args: argparse.Namespace) -> int:
+    from mulens_sbi.simulate import SimulateSettings, run_simulation
+
+    settings = SimulateSettings(
+        survey=args.survey,
+        n=args.n,
+        out=args.out,
+        seed=args.seed,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    s = run_simulation(settings)
+    print(
+        f"wrote {s.n} light curves in {s.n_shards} shards to {s.out} "
+        f"({s.shards_made} made, {s.shards_reused} reused) in {s.wall_s:.1f} s, "
+        f"peak memory {s.peak_rss_mb:.0f} MiB, {s.n_unsolved_points} unsolved points"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output folder for the plots and report")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="noise/cadence seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo in --out")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from mulens_sbi.demo import DemoSettings, run_demo
+
+    report = run_demo(DemoSettings(out=args.out, seed=args.seed, overwrite=args.overwrite))
+    for name in report["files"]:
+        print(f"wrote {name}")
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command(
+        "simulate",
+        "simulate a training set of light curves from a survey spec",
+        "Simulate light curves (parameters from the spec's priors, survey cadence, noise model) and "
+        "write them as parquet shards with a manifest. A killed run resumes when the same command is "
+        "run again; a folder holding anything else is refused unless --overwrite.",
+        _simulate_args,
+        _simulate_run,
+    ),
+    Command(
+        "demo",
+        "simulate and plot one planetary caustic-crossing Roman event",
+        "Simulate one planetary caustic-crossing event with the Roman spec and write lightcurve.png, "
+        "caustics.png, report.json and report.md.",
+        _demo_args,
+        _demo_run,
+    ),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mulens_sbi import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mulens-sbi",
+        description="Simulation-based inference for gravitational microlensing events.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description)
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd, _parser=p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mulens-sbi`` console script. Returns the exit status."""
+    from mulens_sbi.simulate import OutputExistsError
+    from mulens_sbi.survey import SpecError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._command.run(args)
+    except (SpecError, OutputExistsError, ValueError, NotImplementedError, FileNotFoundError) as exc:
+        print(f"mulens-sbi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mulens-sbi {args.command}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
