@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from mulens_sbi.lensing.polynomial import lens_polynomial
@@ -34,9 +35,6 @@ from mulens_sbi.lensing.roots import initial_guess, solve_full
 
 #: lens-equation residual, divided by (1+|z|)(1+|κ|), under which a root is a real image
 IMAGE_TOL = 1e-7
-#: inside the trajectory scan, a Newton correction larger than this times the distance to the
-#: nearest other root sends the step to a re-solve (the error left is then about SCAN_TOL²·sep)
-SCAN_TOL = 1e-3
 #: after the final polishing Newton step, a correction larger than this times the distance to the
 #: nearest other root marks the point for a full re-solve (error left about STEP_TOL²·sep)
 STEP_TOL = 1e-5
@@ -220,140 +218,113 @@ def _from_t(x: Array, y: Array) -> Array:
     return (x + 1j * y).T
 
 
-def _segment_scan(zeta: Array, s: Array, q: Array) -> tuple[Array, Array, Array]:
-    """Roots along segments. ``zeta`` has shape (M, L) (segment, step); ``s``, ``q`` shape (M,).
+def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
+    """Magnification along segments. ``zeta`` (M, L) (segment, step); ``s``, ``q`` shape (M,).
 
-    Each step predicts the roots by quadratic extrapolation in arc length from the three previous
-    steps and corrects them with one Newton step. A lane is *bad* when its correction is not small
-    against the distance to the nearest other root (error left about ``SCAN_TOL²·sep``, removed by
-    the final polish) or when two roots collapse. Bad lanes are re-solved by Aberth (from the Newton
-    result, which keeps the order, or from scratch after a collapse), a few at a time by
-    compaction, all at once when many fail. Converged, distinct roots are the whole root set.
+    The first point of each segment is solved in full (Aberth). Each later step predicts the roots
+    by quadratic extrapolation in arc length from the three previous steps, corrects them with one
+    Newton step, then polishes and *certifies* them with a second: the point is certified when that
+    last correction is at most ``STEP_TOL`` times the distance to the nearest other root (error
+    left about ``STEP_TOL²·sep``), no two roots are closer than ``MIN_SEP`` and there are 3 or 5
+    images. Nothing is repaired inside the scan (a ``cond`` there costs more than it saves): a lane
+    that lags behind converges again over the next steps, and uncertified points are re-solved
+    afterwards. Doing all per-point work inside the scan keeps the data in cache.
 
-    Returns the roots as real and imaginary parts of shape (L, 5, M) and the number of re-solved
-    lane-steps (diagnostic).
+    Returns ``(mag, ok)`` of shape (M, L) and, if ``want_roots``, the roots (M, L, 5).
     """
-    m = zeta.shape[0]
-    k_small = max(8, m // 32)
-    z_first, _ = solve_points(zeta[:, 0], s, q)
+    z_first, conv = solve_points(zeta[:, 0], s, q)
+    mag0, _, ok0 = classify(zeta[:, 0], z_first, s, q)
+    ok0 = ok0 & conv
 
-    def resolve(zt, x, y, reinit, ss, qq):
-        z0 = jnp.where(reinit[:, None], initial_guess(zt, ss, qq), _from_t(x, y))
-        return _to_t(solve_full(lens_polynomial(zt, ss, qq), z0)[0])
-
-    def repair_few(args):
-        # gather the (at most k_small) bad lanes, solve them alone, scatter back
-        x, y, zt, reinit, bad = args
-        idx = jnp.nonzero(bad, size=k_small, fill_value=m)[0]
-        take = lambda a: jnp.take(a, idx, axis=-1, mode="clip")  # noqa: E731
-        xf, yf = resolve(take(zt), take(x), take(y), take(reinit), take(s), take(q))
-        return x.at[:, idx].set(xf, mode="drop"), y.at[:, idx].set(yf, mode="drop")
-
-    def repair_all(args):
-        x, y, zt, reinit, bad = args
-        xf, yf = resolve(zt, x, y, reinit, s, q)
-        return jnp.where(bad, xf, x), jnp.where(bad, yf, y)
-
-    def repair(args):
-        return jax.lax.cond(jnp.sum(args[-1]) <= k_small, repair_few, repair_all, args)
-
-    def step(carry, zt):
-        (x1, y1, x2, y2, x3, y3, p1, p2, p3), n_repair = carry
+    def step(hist, zt):
+        x1, y1, x2, y2, x3, y3, p1, p2, p3 = hist
         cr, ci = _coeffs_t(zt, s, q)
         w1, w2, w3 = _extrapolation_weights(jnp.abs(zt - p1), jnp.abs(p1 - p2), jnp.abs(p2 - p3))
         gx = w1 * x1 + w2 * x2 + w3 * x3
         gy = w1 * y1 + w2 * y2 + w3 * y3
-        x, y, w2_ = _newton_t(cr, ci, gx, gy)
+        x, y, _ = _newton_t(cr, ci, gx, gy)
+        x, y, corr2 = _newton_t(cr, ci, x, y)
+        mag, _, ok = _classify_t(zt.real, zt.imag, x, y, s, q)
         sep2 = _sep2_t(x, y)
-        collapsed = jnp.any(sep2 < MIN_SEP**2, axis=0) | ~jnp.all(jnp.isfinite(x + y), axis=0)
-        bad = collapsed | jnp.any(w2_ > (SCAN_TOL * SCAN_TOL) * sep2, axis=0)
-        x, y = jax.lax.cond(jnp.any(bad), repair, lambda a: (a[0], a[1]), (x, y, zt, collapsed, bad))
-        # a restarted lane has a new root order: restart its extrapolation too
-        hist = (
-            x, y,
-            jnp.where(collapsed, x, x1), jnp.where(collapsed, y, y1),
-            jnp.where(collapsed, x, x2), jnp.where(collapsed, y, y2),
-            zt, p1, p2,
-        )  # fmt: skip
-        return (hist, n_repair + jnp.sum(bad, dtype=jnp.int32)), (x, y)
+        ok &= jnp.all((corr2 <= (STEP_TOL * STEP_TOL) * sep2) & (sep2 >= MIN_SEP * MIN_SEP), axis=0)
+        out = (mag, ok, x, y) if want_roots else (mag, ok)
+        return (x, y, x1, y1, x2, y2, zt, p1, p2), out
 
     x0, y0 = _to_t(z_first)
     z0 = zeta[:, 0]
     hist0 = (x0, y0, x0, y0, x0, y0, z0, z0, z0)
-    (_, n_repair), (xs, ys) = jax.lax.scan(step, (hist0, jnp.int32(0)), zeta[:, 1:].T)
-    xs = jnp.concatenate([x0[None], xs], axis=0)
-    ys = jnp.concatenate([y0[None], ys], axis=0)
-    return xs, ys, n_repair
+    _, outs = jax.lax.scan(step, hist0, zeta[:, 1:].T)
+    mag = jnp.concatenate([mag0[:, None], outs[0].T], axis=1)
+    ok = jnp.concatenate([ok0[:, None], outs[1].T], axis=1)
+    if not want_roots:
+        return mag, ok
+    roots = jnp.transpose(outs[2] + 1j * outs[3], (2, 0, 1))
+    roots = jnp.concatenate([z_first[:, None, :], roots], axis=1)
+    return mag, ok, roots
 
 
-def _polish_and_certify(zeta: Array, x: Array, y: Array, s: Array, q: Array) -> Array:
-    """Final Newton polish, certification and re-solve of flat arrays of points.
+def _resolve_uncertified(zeta: Array, s: Array, q: Array, mag: Array, ok: Array, roots: Array | None):
+    """Solve the uncertified points of flat arrays (P,) again from scratch, a chunk at a time.
 
-    ``zeta``, ``s``, ``q`` of shape (P,), roots ``x``, ``y`` of shape (5, P). A point is certified
-    when its last Newton correction is at most ``STEP_TOL`` times the distance to the nearest other
-    root and its image count is 3 or 5. Uncertified points are solved again from scratch (full
-    Aberth), a chunk at a time by compaction, and classified again; the roots of points that still
-    fail are NaN. Returns the complex roots (P, 5).
+    Points that still fail keep ``ok = False`` and get NaN magnification (and NaN roots).
     """
     p = zeta.shape[0]
-    cr, ci = _coeffs_t(zeta, s, q)
-    x, y, w2 = _newton_t(cr, ci, x, y)
-    _, _, ok = _classify_t(zeta.real, zeta.imag, x, y, s, q)
-    ok = ok & jnp.all(w2 <= (STEP_TOL * STEP_TOL) * _sep2_t(x, y), axis=0)
-    z = _from_t(x, y)
     chunk = min(p, max(64, p // 64))
 
-    def cond(state):
-        return jnp.any(state[1])
-
     def body(state):
-        z, todo = state
+        mag, ok, roots, todo = state
         idx = jnp.nonzero(todo, size=chunk, fill_value=p)[0]
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
         zt, st, qt = take(zeta), take(s), take(q)
         zf, conv = solve_points(zt, st, qt)
-        _, _, okf = classify(zt, zf, st, qt)
-        zf = jnp.where((okf & conv)[:, None], zf, jnp.nan)
-        return z.at[idx].set(zf, mode="drop"), todo.at[idx].set(False, mode="drop")
+        mf, _, okf = classify(zt, zf, st, qt)
+        okf = okf & conv
+        mag = mag.at[idx].set(jnp.where(okf, mf, jnp.nan), mode="drop")
+        ok = ok.at[idx].set(okf, mode="drop")
+        if roots is not None:
+            roots = roots.at[idx].set(jnp.where(okf[:, None], zf, jnp.nan), mode="drop")
+        return mag, ok, roots, todo.at[idx].set(False, mode="drop")
 
-    z, _ = jax.lax.while_loop(cond, body, (z, ~ok))
-    return z
+    mag, ok, roots, _ = jax.lax.while_loop(lambda st: jnp.any(st[3]), body, (mag, ok, roots, ~ok))
+    return mag, ok, roots
+
+
+def _trajectory_solve(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
+    m, seg = zeta.shape
+    res = _segment_scan(zeta, s, q, want_roots)
+    flat = (zeta.reshape(-1), jnp.repeat(s, seg), jnp.repeat(q, seg))
+    roots = res[2].reshape(m * seg, 5) if want_roots else None
+    mag, ok, roots = _resolve_uncertified(*flat, res[0].reshape(-1), res[1].reshape(-1), roots)
+    mag, ok = mag.reshape(m, seg), ok.reshape(m, seg)
+    return (mag, ok, roots.reshape(m, seg, 5)) if want_roots else (mag, ok)
 
 
 @jax.custom_jvp
-def roots_segments(zeta: Array, s: Array, q: Array) -> Array:
-    """Differentiable, certified roots (M, L, 5) along segments ``zeta`` (M, L); ``s``, ``q`` (M,).
-
-    Roots of points that could not be certified are NaN.
-    """
-    m, seg = zeta.shape
-    xs, ys, _ = _segment_scan(zeta, s, q)
-    # (L, 5, M) -> (5, M·L) with the point index running segment-major like zeta.reshape(-1)
-    x = jnp.transpose(xs, (1, 2, 0)).reshape(5, m * seg)
-    y = jnp.transpose(ys, (1, 2, 0)).reshape(5, m * seg)
-    z = _polish_and_certify(zeta.reshape(-1), x, y, jnp.repeat(s, seg), jnp.repeat(q, seg))
-    return z.reshape(m, seg, 5)
+def _magnification_segments(zeta: Array, s: Array, q: Array) -> tuple[Array, Array]:
+    """Certified magnification and validity (M, L) along segments ``zeta`` (M, L); ``s``, ``q`` (M,)."""
+    return _trajectory_solve(zeta, s, q, want_roots=False)
 
 
-@roots_segments.defjvp
-def _roots_segments_jvp(primals, tangents):
+@_magnification_segments.defjvp
+def _magnification_segments_jvp(primals, tangents):
     zeta, s, q = primals
     dzeta, ds, dq = tangents
-    roots = roots_segments(zeta, s, q)
-    seg = zeta.shape[1]
-    ss = jnp.broadcast_to(s[:, None], zeta.shape)
-    qq = jnp.broadcast_to(q[:, None], zeta.shape)
-    dss = jnp.broadcast_to(ds[:, None], zeta.shape)
-    dqq = jnp.broadcast_to(dq[:, None], zeta.shape)
-    del seg
-    return roots, _implicit_root_jvp((zeta, ss, qq), (dzeta, dss, dqq), roots)
+    mag, ok, roots = _trajectory_solve(zeta, s, q, want_roots=True)
+    shape = zeta.shape
+    ss, qq = jnp.broadcast_to(s[:, None], shape), jnp.broadcast_to(q[:, None], shape)
+    dss, dqq = jnp.broadcast_to(ds[:, None], shape), jnp.broadcast_to(dq[:, None], shape)
+    droots = _implicit_root_jvp((zeta, ss, qq), (dzeta, dss, dqq), roots)
+    _, dmag = jax.jvp(
+        lambda a, b, c, z: classify(a, z, b, c)[0], (zeta, ss, qq, roots), (dzeta, dss, dqq, droots)
+    )
+    return (mag, ok), (dmag, np.zeros(ok.shape, dtype=jax.dtypes.float0))
 
 
 def default_segment(n_curves: int, n_points: int) -> int:
     """Warm-start segment length: long segments amortize the cold start of each segment, enough
     segments keep every scan step wide enough to vectorize."""
     total = n_curves * n_points
-    seg = 256
+    seg = 128
     while seg > 16 and total // seg < 512:
         seg //= 2
     return seg
@@ -385,8 +356,7 @@ def magnification_trajectory(
     sp = jnp.repeat(s, n_seg)
     qp = jnp.repeat(q, n_seg)
     zeta = to_solver_frame(xp, yp, s[:, None], q[:, None]).reshape(b * n_seg, segment)
-    roots = roots_segments(zeta, sp, qp)
-    mag, _, ok = classify(zeta, roots, sp[:, None], qp[:, None])
+    mag, ok = _magnification_segments(zeta, sp, qp)
     mag = mag.reshape(b, n_seg * segment)[:, :n]
     ok = ok.reshape(b, n_seg * segment)[:, :n]
     return mag, ok
