@@ -33,7 +33,8 @@ from jax import Array
 from mulens_sbi.lensing.polynomial import lens_polynomial
 from mulens_sbi.lensing.roots import initial_guess, solve_full
 
-#: lens-equation residual, divided by (1+|z|)(1+|κ|), under which a root is a real image
+#: lens-equation residual, divided by (1+|κ|) and by the distance to the nearest lens, under which
+#: a root is a real image
 IMAGE_TOL = 1e-7
 #: after the final polishing Newton step, a correction larger than this times the distance to the
 #: nearest other root marks the point for a full re-solve (error left about STEP_TOL²·sep)
@@ -102,8 +103,11 @@ def _classify_t(zr: Array, zi: Array, x: Array, y: Array, s: Array, q: Array) ->
     kr = m1 * (ar * ar - ai * ai) + m2 * (br * br - bi * bi)
     ki = 2.0 * (m1 * ar * ai + m2 * br * bi)
     k2 = kr * kr + ki * ki
-    # squared form of |residual| <= tol·(1+|z|)·(1+|κ|), using (1+a)² >= 1 + a²
-    lim = (IMAGE_TOL * IMAGE_TOL) * (1.0 + x * x + y * y) * (1.0 + k2)
+    # squared form of |residual| / (1+|κ|) <= tol·d, with d the distance to the nearest lens and
+    # (1+a)² >= 1 + a²: the residual divided by the stretch is the image-position error it implies,
+    # which must be small against the only length scale near a lens (a false root next to a
+    # low-mass companion can otherwise pass on its enormous κ)
+    lim = (IMAGE_TOL * IMAGE_TOL) / jnp.maximum(ia, ib) * (1.0 + k2)
     is_image = dx * dx + dy * dy <= lim
     n_img = jnp.sum(is_image, axis=0)
     mag = jnp.sum(jnp.where(is_image, 1.0 / jnp.abs(1.0 - k2), 0.0), axis=0)
@@ -120,8 +124,9 @@ def classify(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array, A
         s, q: broadcastable to ``zeta``.
 
     Real images are the roots whose lens-equation residual, divided by the local stretch
-    ``1 + |κ|`` of the map (the image-position error it implies), is below :data:`IMAGE_TOL`; their
-    number must be 3 or 5. Returns ``(A, is_image (..., 5), ok)``; ``A`` is NaN where not ok.
+    ``1 + |κ|`` of the map (the image-position error it implies) and by the distance to the nearest
+    lens, is below :data:`IMAGE_TOL`; their number must be 3 or 5.
+    Returns ``(A, is_image (..., 5), ok)``; ``A`` is NaN where not ok.
     """
     zt = jnp.moveaxis(z, -1, 0)
     mag, is_image, ok = _classify_t(zeta.real, zeta.imag, zt.real, zt.imag, s, q)
