@@ -148,9 +148,9 @@ def test_pylima_psbl_light_curve(pylima_event, rng, blend):
         a_ours, ok = ps.magnification_points(jnp.asarray(x), jnp.asarray(y), pi["s"], pi["q"])
         assert bool(jnp.all(ok))
         a_ours = np.asarray(a_ours)
-        # both are double-precision polynomial solvers: they differ by up to ~1e-10 (measured 1.4e-10)
-        # where A ~ 40 near a caustic; the mapping itself is exact (positions above)
-        np.testing.assert_allclose(model.model_magnification(tel, params), a_ours, rtol=1e-9)
+        # pyLIMA calls BinaryMag0; near caustics it and we differ by up to ~2e-9 (measured; a 40-digit
+        # mpmath solve put most of that on BinaryMag0's side); the mapping itself is exact (positions)
+        np.testing.assert_allclose(model.model_magnification(tel, params), a_ours, rtol=1e-8)
         flux_p = model.compute_the_microlensing_model(tel, params)["photometry"]
         # same magnitudes on each side's zero point
         np.testing.assert_allclose(cv.flux_to_mag(flux_p, cv.PYLIMA_ZERO_POINT),
