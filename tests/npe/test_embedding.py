@@ -10,7 +10,8 @@ import pytest
 from mulens_sbi.npe.config import EmbeddingConfig
 from mulens_sbi.npe.embedding import BinnedConvEmbedding, MLPEmbedding, bin_light_curve
 
-CFG = EmbeddingConfig(kind="binned_conv", out_dim=16, hidden=(32,), n_bins=64, channels=(8, 16), kernel_size=5)
+CFG = EmbeddingConfig(kind="binned_conv", out_dim=16, hidden=(32,), n_bins=64, channels=(8, 16),
+                      kernel_size=5)
 
 
 def _light_curve(rng, n_real: int, n_pad: int) -> np.ndarray:

@@ -123,7 +123,8 @@ def test_float32_round_trip():
     flow = ConditionalFlow(FlowConfig(n_layers=4, hidden=(16, 16)), 3, jnp.float32)
     params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1, 2)))
     leaves, tdef = jax.tree_util.tree_flatten(params)
-    leaves = [a + 0.1 * jax.random.normal(jax.random.PRNGKey(i), a.shape, a.dtype) for i, a in enumerate(leaves)]
+    leaves = [a + 0.1 * jax.random.normal(jax.random.PRNGKey(i), a.shape, a.dtype)
+              for i, a in enumerate(leaves)]
     params = jax.tree_util.tree_unflatten(tdef, leaves)
     theta = jax.random.normal(jax.random.PRNGKey(1), (256, 3), jnp.float32)
     ctx = jax.random.normal(jax.random.PRNGKey(2), (256, 2), jnp.float32)

@@ -55,11 +55,13 @@ def test_log_det_matches_autodiff(space, rng):
 
 def test_density_change_of_variables(rng):
     # z = (log t_E - loc)/scale standard normal  <=>  t_E log-normal: compare with the closed form
-    sp = ParameterSpace.create(["t_E"], ["log"], lower=[0.0], upper=[math.inf], loc=[math.log(20)], scale=[0.7])
+    sp = ParameterSpace.create(["t_E"], ["log"], lower=[0.0], upper=[math.inf], loc=[math.log(20)],
+                               scale=[0.7])
     t = np.array([[3.0], [20.0], [55.0]])
     z = np.asarray(sp.to_network(t))[:, 0]
     logq = -0.5 * z ** 2 - 0.5 * math.log(2 * math.pi) + np.asarray(sp.log_det_to_network(t))
-    lognormal = -np.log(t[:, 0] * 0.7 * math.sqrt(2 * math.pi)) - (np.log(t[:, 0]) - math.log(20)) ** 2 / (2 * 0.49)
+    lognormal = (-np.log(t[:, 0] * 0.7 * math.sqrt(2 * math.pi))
+                 - (np.log(t[:, 0]) - math.log(20)) ** 2 / (2 * 0.49))
     np.testing.assert_allclose(logq, lognormal, rtol=1e-12)
 
 
@@ -95,7 +97,8 @@ def test_json_round_trip_and_fit(space, rng):
     text = json.dumps(d, allow_nan=False)  # infinite bounds must not leak as Infinity
     assert ParameterSpace.from_dict(json.loads(text)) == space
     open_space = ParameterSpace.create(["a", "b"], ["identity", "log"], lower=[-math.inf, 0.0])
-    assert ParameterSpace.from_dict(json.loads(json.dumps(open_space.to_dict(), allow_nan=False))) == open_space
+    text = json.dumps(open_space.to_dict(), allow_nan=False)
+    assert ParameterSpace.from_dict(json.loads(text)) == open_space
     theta = _draw(space, rng, 4000)
     fitted = space.standardized_from_samples(theta)
     z = np.asarray(fitted.to_network(theta))
