@@ -88,8 +88,8 @@ def test_density_normalizes_1d_2d():
         lp = _jit(flow1, flow1.log_prob)(p1, x, jnp.asarray(c))
         integral = float(jnp.sum(jnp.exp(lp)) * (x[1, 0] - x[0, 0]))
         assert abs(integral - 1.0) < 1e-3, integral
-    flow2, p2 = _perturbed_flow(2, ctx=2, scale=0.2, seed=7)
-    g = jnp.linspace(-10, 10, 401)
+    flow2, p2 = _perturbed_flow(2, ctx=2, scale=0.1, seed=7)
+    g = jnp.linspace(-12, 12, 801)
     xx, yy = jnp.meshgrid(g, g, indexing="ij")
     pts = jnp.stack([xx.ravel(), yy.ravel()], axis=-1)
     lp = _jit(flow2, flow2.log_prob)(p2, pts, jnp.asarray([0.7, -0.2]))
