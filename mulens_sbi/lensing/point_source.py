@@ -160,11 +160,30 @@ def _implicit_root_jvp(primals, tangents, roots):
     return -dpc / dp
 
 
+def solve_certified(zeta: Array, s: Array, q: Array) -> tuple[Array, Array]:
+    """Full solve plus the trajectory solver's certificate: returns (roots (..., 5), certified).
+
+    Aberth's own stopping rule (every correction below 1e-13) can stall next to a caustic, where
+    two roots nearly coincide and converge slowly although they are accurate; the certificate is
+    the one used along trajectories instead: after one more Newton step the correction must be at
+    most ``STEP_TOL`` times the distance to the nearest other root, and no two roots may be closer
+    than ``MIN_SEP``.
+    """
+    z, _ = solve_points(zeta, s, q)
+    cr, ci = _coeffs_t(zeta, s, q)
+    x, y = jnp.moveaxis(z.real, -1, 0), jnp.moveaxis(z.imag, -1, 0)
+    x, y, corr2 = _newton_t(cr, ci, x, y)
+    sep2 = _sep2_t(x, y)
+    good = (corr2 <= (STEP_TOL * STEP_TOL) * sep2) & (sep2 >= MIN_SEP * MIN_SEP)
+    certified = jnp.all(good & jnp.isfinite(x + y), axis=0)
+    return jnp.moveaxis(x + 1j * y, 0, -1), certified
+
+
 @jax.custom_jvp
 def roots_points(zeta: Array, s: Array, q: Array) -> Array:
-    """Differentiable roots (..., 5) at independent positions; NaN where Aberth did not converge."""
-    z, conv = solve_points(zeta, s, q)
-    return jnp.where(conv[..., None], z, jnp.nan)
+    """Differentiable roots (..., 5) at independent positions; NaN where they are not certified."""
+    z, certified = solve_certified(zeta, s, q)
+    return jnp.where(certified[..., None], z, jnp.nan)
 
 
 @roots_points.defjvp
@@ -281,9 +300,9 @@ def _resolve_uncertified(zeta: Array, s: Array, q: Array, mag: Array, ok: Array,
         idx = jnp.nonzero(todo, size=chunk, fill_value=p)[0]
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
         zt, st, qt = take(zeta), take(s), take(q)
-        zf, conv = solve_points(zt, st, qt)
+        zf, certified = solve_certified(zt, st, qt)
         mf, _, okf = classify(zt, zf, st, qt)
-        okf = okf & conv
+        okf = okf & certified
         mag = mag.at[idx].set(jnp.where(okf, mf, jnp.nan), mode="drop")
         ok = ok.at[idx].set(okf, mode="drop")
         if roots is not None:
