@@ -1,0 +1,101 @@
+"""Finite-source binary-lens magnification against VBMicrolensing (RelTol 1e-4 … 1e-5).
+
+One jitted call covers a broad random draw (log10 q in [−5, 0], s in [0.2, 5], ρ from 1e-4 to 0.05,
+uniform and limb-darkened): each row is a short trajectory through (or just past) a randomly chosen
+caustic point — fold crossings, cusp approaches and near misses — plus one full planetary light
+curve with caustic crossings at ρ = 1e-3.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from mulens_sbi.lensing import finite
+from mulens_sbi.lensing.caustics import caustics
+
+TOL = 1e-3
+
+
+def _draw(rng, n_rows, n_pts):
+    rows = []
+    for i in range(n_rows):
+        s = 10 ** rng.uniform(np.log10(0.2), np.log10(5.0))
+        q = 10 ** rng.uniform(-5.0, 0.0)
+        rho = [1e-4, 1e-3, 1e-2, 0.05][i % 4]
+        gamma = 0.0 if i % 2 == 0 else 0.6
+        c = np.asarray(caustics(s, q, 256)).ravel()
+        p0 = c[rng.integers(c.size)] + rho * rng.uniform(-1.2, 1.2) * np.exp(2j * np.pi * rng.uniform())
+        d = np.exp(2j * np.pi * rng.uniform())
+        path = p0 + d * rho * np.linspace(-3.0, 3.0, n_pts)
+        rows.append((path, s, q, rho, gamma))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def results():
+    import VBMicrolensing
+
+    rng = np.random.default_rng(20261128)
+    n_pts = 24
+    rows = _draw(rng, 24, n_pts)
+    # a planetary light curve crossing the caustic, ρ = 1e-3 (same length as the other rows)
+    s, q, u0, alpha = 1.1, 1e-3, 0.05, np.deg2rad(60.0)
+    tau = np.linspace(-0.08, 0.08, n_pts) + 0.545 * np.cos(alpha)
+    path = (tau * np.cos(alpha) - u0 * np.sin(alpha)) + 1j * (tau * np.sin(alpha) + u0 * np.cos(alpha))
+    rows.append((path, s, q, 1e-3, 0.0))
+    z = np.stack([r[0] for r in rows])
+    par = np.array([r[1:] for r in rows])
+    f = jax.jit(finite.binary_finite_trajectory)
+    a, ok = f(z.real, z.imag, par[:, 0], par[:, 1], par[:, 2], par[:, 3])
+    vbm = VBMicrolensing.VBMicrolensing()
+    vbm.RelTol = 1e-5
+    vbm.Tol = 1e-7
+    ref = np.empty(z.shape)
+    for i, (path, s, q, rho, gamma) in enumerate(rows):
+        vbm.a1 = 3.0 * gamma / (2.0 + gamma)
+        for j, p in enumerate(path):
+            ref[i, j] = (vbm.BinaryMag2(s, q, -p.real, p.imag, rho) if gamma == 0
+                         else vbm.BinaryMagDark(s, q, -p.real, p.imag, rho, 1e-5))
+    return np.asarray(a), np.asarray(ok), ref, par
+
+
+def test_uniform_accuracy_vs_vbm(results):
+    a, ok, ref, par = results
+    err = np.abs(a / ref - 1.0)
+    uni = par[:, 3] == 0
+    # every certified uniform value is within TOL; uncertified ones are NaN (never a wrong number)
+    assert np.all(err[uni][ok[uni]] < TOL), np.max(err[uni][ok[uni]])
+    assert np.all(np.isnan(a[~ok]))
+    assert ok[uni].mean() > 0.5
+    # the last row is a planetary light curve crossing the caustic: fully certified
+    assert ok[-1].all() and np.max(err[-1]) < TOL
+
+
+def test_finite_source_effect_is_real(results):
+    """Where the test points lie, a point source would fail TOL, so the comparison can fail."""
+    import VBMicrolensing
+
+    a, ok, ref, par = results
+    vbm = VBMicrolensing.VBMicrolensing()
+    rng = np.random.default_rng(20261128)
+    rows = _draw(rng, 24, a.shape[1])
+    ps = np.array([[vbm.BinaryMag0(r[1], r[2], -p.real, p.imag) for p in r[0]] for r in rows])
+    assert np.mean(np.abs(ps / ref[:-1] - 1) > TOL) > 0.3
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: LD annuli (8 Gauss-Legendre nodes in t) miss the "
+                   "kinks of A(r) where an annulus touches a caustic: errors up to 3e-3 vs VBM")
+def test_limb_darkened_accuracy_vs_vbm(results):
+    a, ok, ref, par = results
+    ld = par[:, 3] > 0
+    err = np.abs(a / ref - 1.0)
+    assert np.all(err[ld][ok[ld]] < TOL)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: adaptive contour sampling does not reach its error "
+                   "target within 512 samples for many caustic-crossing discs (those points are NaN)")
+def test_certification_rate(results):
+    _, ok, _, _ = results
+    assert ok.mean() >= 0.98
