@@ -144,6 +144,7 @@ def train(
     *,
     simulate: Simulator | None = None,
     data: tuple[Any, Any] | None = None,
+    validation_data: tuple[Any, Any] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     overwrite: bool = False,
@@ -158,6 +159,9 @@ def train(
         config: network configuration; train_config: loop settings.
         simulate: ``simulate(key, n) -> (theta (n, D), x)``; exactly one of simulate / data.
         data: ``(theta (N, D), x)`` arrays; ``val_size`` rows (seeded shuffle) are held out.
+        validation_data: with ``simulate``: a fixed ``(theta, x)`` validation set (e.g. rows held out of
+            a stored training set) used instead of ``simulate(k_val, val_size)``; its first ``val_size``
+            rows are used.
         checkpoint_dir: where to checkpoint every ``checkpoint_every`` steps (and at the end).
         resume: continue from a checkpoint in ``checkpoint_dir`` (it must come from the same settings).
         overwrite: with ``resume=False``, discard an existing checkpoint instead of raising.
@@ -175,9 +179,18 @@ def train(
     k_init, k_val, k_train = jax.random.split(root, 3)
 
     # ---------------------------------------------------------------- data
+    if validation_data is not None and simulate is None:
+        raise ValueError("validation_data= is only used with simulate=")
     if simulate is not None:
-        theta_val, x_val = simulate(k_val, tc.val_size)
-        source = {"kind": "simulator", "val_size": tc.val_size}
+        if validation_data is None:
+            theta_val, x_val = simulate(k_val, tc.val_size)
+            source = {"kind": "simulator", "val_size": tc.val_size}
+        else:
+            theta_val = jnp.asarray(validation_data[0])[:tc.val_size]
+            x_val = _take(validation_data[1], jnp.arange(min(tc.val_size, theta_val.shape[0])))
+            if theta_val.shape[0] < tc.val_size:
+                raise ValueError(f"validation_data has {theta_val.shape[0]} rows; val_size is {tc.val_size}")
+            source = {"kind": "simulator", "val_size": tc.val_size, "validation": "given"}
         n_train = None
     else:
         theta_all, x_all = data

@@ -1,0 +1,339 @@
+"""Train a survey's amortized posterior: simulate output (or on-the-fly simulation) -> npe.train.
+
+Data flow:
+
+1. **Pre-binning** (once, :func:`prepare_binned`): every stored light curve of a
+   ``mulens-sbi simulate`` folder goes through steps 1-4 of :mod:`mulens_sbi.preprocess` with its
+   *noiseless* flux ``flux_true`` and the noise model's ``sigma``: ``t_ref`` is the peak estimate of
+   the stored noisy realisation ``flux`` (a data-derived estimate, as at inference), then the
+   inverse-variance binned noiseless flux and its error per cell. The result is cached in an ``.npz``
+   next to the training output (``binned_cache``), keyed by the preprocessing settings.
+2. **Noise on the fly** (every step, :class:`BinnedSimulator`): a batch of rows is drawn, fresh
+   Gaussian noise ``err * N(0, 1)`` is added to the binned noiseless flux (exact in distribution:
+   the weighted mean of Gaussian points is Gaussian with that error) and step 5 of the preprocessing
+   (:func:`mulens_sbi.preprocess.network_input`) normalizes it. So each epoch sees new noise.
+3. :func:`mulens_sbi.npe.train.train` with a :class:`mulens_sbi.npe.ParameterSpace` over
+   ``(dt_0, u_0, t_E, s, q, alpha)`` (``dt_0 = t_0 - t_ref``; transforms identity, identity, log,
+   log, log, identity), bounds from the survey spec's priors, standardization fitted on the training
+   rows. A fixed validation set (held-out rows, noise drawn once from the seed) drives early stopping.
+
+Shards: by default the last ``holdout_shards`` shards are never used here (they are for
+``mulens-sbi validate``); of the remaining rows, ``val_size`` are the validation set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from mulens_sbi.npe.checkpoint import save_posterior
+from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, NPEConfig, TrainConfig
+from mulens_sbi.npe.train import train as npe_train
+from mulens_sbi.npe.transforms import ParameterSpace
+from mulens_sbi.preprocess import PreprocessConfig, bin_points, estimate_peak_time, network_input
+
+__all__ = [
+    "TrainSettings",
+    "PHYSICAL_NAMES",
+    "NETWORK_NAMES",
+    "make_space",
+    "read_shards",
+    "prepare_binned",
+    "BinnedSimulator",
+    "run_training",
+]
+
+#: physical parameters of a binary-lens point-source model, in network order
+PHYSICAL_NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
+#: names on the network side (t_0 is learned relative to the data's reference time)
+NETWORK_NAMES = ("dt_0", "u_0", "t_E", "s", "q", "alpha")
+_TRANSFORMS = ("identity", "identity", "log", "log", "log", "identity")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything ``mulens-sbi train`` needs (stored in the model's metadata).
+
+    Attributes:
+        data: a ``mulens-sbi simulate`` output folder.
+        out: model folder to write (weights + posterior.json + training.json).
+        checkpoint_dir: training-state folder (default ``<out>/_checkpoint``); a killed run resumes.
+        holdout_shards: last shards kept out of training (for validation).
+        max_train_shards: use at most this many shards for training (0 = all but the hold-out).
+        binned_cache: cache file of the pre-binned set (default ``<checkpoint_dir>/binned_train.npz``).
+        preprocess: preprocessing settings; embedding/flow/train: network and loop settings.
+        max_minutes: stop (resumably) after this much wall time in this session (0 = no limit).
+        overwrite: replace an existing model in ``out`` / restart the checkpoint.
+        progress: show progress bars.
+    """
+
+    data: str
+    out: str
+    checkpoint_dir: str | None = None
+    holdout_shards: int = 5
+    max_train_shards: int = 0
+    binned_cache: str | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(
+        kind="binned_conv", out_dim=64, hidden=(128,), n_bins=512, channels=(32, 32, 64, 64, 96, 128),
+        blocks_per_stage=0, kernel_size=5))
+    flow: FlowConfig = field(default_factory=lambda: FlowConfig(n_layers=6, hidden=(128, 128), n_bins=8))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=4000, batch_size=128, learning_rate=1e-3, warmup_steps=100, val_size=2048,
+        eval_every=200, patience=10, checkpoint_every=100, seed=0))
+    max_minutes: float = 0.0
+    overwrite: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["embedding"] = self.embedding.to_dict()
+        d["flow"] = self.flow.to_dict()
+        d["train"] = self.train.to_dict()
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter space
+
+
+def make_space(survey_spec, theta_net: np.ndarray | None, cfg: PreprocessConfig) -> ParameterSpace:
+    """The network-side space: bounds from the spec's priors (dt_0 within +- H), standardization from
+    ``theta_net`` (rows of NETWORK_NAMES; None: from the bounds)."""
+    lo, hi = [-cfg.half_width_days], [cfg.half_width_days]
+    for name in NETWORK_NAMES[1:]:
+        p = survey_spec.priors.get(name)
+        if p is None or p.dist not in ("uniform", "log_uniform"):
+            raise ValueError(f"survey {survey_spec.name!r}: prior of {name!r} must be uniform or log_uniform "
+                             f"for this model, got {getattr(p, 'dist', None)!r}")
+        lo.append(float(p.low))
+        hi.append(float(p.high))
+    space = ParameterSpace.create(NETWORK_NAMES, _TRANSFORMS, lo, hi)
+    if theta_net is not None:
+        space = space.standardized_from_samples(theta_net)
+    return space
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and pre-binning
+
+
+_SERIES = ("t", "flux", "flux_true", "sigma", "mask")
+
+
+def read_shards(files: list[Path], columns: tuple[str, ...] = PHYSICAL_NAMES + ("f_s", "f_b") + _SERIES
+                ) -> dict[str, np.ndarray]:
+    """Read some parquet shards of a simulate folder (series columns as (rows, n_points))."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for f in files:
+        tab = pq.read_table(f, columns=list(columns))
+        for c in columns:
+            col = tab[c].combine_chunks()
+            if pa.types.is_fixed_size_list(col.type):
+                parts[c].append(col.flatten().to_numpy(zero_copy_only=False).reshape(len(tab), -1))
+            else:
+                parts[c].append(col.to_numpy(zero_copy_only=False))
+    return {c: np.concatenate(v) for c, v in parts.items()}
+
+
+def _bin_rows(d: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    mask = d["mask"].astype(bool)
+    t_ref = estimate_peak_time(d["t"], d["flux"], d["sigma"], mask, cfg.smooth_points)
+    mean, err, cnt = bin_points(d["t"], d["flux_true"], d["sigma"], mask, t_ref, cfg)
+    theta = np.stack([d[n] for n in PHYSICAL_NAMES], axis=1).astype(np.float64)
+    theta_net = theta.copy()
+    theta_net[:, 0] = theta[:, 0] - t_ref
+    return {"theta_net": theta_net, "t_ref": t_ref, "mean": mean.astype(np.float32),
+            "err": err.astype(np.float32), "count": np.minimum(cnt, 65535).astype(np.uint16),
+            "f_s": d["f_s"], "f_b": d["f_b"]}
+
+
+def shard_files(data: str | Path) -> list[Path]:
+    files = sorted(Path(data).glob("shard-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{data}: no shard-*.parquet files (not a mulens-sbi simulate folder)")
+    return files
+
+
+def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path | None = None,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Pre-bin shards (see the module docstring); cached in ``cache`` if given."""
+    key = hashlib.sha256(json.dumps({"cfg": cfg.to_dict(), "files": [f.name for f in files],
+                                     "sizes": [f.stat().st_size for f in files]}, sort_keys=True
+                                    ).encode()).hexdigest()[:16]
+    if cache is not None and Path(cache).exists():
+        z = np.load(cache)
+        if str(z["key"]) == key:
+            return {k: z[k] for k in z.files if k != "key"}
+    parts = []
+    for f in tqdm(files, desc="pre-binning shards", disable=not progress):
+        parts.append(_bin_rows(read_shards([f]), cfg))
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    if cache is not None:
+        tmp = Path(str(cache) + ".tmp.npz")
+        np.savez(tmp, key=np.array(key), **out)
+        tmp.rename(cache)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# noise on the fly
+
+
+@jax.jit
+def _noisy(mean, err, noise):
+    return mean + err * noise
+
+
+class BinnedSimulator:
+    """``simulate(key, n) -> (theta_net, x)`` over pre-binned rows with fresh noise per call.
+
+    Rows are drawn uniformly with replacement by a numpy generator seeded from the JAX key (so the
+    training loop's seeding and resumption stay exact)."""
+
+    def __init__(self, binned: dict[str, np.ndarray], cfg: PreprocessConfig):
+        self.theta = binned["theta_net"]
+        self.mean = binned["mean"]
+        self.err = binned["err"]
+        self.count = binned["count"]
+        self.cfg = cfg
+        self._net = jax.jit(lambda m, e, c: network_input(m, e, c, cfg))
+
+    def __len__(self) -> int:
+        return self.theta.shape[0]
+
+    def rows(self, idx: np.ndarray, rng: np.random.Generator):
+        noise = rng.standard_normal((len(idx), self.mean.shape[1]), dtype=np.float32)
+        m = _noisy(self.mean[idx], self.err[idx], noise)
+        x = self._net(m, self.err[idx], self.count[idx])
+        return jnp.asarray(self.theta[idx]), x
+
+    def __call__(self, key, n: int):
+        seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                          else key).astype(np.uint32).tolist()
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(self), size=n)
+        return self.rows(idx, rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def _hardware() -> dict[str, Any]:
+    import os
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"platform": jax.default_backend(), "device": str(jax.devices()[0].device_kind), "cpu": cpu,
+            "cpu_count": os.cpu_count()}
+
+
+def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
+    """Train and save a model folder; returns a summary dict. Resumable: run the same settings again
+    after a kill (or after ``max_minutes`` ran out: the summary then has ``finished: False``)."""
+    from mulens_sbi.survey.spec import load_spec, parse_spec
+
+    out = Path(settings.out)
+    if (out / "posterior.json").exists() and not settings.overwrite:
+        raise FileExistsError(f"{out / 'posterior.json'} exists; pass --overwrite to replace the model")
+    mpath = Path(settings.data) / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"{mpath} not found (not a mulens-sbi simulate folder)")
+    manifest = json.loads(mpath.read_text())
+    spec_text = manifest.get("spec_text")
+    spec = (parse_spec(spec_text, file=f"{mpath}:spec_text") if spec_text
+            else load_spec(manifest["survey"]))
+    files = shard_files(settings.data)
+    if settings.holdout_shards >= len(files):
+        raise ValueError(f"holdout_shards = {settings.holdout_shards} leaves no training shard of "
+                         f"{len(files)}")
+    train_files = files[:len(files) - settings.holdout_shards]
+    if settings.max_train_shards:
+        train_files = train_files[:settings.max_train_shards]
+    ckdir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else out / "_checkpoint"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    cache = settings.binned_cache or str(ckdir / "binned_train.npz")
+    t0 = time.perf_counter()
+    binned = prepare_binned(train_files, settings.preprocess, cache, settings.progress)
+    t_prep = time.perf_counter() - t0
+    tc = settings.train
+    n = binned["theta_net"].shape[0]
+    if n < tc.val_size + tc.batch_size:
+        raise ValueError(f"{n} training rows; need at least val_size + batch_size = "
+                         f"{tc.val_size + tc.batch_size}")
+    # fixed split: the last val_size rows (rows are in shard order, i.e. random) are validation
+    tr = {k: v[:n - tc.val_size] for k, v in binned.items()}
+    va = {k: v[n - tc.val_size:] for k, v in binned.items()}
+    space = make_space(spec, tr["theta_net"], settings.preprocess)
+    sim = BinnedSimulator(tr, settings.preprocess)
+    val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
+                                                       np.random.default_rng([tc.seed, 7]))
+    config = NPEConfig(flow=settings.flow, embedding=settings.embedding)
+    # wall time accumulated over sessions
+    acc_path = ckdir / "wall_time.json"
+    acc = json.loads(acc_path.read_text()) if acc_path.exists() else {"train_wall_s": 0.0, "sessions": 0}
+    start = time.perf_counter()
+
+    def on_step(step, loss):
+        if settings.max_minutes and time.perf_counter() - start > 60 * settings.max_minutes:
+            raise _TimeUp
+
+    provenance = {
+        "survey": spec.name,
+        "simulation": {"folder": str(settings.data), "seed": manifest.get("seed"), "n": manifest.get("n"),
+                       "spec_sha256": manifest.get("spec_sha256")},
+        "n_train_rows": int(n - tc.val_size), "n_val_rows": int(tc.val_size),
+        "train_shards": [f.name for f in train_files],
+        "holdout_shards": [f.name for f in files[len(files) - settings.holdout_shards:]],
+        "preprocess": settings.preprocess.to_dict(), "physical_names": list(PHYSICAL_NAMES),
+        "network_names": list(NETWORK_NAMES), "spec_text": spec_text, "hardware": _hardware(),
+    }
+    finished = True
+    try:
+        res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
+                        resume=not settings.overwrite, overwrite=settings.overwrite,
+                        progress=settings.progress, provenance=provenance, on_step=on_step)
+    except _TimeUp:
+        finished = False
+    session = time.perf_counter() - start
+    acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
+    acc_path.write_text(json.dumps(acc))
+    if not finished:
+        log(f"stopped after {session / 60:.1f} min (max_minutes); run the same command again to resume")
+        return {"finished": False, "session_s": session}
+    res.posterior.metadata["training"]["train_wall_s_total"] = acc["train_wall_s"]
+    res.posterior.metadata["training"]["sessions"] = acc["sessions"]
+    res.posterior.metadata["training"]["prebin_s_last_session"] = t_prep
+    res.posterior.metadata["settings"] = settings.to_dict()
+    save_posterior(res.posterior, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
+    summary = {"finished": True, "out": str(out), "steps": res.steps_done, "best_step": res.best_step,
+               "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
+               "n_params": res.posterior.n_params, "train_wall_s_total": acc["train_wall_s"],
+               "n_train_rows": int(n - tc.val_size)}
+    (out / "training.json").write_text(json.dumps({**summary, "history": res.history}, indent=1))
+    log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
+        f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
+    return summary
