@@ -114,6 +114,88 @@ def _demo_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="a `mulens-sbi simulate` output folder (training set)")
+    p.add_argument("--out", required=True,
+                   help="model folder to write (weights, posterior.json, training.json)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="training-state folder (default OUT/_checkpoint); a killed run resumes from it")
+    p.add_argument("--holdout-shards", type=_nonneg_int, default=5,
+                   help="last shards kept out of training, for `validate` (default 5)")
+    p.add_argument("--max-steps", type=_positive_int, default=4000, help="optimizer steps (default 4000)")
+    p.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="light curves per step (default 128)")
+    p.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="training seed (default 0)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (resumably) after this many minutes in this session (default: no limit)")
+    p.add_argument("--stop", action="store_true",
+                   help="do not train: save the checkpoint's best parameters as the model now")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model / restart training")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mulens_sbi.training import TrainSettings, run_training
+
+    base = TrainSettings(data=args.data, out=args.out)
+    settings = dataclasses.replace(
+        base,
+        checkpoint_dir=args.checkpoint_dir,
+        holdout_shards=args.holdout_shards,
+        train=dataclasses.replace(base.train, max_steps=args.max_steps, batch_size=args.batch_size,
+                                  learning_rate=args.learning_rate, seed=args.seed),
+        max_minutes=args.max_minutes,
+        stop=args.stop,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_training(settings)
+    except FileExistsError as exc:
+        print(f"mulens-sbi train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary.get("finished") else 3
+
+
+# ----------------------------------------------------------------------------------------------
+# validate
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model name (roman) or model folder")
+    p.add_argument("--data", default=None,
+                   help="simulate folder whose last --holdout-shards shards are held out (default: simulate "
+                        "--n fresh events with the model's survey spec)")
+    p.add_argument("--n", type=_positive_int, default=1000, help="number of events (default 1000)")
+    p.add_argument("--n-samples", type=_positive_int, default=500, help="posterior samples per event")
+    p.add_argument("--holdout-shards", type=_positive_int, default=5, help="held-out shards in --data")
+    p.add_argument("--out", default=None, help="output folder (default: the model folder)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling / simulation seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing validation outputs")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _validate_run(args: argparse.Namespace) -> int:
+    from mulens_sbi.validation import ValidateSettings, run_validation
+
+    settings = ValidateSettings(model=args.model, data=args.data, n=args.n, n_samples=args.n_samples,
+                                out=args.out, seed=args.seed, holdout_shards=args.holdout_shards,
+                                overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        run_validation(settings)
+    except FileExistsError as exc:
+        print(f"mulens-sbi validate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command(
         "simulate",
@@ -131,6 +213,24 @@ COMMANDS: list[Command] = [
         "caustics.png, report.json and report.md.",
         _demo_args,
         _demo_run,
+    ),
+    Command(
+        "train",
+        "train a survey's amortized posterior (NPE) from a simulated training set",
+        "Pre-bin a `mulens-sbi simulate` folder (last --holdout-shards shards held out), then train the "
+        "neural posterior with noise redrawn on the fly; checkpoints let a killed run resume with the "
+        "same command. Writes weights.msgpack, posterior.json and training.json to --out.",
+        _train_args,
+        _train_run,
+    ),
+    Command(
+        "validate",
+        "coverage / SBC / parameter recovery of a trained model on held-out events",
+        "Run a trained model on held-out simulated events and write validation.json, coverage.png, "
+        "recovery.png and sbc.png (per-parameter coverage at 50/68/90/95%, joint HPD, TARP, and the "
+        "caustic-crossing planetary subset).",
+        _validate_args,
+        _validate_run,
     ),
 ]
 

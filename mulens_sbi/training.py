@@ -74,6 +74,8 @@ class TrainSettings:
         binned_cache: cache file of the pre-binned set (default ``<checkpoint_dir>/binned_train.npz``).
         preprocess: preprocessing settings; embedding/flow/train: network and loop settings.
         max_minutes: stop (resumably) after this much wall time in this session (0 = no limit).
+        stop: do not train: save the best parameters of the checkpoint as the model now (for a
+            run that is out of time; the metadata records the steps actually done).
         overwrite: replace an existing model in ``out`` / restart the checkpoint.
         progress: show progress bars.
     """
@@ -93,6 +95,7 @@ class TrainSettings:
         max_steps=4000, batch_size=128, learning_rate=1e-3, warmup_steps=100, val_size=2048,
         eval_every=200, patience=10, checkpoint_every=100, seed=0))
     max_minutes: float = 0.0
+    stop: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -311,6 +314,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         "preprocess": settings.preprocess.to_dict(), "physical_names": list(PHYSICAL_NAMES),
         "network_names": list(NETWORK_NAMES), "spec_text": spec_text, "hardware": _hardware(),
     }
+    if settings.stop:
+        return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log)
     finished = True
     try:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
@@ -336,4 +341,41 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     (out / "training.json").write_text(json.dumps({**summary, "history": res.history}, indent=1))
     log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
         f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
+    return summary
+
+
+def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep,
+                       log) -> dict[str, Any]:
+    """Save the checkpoint's best parameters as the model without training further."""
+    from mulens_sbi.npe.checkpoint import load_train_state, versions
+    from mulens_sbi.npe.model import init_params
+    from mulens_sbi.npe.posterior import Posterior
+    from mulens_sbi.npe.train import _direction
+
+    _, params = init_params(config, space.dim, jax.tree_util.tree_map(lambda a: a[:1], val[1]),
+                            jax.random.PRNGKey(0))
+    loaded = load_train_state(ckdir, {"params": params, "opt_state": _direction().init(params),
+                                      "best_params": params})
+    if loaded is None:
+        raise FileNotFoundError(f"{ckdir / 'state.json'}: no checkpoint to save")
+    arrays, rec = loaded
+    meta = {
+        "training": {"train_config": tc.to_dict(), "steps_done": rec["step"], "best_step": rec["best_step"],
+                     "best_val_loss": rec["best_val"], "stopped_early": False, "stopped_by_user": True,
+                     "n_nonfinite_rows": rec["n_nonfinite"], "history": rec["history"],
+                     "train_wall_s_total": acc["train_wall_s"], "sessions": acc["sessions"],
+                     "prebin_s_last_session": t_prep, "device": str(jax.devices()[0].device_kind),
+                     "platform": jax.default_backend(), "versions": versions()},
+        "provenance": provenance,
+        "settings": settings.to_dict(),
+    }
+    post = Posterior(config, space, jax.device_get(arrays["best_params"]), meta)
+    out = Path(settings.out)
+    save_posterior(post, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
+    summary = {"finished": True, "stopped_by_user": True, "out": str(out), "steps": rec["step"],
+               "best_step": rec["best_step"], "best_val_loss": rec["best_val"], "n_params": post.n_params,
+               "train_wall_s_total": acc["train_wall_s"], "n_train_rows": provenance["n_train_rows"]}
+    (out / "training.json").write_text(json.dumps({**summary, "history": rec["history"]}, indent=1))
+    log(f"saved the checkpoint's best parameters (step {rec['best_step']} of {rec['step']}, val loss "
+        f"{rec['best_val']:.4f}) to {out}")
     return summary

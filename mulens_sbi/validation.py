@@ -1,0 +1,334 @@
+"""Calibration of a trained light-curve model on held-out simulations (``mulens-sbi validate``).
+
+For M held-out events (the last ``holdout_shards`` shards of a ``mulens-sbi simulate`` folder, never
+seen in training; or a fresh on-the-fly simulation) with their stored noisy light curve, the model
+is run through the *inference* path (:func:`mulens_sbi.preprocess.preprocess` per event, then the
+flow), and :mod:`mulens_sbi.npe.diagnostics` gives:
+
+* per-parameter central-interval coverage at the levels ``LEVELS`` (incl. 50/68/90/95%) — the
+  expected-coverage curve; a calibrated posterior follows the diagonal within binomial noise
+  sqrt(a(1-a)/M) (0.016 at 50% for M = 1000);
+* joint HPD coverage (flow density of the truth vs of the samples), TARP coverage and SBC ranks;
+* parameter recovery: posterior median and 68% interval against the truth;
+* for *caustic-crossing planetary events* (q < 0.01 and at least one data point with the source
+  inside a caustic, i.e. 5 images — computed with :mod:`mulens_sbi.lensing.point_source`): the
+  fraction whose true (log s, log q) lies in the 95% highest-density region of the 2-D marginal
+  (Gaussian KDE of the samples in (log10 s, log10 q), Scott bandwidth).
+
+Outputs in ``out``: ``validation.json`` (all numbers, the settings, and the figure list),
+``coverage.png``, ``recovery.png``, ``sbc.png``. Nothing is overwritten without ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
+from mulens_sbi.preprocess import preprocess
+
+__all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
+           "kde_hpd_level", "simulate_events"]
+
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)
+FIGURES = ("coverage.png", "recovery.png", "sbc.png")
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    """Settings of ``mulens-sbi validate``.
+
+    Attributes:
+        model: model name (``roman``) or folder.
+        data: a simulate folder whose last ``holdout_shards`` shards are held out (None: simulate
+            ``n`` fresh events with the model's survey spec and ``seed``).
+        n: number of events.
+        n_samples: posterior samples per event.
+        out: output folder (default: the model folder).
+        seed: sampling (and fresh-simulation) seed.
+        holdout_shards: number of held-out shards at the end of ``data``.
+        overwrite: replace existing outputs.
+        progress: progress bars.
+    """
+
+    model: str
+    data: str | None = None
+    n: int = 1000
+    n_samples: int = 500
+    out: str | None = None
+    seed: int = 0
+    holdout_shards: int = 5
+    overwrite: bool = False
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------
+# event classes
+
+
+def caustic_crossing(t, mask, params: dict[str, np.ndarray], chunk: int = 64) -> np.ndarray:
+    """(M,) bool: at least one used data point has the source inside a caustic (5 images)."""
+    from mulens_sbi.lensing.point_source import classify, solve_points, to_solver_frame
+    from mulens_sbi.lightcurve import source_trajectory
+
+    t = np.asarray(t, dtype=np.float64)
+    out = np.zeros(t.shape[0], bool)
+
+    @jax.jit
+    def n5(x, y, s, q):
+        zeta = to_solver_frame(x, y, s, q)
+        z, _ = solve_points(zeta, s, q)
+        _, is_img, ok = classify(zeta, z, s, q)
+        return jnp.any((jnp.sum(is_img, axis=-1) == 5) & ok & (y == y), axis=-1)
+
+    for a in range(0, t.shape[0], chunk):
+        sl = slice(a, a + chunk)
+        p = {k: np.asarray(v[sl], dtype=np.float64) for k, v in params.items()}
+        x, y = source_trajectory(t[sl], p["t_0"][:, None], p["u_0"][:, None], p["t_E"][:, None],
+                                 p["alpha"][:, None])
+        x = np.where(mask[sl], np.asarray(x), 1e3)  # masked points far away: 3 images
+        y = np.where(mask[sl], np.asarray(y), 0.0)
+        out[sl] = np.asarray(n5(jnp.asarray(x), jnp.asarray(y), jnp.asarray(p["s"])[:, None],
+                                jnp.asarray(p["q"])[:, None]))
+    return out
+
+
+def kde_hpd_level(samples_2d: np.ndarray, truth_2d: np.ndarray) -> float:
+    """HPD level of ``truth`` under a Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2): the fraction
+    of samples whose KDE density exceeds the truth's. Truth in the 95% HPD region <=> level <= 0.95."""
+    s = np.asarray(samples_2d, dtype=np.float64)
+    s = s[np.all(np.isfinite(s), axis=1)]
+    n, d = s.shape
+    cov = np.cov(s.T) * n ** (-2.0 / (d + 4))
+    cov += np.eye(d) * 1e-12
+    inv = np.linalg.inv(cov)
+
+    def dens(p):
+        diff = p[:, None, :] - s[None, :, :]
+        return np.mean(np.exp(-0.5 * np.einsum("abi,ij,abj->ab", diff, inv, diff)), axis=1)
+
+    ds = dens(s)
+    dt = dens(np.asarray(truth_2d, dtype=np.float64)[None])[0]
+    return float(np.mean(ds > dt))
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def _holdout(data: str, holdout_shards: int, n: int) -> dict[str, np.ndarray]:
+    from mulens_sbi.training import read_shards, shard_files
+
+    files = shard_files(data)
+    if holdout_shards < 1 or holdout_shards > len(files):
+        raise ValueError(f"holdout_shards must be in 1..{len(files)}, got {holdout_shards}")
+    d = read_shards(files[len(files) - holdout_shards:])
+    m = d["t"].shape[0]
+    if n > m:
+        raise ValueError(f"{data}: the {holdout_shards} held-out shards have {m} light curves, asked for {n}")
+    return {k: v[:n] for k, v in d.items()}
+
+
+def simulate_events(survey: str, n: int, seed: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """n fresh light curves of a survey spec (name or path), seeded."""
+    from mulens_sbi.simulate import simulate_lightcurves
+    from mulens_sbi.survey import Survey
+
+    sv = Survey.load(survey)
+    return simulate_lightcurves(sv, np.random.default_rng([int(seed), 4242]), n, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# the computation
+
+
+def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int = 0, progress: bool = False,
+                    crossing: bool = True) -> dict[str, Any]:
+    """All diagnostics for events ``d`` (simulate-style arrays incl. the physical parameters, ``t``,
+    ``flux``, ``sigma``, ``mask``); returns a JSON-able report plus the raw arrays under ``_raw``."""
+    names = model.names
+    m = d["t"].shape[0]
+    xs, t_ref, failed = [], [], []
+    for i in tqdm(range(m), desc="preprocess", disable=not progress):
+        try:
+            p = preprocess(d["t"][i], d["flux"][i], d["sigma"][i], d["mask"][i], model.preprocess_config,
+                           name=f"event {i}")
+            xs.append(p.x)
+            t_ref.append(p.t_ref)
+        except ValueError as e:
+            failed.append({"row": i, "error": str(e)})
+            xs.append(np.full((model.preprocess_config.n_bins, 4), np.nan))
+            t_ref.append(np.nan)
+    ok = np.isfinite(np.asarray(t_ref))
+    xs_ok = np.stack([x for x, k in zip(xs, ok, strict=True) if k]).astype(np.float32)
+    t_ref = np.asarray(t_ref)[ok]
+    theta = np.stack([np.asarray(d[n], dtype=np.float64) for n in names], axis=1)[ok]
+    t0 = time.perf_counter()
+    samp, _ = model.sample_batched(xs_ok, t_ref, n_samples, jax.random.PRNGKey(seed))
+    t_sample = time.perf_counter() - t0
+    S = np.stack([samp[n] for n in names], axis=-1)  # (M, n, D) physical
+    theta_net = theta.copy()
+    theta_net[:, 0] -= t_ref
+    S_net = S.copy()
+    S_net[..., 0] -= t_ref[:, None]
+    lq_s = model.posterior.log_prob_batched(S_net, xs_ok) if n_samples > 0 else None
+    lq_t = model.posterior.log_prob_batched(theta_net[:, None, :], xs_ok)[:, 0]
+    rep = coverage_report(S, theta, names=list(names), log_prob_samples=lq_s, log_prob_true=lq_t,
+                          levels=LEVELS, seed=seed)
+    rep["n_preprocess_failed"] = len(failed)
+    rep["preprocess_failures"] = failed[:20]
+    rep["sampling_s"] = t_sample
+    # recovery
+    med = np.nanmedian(S, axis=1)
+    lo, hi = np.nanpercentile(S, [16, 84], axis=1)
+    rep["recovery"] = {}
+    for j, n in enumerate(names):
+        tr = theta[:, j]
+        f = np.log10 if n in ("t_E", "s", "q") else (lambda v: v)
+        err = f(med[:, j]) - f(tr)
+        rep["recovery"][n] = {"scale": "log10" if n in ("t_E", "s", "q") else "linear",
+                              "median_abs_error": float(np.median(np.abs(err))),
+                              "median_68_width": float(np.median(f(hi[:, j]) - f(lo[:, j])))}
+    # caustic-crossing planetary events
+    if crossing:
+        sel = np.flatnonzero(theta[:, 4] < 0.01)
+        idx_all = np.flatnonzero(ok)[sel]
+        params = {k: np.asarray(d[k])[idx_all] for k in ("t_0", "u_0", "t_E", "s", "q", "alpha")}
+        cross = caustic_crossing(np.asarray(d["t"])[idx_all], np.asarray(d["mask"])[idx_all], params)
+        levels = []
+        for k in sel[cross]:
+            levels.append(kde_hpd_level(np.log10(S[k][:, [3, 4]]), np.log10(theta[k, [3, 4]])))
+        levels = np.asarray(levels)
+        rep["caustic_crossing_planetary"] = {
+            "definition": "q < 0.01 and >= 1 data point with the source inside a caustic (5 images)",
+            "n_events": int(len(levels)),
+            "n_planetary": int(len(sel)),
+            "frac_truth_in_95_hpd_logs_logq": float(np.mean(levels <= 0.95)) if len(levels) else None,
+            "frac_truth_in_68_hpd_logs_logq": float(np.mean(levels <= 0.68)) if len(levels) else None,
+        }
+    rep["_raw"] = {"theta": theta, "samples": S, "hpd_levels": hpd_levels(lq_s, lq_t), "median": med,
+                   "lo": lo, "hi": hi}
+    return rep
+
+
+def _figures(rep: dict, out: Path, title: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = rep["names"]
+    lev = np.asarray(rep["levels"])
+    m = rep["n_cases"]
+    files = []
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    band = 2 * np.sqrt(lev * (1 - lev) / max(m, 1))
+    ax.fill_between(lev, lev - band, lev + band, color="0.85", label="±2σ binomial")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    for n in names:
+        ax.plot(lev, rep["marginal_coverage"][n], "o-", ms=3, label=n)
+    if "hpd_coverage" in rep:
+        ax.plot(lev, rep["hpd_coverage"], "ks-", ms=3, label="joint HPD")
+    ax.set_xlabel("nominal credibility")
+    ax.set_ylabel("empirical coverage")
+    ax.set_title(f"{title}: coverage, {m} held-out events", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "coverage.png", dpi=90)
+    plt.close(fig)
+    files.append("coverage.png")
+
+    raw = rep["_raw"]
+    fig, axs = plt.subplots(2, 3, figsize=(11, 7))
+    for j, (n, ax) in enumerate(zip(names, axs.ravel(), strict=True)):
+        tr, md, lo, hi = raw["theta"][:, j], raw["median"][:, j], raw["lo"][:, j], raw["hi"][:, j]
+        if n == "t_0":
+            tr, md, lo, hi = 0 * tr, md - tr, lo - tr, hi - tr
+            ax.set_ylabel("posterior − true t_0 (d)")
+            ax.set_xlabel("event")
+            xs = np.arange(len(tr))
+            ax.errorbar(xs, md, yerr=[md - lo, hi - md], fmt=".", ms=2, lw=0.3, alpha=0.5)
+            ax.set_yscale("symlog", linthresh=0.1)
+        else:
+            ax.errorbar(tr, md, yerr=[md - lo, hi - md], fmt=".", ms=2, lw=0.3, alpha=0.5)
+            ax.plot([np.nanmin(tr), np.nanmax(tr)], [np.nanmin(tr), np.nanmax(tr)], "k--", lw=1)
+            if n in ("t_E", "s", "q"):
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_xlabel(f"true {n}")
+            ax.set_ylabel(f"posterior median {n} (68%)")
+        ax.set_title(n, fontsize=9)
+    fig.suptitle(f"{title}: parameter recovery", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "recovery.png", dpi=80)
+    plt.close(fig)
+    files.append("recovery.png")
+
+    fig, axs = plt.subplots(1, len(names), figsize=(2.2 * len(names), 2.4))
+    ns = rep["n_samples"]
+    for n, ax in zip(names, axs, strict=True):
+        ax.hist(rep["sbc_ranks"][n], bins=20, range=(0, ns), color="C0")
+        ax.axhline(m / 20, color="k", lw=1)
+        ax.set_title(n, fontsize=9)
+        ax.set_yticks([])
+    fig.suptitle(f"{title}: SBC rank histograms", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "sbc.png", dpi=80)
+    plt.close(fig)
+    files.append("sbc.png")
+    return files
+
+
+def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
+    """Run the validation, write validation.json and the figures; return the report (without raw arrays)."""
+    from mulens_sbi.models import load_model
+
+    model = load_model(settings.model)
+    out = Path(settings.out) if settings.out else Path(model.path)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / "validation.json"] + [out / f for f in FIGURES]
+    existing = [p for p in targets if p.exists()]
+    if existing and not settings.overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace the validation outputs")
+    t0 = time.perf_counter()
+    if settings.data:
+        d = _holdout(settings.data, settings.holdout_shards, settings.n)
+        source = {"kind": "held-out shards", "data": settings.data, "holdout_shards": settings.holdout_shards}
+    else:
+        spec_text = model.metadata.get("provenance", {}).get("spec_text")
+        survey = model.survey_name
+        if spec_text:
+            import tempfile
+            with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+                fh.write(spec_text)
+                survey = fh.name
+        d = simulate_events(survey, settings.n, settings.seed)
+        source = {"kind": "fresh simulation", "survey": model.survey_name, "seed": settings.seed}
+    rep = validate_arrays(model, d, settings.n_samples, settings.seed, settings.progress)
+    rep["wall_s"] = time.perf_counter() - t0
+    rep["settings"] = asdict(settings)
+    rep["source"] = source
+    rep["model"] = str(model.path)
+    import platform
+    rep["machine"] = {"platform": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+                      "python": platform.python_version()}
+    rep["figures"] = _figures(rep, out, f"{model.survey_name} model")
+    rep.pop("_raw")
+    rep["sbc_ranks"] = {k: v for k, v in rep["sbc_ranks"].items()}
+    (out / "validation.json").write_text(json.dumps(rep, indent=1))
+    lev = rep["levels"]
+    key = (0.5, 0.68, 0.9, 0.95)
+    log("coverage (nominal: " + ", ".join(f"{a:.2f}" for a in lev if a in key) + ")")
+    for n in rep["names"]:
+        row = [c for a, c in zip(lev, rep["marginal_coverage"][n], strict=True) if a in key]
+        log(f"  {n:6s} " + "  ".join(f"{c:.3f}" for c in row))
+    log(f"wrote {out / 'validation.json'} and {', '.join(rep['figures'])} in {rep['wall_s']:.0f} s")
+    return rep
