@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -382,6 +383,11 @@ def importance_weights(
     )
 
 
+@partial(jax.jit, static_argnames=("kind", "positive_source"))
+def _chunk_log_likelihood(params, packed, kind, positive_source):
+    return log_likelihood(params, packed, kind=kind, positive_source=positive_source)
+
+
 def importance_sample(
     event: Event,
     samples: Mapping,
@@ -423,17 +429,14 @@ def importance_sample(
             full[k] = np.asarray(samples[k], dtype=float).reshape(n)
     lp = np.asarray(log_prior(pri, {k: full[k] for k in names}))
 
-    @jax.jit
-    def chunk_ll(p):
-        return log_likelihood(p, packed, kind=kind, positive_source=positive_source)
-
     chunk_size = max(1, min(int(chunk_size), n))
     ll = np.empty(n)
     starts = range(0, n, chunk_size)
     for i0 in tqdm(starts, desc="likelihood", disable=not progress, total=len(starts)):
         i1 = min(i0 + chunk_size, n)
         take = np.minimum(np.arange(i0, i0 + chunk_size), n - 1)  # pad by repeating the last sample
-        out = np.asarray(chunk_ll({k: jnp.asarray(v[take]) for k, v in full.items()}))
+        chunk = {k: jnp.asarray(v[take]) for k, v in full.items()}
+        out = np.asarray(_chunk_log_likelihood(chunk, packed, kind, positive_source))
         ll[i0:i1] = out[: i1 - i0]
     return importance_weights(ll, lp, log_proposal, samples={k: full[k] for k in names})
 
@@ -499,6 +502,33 @@ class GaussianProposal:
         return phys, log_q
 
 
+@lru_cache(maxsize=16)
+def _laplace_objective(prior_items: tuple, kind: str, positive_source: bool):
+    """Jitted value and gradient of φ(z, packed) (see :func:`laplace_approximation`), cached on the
+    priors and likelihood settings so that events of one padded shape share the compilation."""
+    pri = dict(prior_items)
+    names = tuple(k for k in pri if pri[k].dist != "fixed")
+    fixed = {k: pr.value for k, pr in pri.items() if pr.dist == "fixed"}
+    is_log = [k in LOG_PARAMETERS for k in names]
+
+    def phi(z, packed):
+        theta = {k: (jnp.exp(z[i]) if is_log[i] else z[i])[None] for i, k in enumerate(names)}
+        theta.update({k: jnp.asarray([v]) for k, v in fixed.items()})
+        ll = log_likelihood(theta, packed, kind=kind, positive_source=positive_source)[0]
+        lp = 0.0
+        for i, k in enumerate(names):  # normalised prior density inside the box + Jacobian
+            pr = pri[k]
+            if pr.dist == "log_uniform":
+                lp = lp - jnp.log(theta[k][0]) - math.log(math.log(pr.high / pr.low))
+            else:
+                lp = lp - math.log(pr.high - pr.low)
+            if is_log[i]:
+                lp = lp + z[i]
+        return ll + lp
+
+    return jax.jit(jax.value_and_grad(phi))
+
+
 def laplace_approximation(
     event: Event,
     init: Mapping,
@@ -517,8 +547,9 @@ def laplace_approximation(
     ``log Z ≈ φ_max + (D/2) log 2π + ½ log det Σ`` (``log_posterior_max`` holds φ_max).
     Maximised by damped Newton steps (Levenberg–Marquardt on the Hessian) from ``init``
     (physical); the covariance is ``(−∇²φ)⁻¹``. The Hessian is the symmetrised central finite
-    difference of the exact (autodiff) gradient, steps ``1e-5·max(|z|, 1e-2)`` — it works for every
-    lens model, including the binary solver with its custom JVP.
+    difference of the exact (autodiff) gradient with steps of 1% of each parameter's current
+    posterior σ (``1/√|H_ii|`` from the previous Hessian; ``1e-6·max(|z|, 1)`` at the start) — it
+    works for every lens model, including the binary solver with its custom JVP.
 
     Raises:
         ValueError: the Hessian at the optimum is not negative definite, or the optimum lies
@@ -529,34 +560,28 @@ def laplace_approximation(
     fixed = {k: pr.value for k, pr in pri.items() if pr.dist == "fixed"}
     packed = pack_event(event, pad_to=pad_to)
     is_log = np.array([k in LOG_PARAMETERS for k in names])
+    vg_packed = _laplace_objective(tuple(pri.items()), kind, positive_source)
 
-    def phi(z):
-        theta = {k: (jnp.exp(z[i]) if is_log[i] else z[i])[None] for i, k in enumerate(names)}
-        theta.update({k: jnp.asarray([v]) for k, v in fixed.items()})
-        ll = log_likelihood(theta, packed, kind=kind, positive_source=positive_source)[0]
-        lp = 0.0
-        for i, k in enumerate(names):  # prior density inside the box + Jacobian (bounds checked later)
-            pr = pri[k]
-            if pr.dist == "log_uniform":
-                lp = lp - jnp.log(theta[k][0]) - math.log(math.log(pr.high / pr.low))
-            else:
-                lp = lp - math.log(pr.high - pr.low)
-            if is_log[i]:
-                lp = lp + z[i]
-        return ll + lp
+    def vg(z):
+        return vg_packed(z, packed)
 
-    vg = jax.jit(jax.value_and_grad(phi))
+    steps = None  # finite-difference steps, 1e-2 of the current posterior σ once a Hessian exists
 
     def hessian(z):
+        nonlocal steps
         d = z.size
         h = np.zeros((d, d))
+        hs = steps if steps is not None else 1e-6 * np.maximum(np.abs(z), 1.0)
         for i in range(d):
-            step = 1e-5 * max(abs(z[i]), 1e-2)
             zp, zm = z.copy(), z.copy()
-            zp[i] += step
-            zm[i] -= step
-            h[i] = (np.asarray(vg(jnp.asarray(zp))[1]) - np.asarray(vg(jnp.asarray(zm))[1])) / (2 * step)
-        return 0.5 * (h + h.T)
+            zp[i] += hs[i]
+            zm[i] -= hs[i]
+            h[i] = (np.asarray(vg(jnp.asarray(zp))[1]) - np.asarray(vg(jnp.asarray(zm))[1])) / (2 * hs[i])
+        h = 0.5 * (h + h.T)
+        diag = np.abs(np.diag(h))
+        if np.all(np.isfinite(diag)) and np.all(diag > 0):
+            steps = 1e-2 / np.sqrt(diag)
+        return h
 
     z = np.array([math.log(init[k]) if is_log[i] else float(init[k]) for i, k in enumerate(names)])
     val, g = vg(jnp.asarray(z))
@@ -584,6 +609,7 @@ def laplace_approximation(
             lam *= 10
         if not improved or dval < 1e-9:
             break
+    hessian(z)  # refresh the steps at the optimum, then the final Hessian with them
     hmat = hessian(z)
     eig = np.linalg.eigvalsh(-hmat)
     if not np.all(eig > 0):

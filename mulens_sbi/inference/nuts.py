@@ -1,19 +1,22 @@
-"""Reference posterior of one event by numpyro NUTS on the exact likelihood.
+"""Reference posterior of one event by NUTS (numpyro's kernel) on the exact likelihood.
 
-Model (numpyro):
+The posterior:
 
-* each free lens parameter is a sample site in the *sampling space* — ``log_t_E``, ``log_s``,
-  ``log_q``, ``log_rho`` (natural log) and ``t_0``, ``u_0``, ``alpha`` (degrees) linear — with a
-  uniform distribution on the image of the prior box; where the physical prior is not uniform in
-  that variable (``uniform`` on a log-sampled parameter, ``log_uniform`` on a linear one) a
-  ``numpyro.factor`` adds ``log π(θ) + log|dθ/dz| + log(width_z)`` so that the site's density is
-  exactly the physical prior pushed into the sampling space. numpyro maps each bounded site to R
-  by its usual logit transform for the sampler; we never see that space.
+* each free lens parameter lives in the *sampling space* — ``log_t_E``, ``log_s``, ``log_q``,
+  ``log_rho`` (natural log) and ``t_0``, ``u_0``, ``alpha`` (degrees) linear — bounded by the image
+  of its prior interval; where the physical prior is not uniform in that variable (``uniform`` on a
+  log-sampled parameter, ``log_uniform`` on a linear one) the density carries ``log π(θ) +
+  log|dθ/dz|``, so the posterior over θ is the one for the stated physical prior. For the sampler
+  each bounded variable is mapped to R by numpyro's interval transform
+  ``z = lo + (hi − lo)·sigmoid(u)`` (with its log-Jacobian).
 * the fluxes are **marginalised analytically** (``kind="marginal"``, flat priors on each dataset's
   F_s, F_b; see :mod:`mulens_sbi.likelihood`), not sampled: 2 parameters fewer per dataset, and no
   funnel between F_s and the magnification. ``kind="profile"`` maximises them instead.
-* ``numpyro.factor("log_likelihood", log L)``; physical values and ``log L`` are recorded as
-  deterministic sites.
+
+:func:`run_nuts` drives numpyro's NUTS kernel on that density directly (one compilation per
+settings and event shape); :func:`make_model` is the same density as a numpyro model (sample sites
+named as above, ``numpyro.factor`` for the likelihood and prior factors, physical values and ``log L``
+as deterministic sites) for use with other numpyro tools — the two are tested to agree.
 
 An uncertified magnification gives ``log L = −inf``: NUTS treats such a proposal as divergent and
 rejects it (counted in ``divergences``).
@@ -25,6 +28,7 @@ and not wrapped, so give it an interval that contains the posterior with margin.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -37,6 +41,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 from numpyro.infer.hmc import hmc
+from tqdm.auto import tqdm
 
 from mulens_sbi.event import Event
 from mulens_sbi.inference.importance import LOG_PARAMETERS, LensPrior, parse_priors, sampling_name
@@ -97,7 +102,8 @@ class _Space:
     def physical(self, u):
         """(..., D) unconstrained → dict of physical arrays (...)."""
         z = self.lo + (self.hi - self.lo) * jax.nn.sigmoid(u)
-        x = jnp.where(self.is_log, jnp.exp(z), z)
+        # exp only of the log-sampled columns: exp(t_0 ≈ 9000) would overflow and poison the gradient
+        x = jnp.where(self.is_log, jnp.exp(jnp.where(self.is_log, z, 0.0)), z)
         return {k: x[..., i] for i, k in enumerate(self.names)}, z
 
     def log_prior_u(self, u):
@@ -136,6 +142,52 @@ class _Space:
         return np.stack(cols, axis=-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _chain_runner(
+    prior_items: tuple,
+    kind: str,
+    positive_source: bool,
+    num_warmup: int,
+    num_samples: int,
+    dense_mass: bool,
+    target_accept: float,
+    max_tree_depth: int,
+    vectorized: bool,
+):
+    """A jitted ``(packed, u0, key) -> trace`` running one chain (init, warm-up, sampling in one
+    ``lax.scan``); cached on the settings so events of the same padded shape reuse the compilation."""
+    space = _Space(dict(prior_items))
+    fixed = {k: jnp.asarray([v]) for k, v in space.fixed.items()}
+
+    def potential_gen(packed):
+        def potential(u):
+            theta, _ = space.physical(u)
+            p = {k: v[None] for k, v in theta.items()} | fixed
+            ll = log_likelihood(p, packed, kind=kind, positive_source=positive_source)[0]
+            return -(ll + space.log_prior_u(u))
+
+        return potential
+
+    init_kernel, sample_kernel = hmc(potential_fn_gen=potential_gen, algo="NUTS")
+
+    def one_chain(packed, u0, key):
+        state = init_kernel(
+            u0, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept,
+            max_tree_depth=max_tree_depth, model_args=(packed,), rng_key=key,
+        )
+
+        def step(s, _):
+            s = sample_kernel(s, model_args=(packed,))
+            return s, (s.z, s.potential_energy, s.diverging, s.accept_prob, s.num_steps)
+
+        _, trace = jax.lax.scan(step, state, None, length=num_warmup + num_samples)
+        return trace
+
+    if vectorized:
+        return jax.jit(jax.vmap(one_chain, in_axes=(None, 0, 0)))
+    return jax.jit(one_chain)
+
+
 def run_nuts(
     event: Event,
     init: Mapping,
@@ -152,6 +204,7 @@ def run_nuts(
     target_accept: float = 0.8,
     max_tree_depth: int = 8,
     pad_to: int | None = None,
+    progress: bool = True,
 ) -> tuple[dict, dict]:
     """Sample the posterior of ``event`` with NUTS started from ``init``.
 
@@ -174,7 +227,9 @@ def run_nuts(
         kind: ``"marginal"`` (fluxes integrated out) or ``"profile"``.
         dense_mass, target_accept, max_tree_depth: NUTS settings (a dense mass matrix, adapted in
             warm-up, because t_E, u_0 and the blending are strongly correlated).
-        pad_to: pad the event to this many points (reuse compiled shapes across events).
+        pad_to: pad the event to this many points: the compiled sampler is cached on the settings
+            and reused for every event of the same padded shape and number of datasets.
+        progress: tqdm bar over chains (sequential); a chain itself runs as one compiled call.
 
     Returns:
         ``(samples, diagnostics)``. ``samples``: physical parameters and ``log_likelihood`` as
@@ -200,39 +255,19 @@ def run_nuts(
     space = _Space(pri)
     u_init = space.unconstrained(init, chains)
     packed = pack_event(event, pad_to=pad_to)
-    fixed = {k: jnp.asarray([v]) for k, v in space.fixed.items()}
-
-    def log_like_u(u):
-        theta, _ = space.physical(u)
-        p = {k: v[None] for k, v in theta.items()} | fixed
-        return log_likelihood(p, packed, kind=kind, positive_source=positive_source)[0]
-
-    def potential(u):
-        return -(log_like_u(u) + space.log_prior_u(u))
-
-    init_kernel, sample_kernel = hmc(potential_fn=potential, algo="NUTS")
-    total = num_warmup + num_samples
-
-    def one_chain(u0, key):
-        state = init_kernel(
-            u0, num_warmup, dense_mass=dense_mass, target_accept_prob=target_accept,
-            max_tree_depth=max_tree_depth, rng_key=key,
-        )
-
-        def step(s, _):
-            s = sample_kernel(s)
-            return s, (s.z, s.potential_energy, s.diverging, s.accept_prob, s.num_steps)
-
-        _, trace = jax.lax.scan(step, state, None, length=total)
-        return trace
-
+    run = _chain_runner(
+        tuple(pri.items()), kind, positive_source, int(num_warmup), int(num_samples), bool(dense_mass),
+        float(target_accept), int(max_tree_depth), chain_method == "vectorized",
+    )
     keys = jax.random.split(jax.random.PRNGKey(seed), chains)
     t0 = time.perf_counter()
     if chain_method == "vectorized":
-        traces = jax.jit(jax.vmap(one_chain))(jnp.asarray(u_init), keys)
+        traces = run(packed, jnp.asarray(u_init), keys)
     else:
-        run = jax.jit(one_chain)
-        outs = [run(jnp.asarray(u_init[c]), keys[c]) for c in range(chains)]
+        outs = [
+            run(packed, jnp.asarray(u_init[c]), keys[c])
+            for c in tqdm(range(chains), desc="NUTS chains", disable=not progress)
+        ]
         traces = tuple(jnp.stack(parts) for parts in zip(*outs, strict=True))
     traces = jax.tree_util.tree_map(np.asarray, jax.block_until_ready(traces))
     elapsed = time.perf_counter() - t0

@@ -170,8 +170,8 @@ def test_log_prior_is_normalised():
 # ----------------------------------------------------------------------------------------------
 # End to end on a simulated single-lens event
 
-TRUTH = dict(t_0=100.0, u_0=0.2, t_E=20.0)
-PRIORS = dict(t_0=("uniform", 90.0, 110.0), u_0=("uniform", 0.01, 1.5), t_E=("log_uniform", 1.0, 200.0))
+TRUTH = dict(t_0=9100.0, u_0=0.2, t_E=20.0)  # realistic HJD'
+PRIORS = dict(t_0=("uniform", 9090.0, 9110.0), u_0=("uniform", 0.01, 1.5), t_E=("log_uniform", 1.0, 200.0))
 
 
 def test_end_to_end_single_lens_laplace_proposal():
@@ -180,7 +180,7 @@ def test_end_to_end_single_lens_laplace_proposal():
     agrees with the Laplace evidence ``φ_max + (D/2) log 2π + ½ log det Σ`` to 0.05 (two
     independent estimates; the difference is the posterior's non-Gaussianity plus MC error)."""
     rng = np.random.default_rng(8)
-    t = np.sort(rng.uniform(60.0, 140.0, 300))
+    t = np.sort(rng.uniform(9060.0, 9140.0, 300))
     f = 50.0 * mm.Model(TRUTH).get_magnification(t) + 30.0
     sig = 0.01 * f
     ev = Event.single(t, f + sig * rng.standard_normal(t.size), sig)
