@@ -107,9 +107,29 @@ def _classify_t(zr: Array, zi: Array, x: Array, y: Array, s: Array, q: Array) ->
     # (1+a)² >= 1 + a²: the residual divided by the stretch is the image-position error it implies,
     # which must be small against the only length scale near a lens (a false root next to a
     # low-mass companion can otherwise pass on its enormous κ)
-    lim = (IMAGE_TOL * IMAGE_TOL) / jnp.maximum(ia, ib) * (1.0 + k2)
+    d2_lens = 1.0 / jnp.maximum(ia, ib)
+    lim = (IMAGE_TOL * IMAGE_TOL) * d2_lens * (1.0 + k2)
     is_image = dx * dx + dy * dy <= lim
     n_img = jnp.sum(is_image, axis=0)
+    # One Newton step on the lens equation itself for the real images: δz + κ·conj(δz) = r with
+    # r = ζ − ζ(z), so δz = (r − κ·conj(r)) / (1 − |κ|²). The polynomial's roots lose digits to
+    # coefficient cancellation at high magnification; the lens equation does not.
+    det = 1.0 - k2
+    nr = -dx + (kr * dx + ki * dy)
+    ni = -dy + (ki * dx - kr * dy)
+    ex, ey = nr / det, ni / det
+    small = (ex * ex + ey * ey) <= 1e-6 * d2_lens
+    use = is_image & small & jnp.isfinite(ex + ey)
+    x = jnp.where(use, x + ex, x)
+    y = jnp.where(use, y + ey, y)
+    ax = x - s
+    ia = 1.0 / (ax * ax + y * y)
+    ib = 1.0 / (x * x + y * y)
+    ar, ai = ax * ia, y * ia
+    br, bi = x * ib, y * ib
+    kr = m1 * (ar * ar - ai * ai) + m2 * (br * br - bi * bi)
+    ki = 2.0 * (m1 * ar * ai + m2 * br * bi)
+    k2 = kr * kr + ki * ki
     mag = jnp.sum(jnp.where(is_image, 1.0 / jnp.abs(1.0 - k2), 0.0), axis=0)
     ok = ((n_img == 3) | (n_img == 5)) & jnp.isfinite(mag)
     return jnp.where(ok, mag, jnp.nan), is_image, ok
@@ -148,6 +168,9 @@ def _implicit_root_jvp(primals, tangents, roots):
     zeta, s, q = primals
     c, dc = jax.jvp(lens_polynomial, (zeta, s, q), tangents)
     z = jax.lax.stop_gradient(roots)
+    # uncertified points carry NaN roots; give them distinct finite stand-ins so that the linear
+    # map stays finite (reverse mode multiplies its coefficients by zero cotangents there)
+    z = jnp.where(jnp.isfinite(z), z, 2.0 + jnp.arange(z.shape[-1]) * 1j)
     c_ = c[..., None, :]
     dc_ = dc[..., None, :]
     p = jnp.broadcast_to(c_[..., 0], z.shape)
@@ -198,10 +221,67 @@ def magnification_points(x: Array, y: Array, s: Array, q: Array) -> tuple[Array,
     All arguments broadcast together. Returns ``(A, ok)``; differentiable in all arguments.
     """
     x, y, s, q = jnp.broadcast_arrays(x, y, s, q)
+    x, q = _lighter_companion(x, q)
     zeta = to_solver_frame(x, y, s, q)
     z = roots_points(zeta, s, q)
     mag, _, ok = classify(zeta, z, s, q)
-    return mag, ok
+    return _far_field(x, y, s, q, mag, ok)
+
+
+def _lighter_companion(x: Array, q: Array) -> tuple[Array, Array]:
+    """Map q > 1 to 1/q by mirroring the frame (x → −x), so the solver frame is always centred on
+    the lighter body. The magnification is unchanged (the two bodies swap roles and places)."""
+    flip = q > 1.0
+    return jnp.where(flip, -x, x), jnp.where(flip, 1.0 / jnp.where(flip, q, 1.0), q)
+
+
+#: far field: beyond ``FAR_BASE + FAR_PER_S·s`` (θ_E) from the centre of mass the three images
+#: (major, and one next to each lens) are found by Newton's method on the lens equation from their
+#: asymptotic positions, without the polynomial, which is ill-conditioned there (the pair of roots
+#: next to each lens is only ~m/r apart). Checked against 40-digit solutions in the tests.
+FAR_BASE = 10.0
+FAR_PER_S = 3.0
+
+
+def _far_field_images(x: Array, y: Array, s: Array, q: Array) -> tuple[Array, Array]:
+    """Magnification from the three far-field images (CoM frame in, q ≤ 1). Returns (A, ok)."""
+    m2 = q / (1.0 + q)
+    m1 = 1.0 - m2
+    zeta = to_solver_frame(x, y, s, q)
+    c = s * m1  # centre of mass in the solver frame (companion at 0, primary at s)
+    w = zeta - c
+    aw2 = jnp.maximum(jnp.real(w * jnp.conj(w)), 1e-30)
+    major = c + 0.5 * w * (1.0 + jnp.sqrt(1.0 + 4.0 / aw2))
+    near1 = s - m1 / jnp.conj(zeta - s)
+    near2 = -m2 / jnp.conj(zeta)
+    z = jnp.stack([major, near1, near2], axis=0)
+    for _ in range(6):
+        zb = jnp.conj(z)
+        r = zeta - (z - m1 / (zb - s) - m2 / zb)
+        kappa = m1 / (zb - s) ** 2 + m2 / zb**2
+        det = 1.0 - jnp.real(kappa * jnp.conj(kappa))
+        z = z + (r - kappa * jnp.conj(r)) / det
+    zb = jnp.conj(z)
+    resid = jnp.abs(zeta - (z - m1 / (zb - s) - m2 / zb))
+    kappa = m1 / (zb - s) ** 2 + m2 / zb**2
+    k2 = jnp.real(kappa * jnp.conj(kappa))
+    d_lens = jnp.minimum(jnp.abs(z), jnp.abs(z - s))
+    ok = jnp.all(resid <= IMAGE_TOL * d_lens * (1.0 + jnp.sqrt(k2)), axis=0)
+    # the three images must be distinct (each near its own attractor)
+    ok &= (jnp.abs(z[0] - z[1]) > 0) & (jnp.abs(z[1] - z[2]) > 0) & (jnp.abs(z[0] - z[2]) > 0)
+    mag = jnp.sum(1.0 / jnp.abs(1.0 - k2), axis=0)
+    return jnp.where(ok, mag, jnp.nan), ok
+
+
+def _far_field(x: Array, y: Array, s: Array, q: Array, mag: Array, ok: Array) -> tuple[Array, Array]:
+    """Replace the polynomial result by the far-field images beyond ``FAR_BASE + FAR_PER_S·s``."""
+    r2 = x * x + y * y
+    far = r2 > (FAR_BASE + FAR_PER_S * s) ** 2
+    # evaluate the far-field formula at a harmless position where it is not used
+    xs = jnp.where(far, x, FAR_BASE + FAR_PER_S * s + 1.0)
+    ys = jnp.where(far, y, 0.0)
+    mag_far, ok_far = _far_field_images(xs, ys, s, q)
+    return jnp.where(far, mag_far, mag), jnp.where(far, ok_far, ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +450,8 @@ def magnification_trajectory(
         ``(A, ok)`` of shape (B, N); differentiable in all arguments.
     """
     b, n = x.shape
+    x, q_row = _lighter_companion(x, q[:, None])
+    q = q_row[:, 0]
     if segment is None:
         segment = default_segment(b, n)
     segment = max(2, min(segment, n))
@@ -383,4 +465,4 @@ def magnification_trajectory(
     mag, ok = _magnification_segments(zeta, sp, qp)
     mag = mag.reshape(b, n_seg * segment)[:, :n]
     ok = ok.reshape(b, n_seg * segment)[:, :n]
-    return mag, ok
+    return _far_field(x, y, s[:, None], q[:, None], mag, ok)
