@@ -260,7 +260,11 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     from mulens_sbi.survey.spec import load_spec, parse_spec
 
     out = Path(settings.out)
-    if (out / "posterior.json").exists() and not settings.overwrite:
+    if settings.embedding.kind != "binned_conv" or settings.embedding.n_bins != settings.preprocess.n_bins:
+        raise ValueError(f"the embedding must be 'binned_conv' with n_bins = preprocess.n_bins "
+                         f"({settings.preprocess.n_bins}), got {settings.embedding.kind!r} with "
+                         f"{settings.embedding.n_bins}")
+    if (out / "posterior.json").exists() and not settings.overwrite and not settings.stop:
         raise FileExistsError(f"{out / 'posterior.json'} exists; pass --overwrite to replace the model")
     mpath = Path(settings.data) / "manifest.json"
     if not mpath.exists():

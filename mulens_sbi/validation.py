@@ -55,6 +55,7 @@ class ValidateSettings:
         out: output folder (default: the model folder).
         seed: sampling (and fresh-simulation) seed.
         holdout_shards: number of held-out shards at the end of ``data``.
+        caustic_subset: also evaluate the caustic-crossing planetary subset (runs the lens solver).
         overwrite: replace existing outputs.
         progress: progress bars.
     """
@@ -66,6 +67,7 @@ class ValidateSettings:
     out: str | None = None
     seed: int = 0
     holdout_shards: int = 5
+    caustic_subset: bool = True
     overwrite: bool = False
     progress: bool = True
 
@@ -312,7 +314,8 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
                 survey = fh.name
         d = simulate_events(survey, settings.n, settings.seed)
         source = {"kind": "fresh simulation", "survey": model.survey_name, "seed": settings.seed}
-    rep = validate_arrays(model, d, settings.n_samples, settings.seed, settings.progress)
+    rep = validate_arrays(model, d, settings.n_samples, settings.seed, settings.progress,
+                          crossing=settings.caustic_subset)
     rep["wall_s"] = time.perf_counter() - t0
     rep["settings"] = asdict(settings)
     rep["source"] = source
