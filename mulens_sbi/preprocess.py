@@ -43,6 +43,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -260,6 +261,8 @@ def network_input(mean, err, count, cfg: PreprocessConfig):
     return jnp.stack([tn, fn, sn, has.astype(mean.dtype)], axis=-1)
 
 
+_network_input_jit = jax.jit(network_input, static_argnames=("cfg",))
+
 # ----------------------------------------------------------------------------------------------
 # the whole thing, for one light curve
 
@@ -293,7 +296,7 @@ def preprocess(t, flux, sigma, mask=None, cfg: PreprocessConfig | None = None, *
     if n_cells < cfg.min_cells:
         raise ValueError(f"{name}: the points fill only {n_cells} of {cfg.n_bins} time cells (need "
                          f"{cfg.min_cells}); the light curve is too short or too sparse for this model")
-    x = np.asarray(network_input(mean, err, cnt, cfg))
+    x = np.asarray(_network_input_jit(mean, err, cnt, cfg))
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name}: flat light curve (no brightening above the baseline); cannot normalize")
     info = {"n_used": n_used, "n_outside": int(m.sum()) - n_used, "n_masked": int((~m).sum()),

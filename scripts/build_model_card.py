@@ -1,0 +1,140 @@
+"""Write the numbers of a trained model folder into its model card (README.md).
+
+Usage: python scripts/build_model_card.py trained/roman [--notes NOTES.md]
+
+Reads posterior.json (architecture, parameter count, training metadata), training.json (history)
+and validation.json (from ``mulens-sbi validate``) and writes README.md: every figure in the card
+comes from those files. ``--notes`` appends a hand-written section (design choices, limitations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _fmt_cov(rep: dict, name: str, levels=(0.5, 0.68, 0.9, 0.95)) -> list[str]:
+    lev = rep["levels"]
+    return [f"{rep['marginal_coverage'][name][lev.index(a)]:.3f}" for a in levels]
+
+
+def build(folder: Path, notes: str = "") -> str:
+    side = json.loads((folder / "posterior.json").read_text())
+    meta = side["metadata"]
+    tr = meta["training"]
+    prov = meta["provenance"]
+    vpath = folder / "validation.json"
+    val = json.loads(vpath.read_text()) if vpath.exists() else None
+    cfg = side["config"]
+    emb, flow = cfg["embedding"], cfg["flow"]
+    tc = tr["train_config"]
+    hist = tr["history"]
+    hw = prov.get("hardware", {})
+    wall = tr.get("train_wall_s_total", tr.get("wall_time_s_last_session", 0.0))
+    lines = [
+        f"# Model card: `{folder.name}` — amortized posterior for {prov['survey']} binary-lens events",
+        "",
+        "Neural posterior estimator q(t_0, u_0, t_E, s, q, alpha | light curve) for the "
+        f"`{prov['survey']}` survey simulator (binary lens, point source; one dataset). Load it with "
+        f"`mulens_sbi.models.load_model(\"{folder.name}\")`; see `docs/npe.md`.",
+        "",
+        "## Training",
+        "",
+        "| item | value |",
+        "|---|---|",
+        f"| training data | {prov['n_train_rows']:,} simulated light curves "
+        f"({len(prov['train_shards'])} shards of "
+        f"`mulens-sbi simulate --survey {prov['survey']} --n {prov['simulation']['n']} --seed "
+        f"{prov['simulation']['seed']}`), {prov['n_val_rows']:,} more rows for early stopping; held out: "
+        f"{', '.join(prov['holdout_shards'])} |",
+        "| noise | redrawn every step at the binned level (exact in distribution) |",
+        f"| steps | {tr['steps_done']} of {tc['max_steps']} planned (batch {tc['batch_size']}, "
+        f"{tr['steps_done'] * tc['batch_size']:,} light curves seen ≈ "
+        f"{tr['steps_done'] * tc['batch_size'] / prov['n_train_rows']:.1f} epochs)"
+        + (" — stopped by hand when the time budget ran out" if tr.get("stopped_by_user") else "")
+        + (" — early stopping" if tr.get("stopped_early") else "") + " |",
+        f"| optimizer | AdamW, peak lr {tc['learning_rate']:g}, {tc['warmup_steps']} warm-up steps, "
+        "cosine decay "
+        f"over {tc['max_steps']} steps, clip {tc['clip_norm']:g}, weight decay {tc['weight_decay']:g} |",
+        f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
+        f"{tr['best_step']} |",
+        f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s) |",
+        f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
+        "shared with other jobs; load average ≈ 6) — **no GPU** |",
+        f"| network | {side['n_params']:,} parameters: binned 1-D CNN embedding ({emb['n_bins']} cells, "
+        f"channels {emb['channels']}, kernel {emb['kernel_size']}, context {emb['out_dim']}) + "
+        "rational-quadratic spline "
+        f"flow ({flow['n_layers']} coupling layers, hidden {flow['hidden']}, {flow['n_bins']} bins, "
+        f"affine first layer) |",
+        f"| versions | {', '.join(f'{k} {v}' for k, v in side['versions'].items())} |",
+        "",
+        "Validation loss history (step: val loss): "
+        + ", ".join(f"{h['step']}: {h['val_loss']:.3f}" for h in hist) + ".",
+        "",
+    ]
+    if val:
+        m = val["n_cases"]
+        lines += [
+            "## Calibration on held-out events",
+            "",
+            f"`mulens-sbi validate --model trained/{folder.name} --data <simulate folder> --n "
+            f"{val['settings']['n']}` "
+            f"on {m} events of the held-out shards ({val['n_excluded']} excluded, "
+            f"{val['n_preprocess_failed']} rejected by preprocessing), {val['n_samples']} posterior samples "
+            f"each; {val['wall_s']:.0f} s on {val['machine']['platform']}. Central-interval coverage per "
+            f"parameter (calibrated = nominal ± {2 * (0.5 * 0.5 / max(m, 1)) ** 0.5:.3f} at 50%, "
+            f"± {2 * (0.1 * 0.9 / max(m, 1)) ** 0.5:.3f} at 90%, 2σ binomial):",
+            "",
+            "| parameter | 50% | 68% | 90% | 95% | median abs. error of the median | median 68% width |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n in val["names"]:
+            r = val["recovery"][n]
+            sc = " (dex)" if r["scale"] == "log10" else ""
+            lines.append(f"| {n} | " + " | ".join(_fmt_cov(val, n)) +
+                         f" | {r['median_abs_error']:.3g}{sc} | {r['median_68_width']:.3g}{sc} |")
+        lev = val["levels"]
+        if "hpd_coverage" in val:
+            lines.append("| joint HPD | " + " | ".join(f"{val['hpd_coverage'][lev.index(a)]:.3f}"
+                                                     for a in (0.5, 0.68, 0.9, 0.95)) + " | | |")
+        if "tarp_coverage" in val:
+            lines.append("| TARP | " + " | ".join(f"{val['tarp_coverage'][lev.index(a)]:.3f}"
+                                                for a in (0.5, 0.68, 0.9, 0.95)) + " | | |")
+        worst = max(abs(c - a) for n in val["names"]
+                    for a, c in zip(lev, val["marginal_coverage"][n], strict=True)
+                    if a in (0.5, 0.68, 0.9, 0.95))
+        lines += ["", f"Largest deviation from nominal at 50/68/90/95%: **{worst:.3f}** "
+                  f"({'within' if worst <= 0.05 else 'MISSES'} the ±0.05 target)."]
+        cc = val.get("caustic_crossing_planetary")
+        if cc:
+            f95 = cc["frac_truth_in_95_hpd_logs_logq"]
+            f68 = cc["frac_truth_in_68_hpd_logs_logq"]
+            lines += ["", f"Caustic-crossing planetary events ({cc['definition']}): {cc['n_events']} of the "
+                      f"{cc['n_planetary']} held-out events with q < 0.01. True (log s, log q) inside the "
+                      "95% "
+                      f"highest-density region of the 2-D marginal (Gaussian KDE): "
+                      f"**{f95:.3f}**" + (f"; inside the 68% region: {f68:.3f}." if f68 is not None else ".")
+                      + (" Target 0.90: " + ("met." if f95 is not None and f95 >= 0.9 else "**missed**.")
+                         if f95 is not None else "")]
+        lines += ["", "Figures: `coverage.png` (expected coverage per parameter, joint HPD), `recovery.png` "
+                  "(posterior median and 68% interval vs truth), `sbc.png` (rank histograms).", "",
+                  "![coverage](coverage.png)", "", "![recovery](recovery.png)", ""]
+    if notes:
+        lines += [notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--notes", default=None)
+    a = ap.parse_args()
+    folder = Path(a.folder)
+    notes = Path(a.notes).read_text() if a.notes else ""
+    (folder / "README.md").write_text(build(folder, notes))
+    print(f"wrote {folder / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
