@@ -39,7 +39,8 @@ IMAGE_TOL = 1e-7
 #: after the final polishing Newton step, a correction larger than this times the distance to the
 #: nearest other root marks the point for a full re-solve (error left about STEP_TOL²·sep)
 STEP_TOL = 1e-5
-#: two root estimates closer than this (θ_E) are treated as a collapse and re-solved
+#: two root estimates closer than this (θ_E; relative to the distance to the nearest lens when that
+#: is below 1) are treated as a collapse and re-solved
 MIN_SEP = 1e-7
 
 
@@ -70,6 +71,16 @@ def _newton_t(cr: Array, ci: Array, x: Array, y: Array) -> tuple[Array, Array, A
     wr = (pr * dr + pi * di) * den
     wi = (pi * dr - pr * di) * den
     return x - wr, y - wi, wr * wr + wi * wi
+
+
+def _root_certificate(corr2: Array, x: Array, y: Array, s: Array) -> Array:
+    """Per-root certificate (5, ...): the last Newton correction (squared, ``corr2``) is at most
+    ``STEP_TOL`` times the distance to the nearest other root, and that distance is not a collapse
+    (at least ``MIN_SEP``, scaled down next to a lens where roots legitimately crowd: the pair next
+    to a companion of mass ratio q sits ~q/|ζ| from it)."""
+    sep2 = _sep2_t(x, y)
+    d2 = jnp.minimum(jnp.minimum(x * x + y * y, (x - s) ** 2 + y * y), 1.0)
+    return (corr2 <= (STEP_TOL * STEP_TOL) * sep2) & (sep2 >= (MIN_SEP * MIN_SEP) * d2)
 
 
 def _sep2_t(x: Array, y: Array) -> Array:
@@ -196,9 +207,7 @@ def solve_certified(zeta: Array, s: Array, q: Array) -> tuple[Array, Array]:
     cr, ci = _coeffs_t(zeta, s, q)
     x, y = jnp.moveaxis(z.real, -1, 0), jnp.moveaxis(z.imag, -1, 0)
     x, y, corr2 = _newton_t(cr, ci, x, y)
-    sep2 = _sep2_t(x, y)
-    good = (corr2 <= (STEP_TOL * STEP_TOL) * sep2) & (sep2 >= MIN_SEP * MIN_SEP)
-    certified = jnp.all(good & jnp.isfinite(x + y), axis=0)
+    certified = jnp.all(_root_certificate(corr2, x, y, s) & jnp.isfinite(x + y), axis=0)
     return jnp.moveaxis(x + 1j * y, 0, -1), certified
 
 
@@ -349,8 +358,7 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
         x, y, _ = _newton_t(cr, ci, gx, gy)
         x, y, corr2 = _newton_t(cr, ci, x, y)
         mag, _, ok = _classify_t(zt.real, zt.imag, x, y, s, q)
-        sep2 = _sep2_t(x, y)
-        ok &= jnp.all((corr2 <= (STEP_TOL * STEP_TOL) * sep2) & (sep2 >= MIN_SEP * MIN_SEP), axis=0)
+        ok &= jnp.all(_root_certificate(corr2, x, y, s), axis=0)
         out = (mag, ok, x, y) if want_roots else (mag, ok)
         return (x, y, x1, y1, x2, y2, zt, p1, p2), out
 

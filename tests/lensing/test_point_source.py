@@ -240,7 +240,9 @@ def test_identities_lens_equation_and_jacobian(rng):
     # A = Σ 1/|det J| over the images
     kappa = m1 / (zb - s[:, None]) ** 2 + m2 / zb**2
     mag = np.sum(np.where(is_img, 1 / np.abs(1 - np.abs(kappa) ** 2), 0), axis=1)
-    np.testing.assert_allclose(a, mag, rtol=1e-12)
+    # classify polishes the images by one Newton step on the lens equation before summing, which
+    # moves them by the roots' own error (~1e-12 relative)
+    np.testing.assert_allclose(a, mag, rtol=1e-10)
     # inside caustics (5 images) the signed magnifications sum to 1 (Witt & Mao 1995)
     parity = np.sum(np.where(is_img, 1 / (1 - np.abs(kappa) ** 2), 0), axis=1)
     np.testing.assert_allclose(parity[n_img == 5], 1.0, atol=1e-10 * mag.max())
