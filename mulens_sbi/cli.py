@@ -196,6 +196,47 @@ def _validate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------
+# fit
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="photometry tables 'time mag err' or 'time flux err' (one dataset each, with "
+                        "its own F_s, F_b)")
+    p.add_argument("--model", default="roman", help="shipped model name (default roman) or a model folder")
+    p.add_argument("--out", required=True,
+                   help="output folder (samples.parquet, summary.json, report.md, figures)")
+    p.add_argument("--n", type=_positive_int, default=10000, help="amortized samples (default 10000)")
+    p.add_argument("--refine", choices=("none", "is", "nuts"), default="is",
+                   help="none: flow only; is: importance sampling with the exact likelihood (default); "
+                        "nuts: IS, then NUTS started from it")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--kind", choices=("mag", "flux"), default=None,
+                   help="column 2 is magnitude or flux (default: from the file's header)")
+    p.add_argument("--time-format", default="auto", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
+                   help="time column scale (default auto: by header name or value)")
+    p.add_argument("--overwrite", action="store_true", help="replace the fit files in an existing --out")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _fit_run(args: argparse.Namespace) -> int:
+    from mulens_sbi.fit import check_output, fit, save_fit
+
+    check_output(args.out, args.overwrite)  # refuse before spending time on the fit
+    result = fit(args.files, args.model, n=args.n, refine=args.refine, seed=args.seed, kind=args.kind,
+                 time_format=args.time_format, progress=not args.no_progress)
+    files = save_fit(result, args.out, overwrite=args.overwrite, figures=not args.no_figures)
+    print(repr(result))
+    for f in files:
+        print(f"wrote {f}")
+    if result.status == "fail":
+        print("mulens-sbi fit: WARNING: the amortized posterior and the likelihood disagree (sample "
+              "efficiency below 1%); see summary.json/report.md and consider --refine nuts", file=sys.stderr)
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command(
         "simulate",
@@ -231,6 +272,16 @@ COMMANDS: list[Command] = [
         "caustic-crossing planetary subset).",
         _validate_args,
         _validate_run,
+    ),
+    Command(
+        "fit",
+        "fit one event's light curve(s) with a trained model (posterior samples, summary, figures)",
+        "Amortized posterior samples from a trained model, reweighted with the exact likelihood "
+        "(importance sampling: ESS, sample efficiency, evidence), optionally refined by NUTS. Several "
+        "FILEs are several datasets of one event. Writes samples.parquet, summary.json, report.md, "
+        "lightcurve.png, corner.png and caustics.png to --out (refused if present, unless --overwrite).",
+        _fit_args,
+        _fit_run,
     ),
 ]
 

@@ -173,3 +173,244 @@ def _circle(center: tuple[float, float], radius: float):
     from matplotlib.patches import Circle
 
     return Circle(center, radius, fill=False, color="C0", lw=0.8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Posterior plots (used by mulens_sbi.fit.FitResult)
+
+_LOG_PARAMS = ("t_E", "s", "q", "rho")
+_LABELS = {
+    "t_0": "t_0 (HJD')",
+    "u_0": "u_0",
+    "t_E": "log10 t_E (d)",
+    "s": "log10 s",
+    "q": "log10 q",
+    "alpha": "alpha (deg)",
+    "rho": "log10 rho",
+}
+
+
+#: plots evaluate models in blocks of this many parameter sets and multiples of this many times, so
+#: that one compiled shape serves every posterior plot (the solver's compile costs ~20 s)
+PLOT_ROWS = 48
+PLOT_POINTS = 4096
+
+
+def _magnifications(t: np.ndarray, params: dict) -> np.ndarray:
+    """(B, N) magnification of B parameter sets (dict of (B,) arrays) at sorted times t; NaN where
+    unsolved. Padded to (``PLOT_ROWS``, multiple of ``PLOT_POINTS``) blocks to reuse one compilation."""
+    from mulens_sbi.lightcurve import magnification_batch
+
+    t = np.asarray(t, float)
+    keys = [k for k in ("t_0", "u_0", "t_E", "s", "q", "alpha", "rho") if k in params]
+    p = {k: np.atleast_1d(np.asarray(params[k], float)) for k in keys}
+    b, n = p[keys[0]].size, t.size
+    n_pad = int(np.ceil(n / PLOT_POINTS) * PLOT_POINTS)
+    tp = np.concatenate([t, np.full(n_pad - n, t[-1])])
+    out = []
+    for i0 in range(0, b, PLOT_ROWS):
+        take = np.minimum(np.arange(i0, i0 + PLOT_ROWS), b - 1)
+        mag, ok = magnification_batch(tp, {k: v[take] for k, v in p.items()})
+        out.append(np.where(np.asarray(ok), np.asarray(mag), np.nan)[: min(PLOT_ROWS, b - i0), :n])
+    return np.concatenate(out, axis=0)
+
+
+def anomaly_window(t: np.ndarray, a_best: np.ndarray, best: dict, threshold: float = 0.01
+                   ) -> tuple[float, float] | None:
+    """Interval where the best binary model ``a_best`` (magnification at sorted times ``t``) differs
+    from the point lens with the same (t_0, u_0, t_E) by more than ``threshold`` (relative), padded by
+    20% (at least 0.3 d); None if there is none or it covers more than half of the span of ``t``."""
+    if "s" not in best:
+        return None
+    u = np.hypot((t - best["t_0"]) / best["t_E"], best["u_0"])
+    a0 = (u**2 + 2) / (u * np.sqrt(u**2 + 4))
+    dev = np.abs(a_best - a0) / a0 > threshold
+    if not dev.any():
+        return None
+    lo, hi = t[dev].min(), t[dev].max()
+    if hi - lo > 0.5 * (t.max() - t.min()):
+        return None
+    pad = max(0.2 * (hi - lo), 0.3)
+    return float(lo - pad), float(hi + pad)
+
+
+def plot_fit_lightcurve(
+    event,
+    draws: dict,
+    draw_f_s: np.ndarray,
+    draw_f_b: np.ndarray,
+    best: dict,
+    best_f_s: np.ndarray,
+    best_f_b: np.ndarray,
+    *,
+    zoom: tuple[float, float] | None = None,
+    truth: dict | None = None,
+    title: str = "",
+) -> Figure:
+    """Posterior light curve: data of every dataset, model draws, best model, residuals.
+
+    All datasets are put on the first dataset's flux scale with the best sample's fluxes,
+    ``F' = (F − F_b,d)/F_s,d · F_s,0 + F_b,0`` (errors scaled by F_s,0/F_s,d), and shown as magnitudes
+    (zero point 22). Each draw uses its own best-fit fluxes. Residuals are ``(data − best model)/σ``
+    in each dataset's own units. ``zoom`` (default: :func:`anomaly_window`) adds a second column.
+
+    Args:
+        event: the :class:`mulens_sbi.event.Event`.
+        draws: parameters of B draws (dict of (B,) arrays); draw_f_s, draw_f_b: (B, D) fluxes.
+        best: parameters of the best sample; best_f_s, best_f_b: (D,) its fluxes.
+        truth: optional true parameters (drawn dashed, with the best sample's fluxes).
+    """
+    t_all = np.concatenate([d.t for d in event.datasets])
+    b = len(next(iter(draws.values())))
+    rows = {k: np.concatenate([np.asarray(draws[k], float), [best[k]]]) for k in draws}
+    have_truth = truth is not None and all(k in truth for k in draws)
+    if have_truth:
+        rows = {k: np.append(v, float(truth[k])) for k, v in rows.items()}
+    n_lin = max(PLOT_POINTS - np.unique(t_all).size, PLOT_POINTS // 2)
+    grid = np.unique(np.concatenate([np.linspace(t_all.min(), t_all.max(), n_lin), t_all]))
+    mags = _magnifications(grid, rows)
+    if zoom is None:
+        zoom = anomaly_window(grid, mags[b], best)
+    a_best_data = [mags[b][np.searchsorted(grid, d.t)] for d in event.datasets]
+    grids = [grid]
+    mag_sets = [mags]
+    if zoom is not None:
+        gz = np.linspace(zoom[0], zoom[1], PLOT_POINTS)
+        grids.append(gz)
+        mag_sets.append(_magnifications(gz, rows))
+    fs0, fb0 = float(best_f_s[0]), float(best_f_b[0])
+    dfs, dfb = np.asarray(draw_f_s)[:, :1], np.asarray(draw_f_b)[:, :1]
+
+    ncol = 2 if zoom is not None else 1
+    fig = Figure(figsize=(6.5 * ncol, 6.0), layout="constrained")
+    gs = fig.add_gridspec(2, ncol, height_ratios=(3, 1))
+    for col in range(ncol):
+        ax = fig.add_subplot(gs[0, col])
+        axr = fig.add_subplot(gs[1, col], sharex=ax)
+        for j, d in enumerate(event.datasets):
+            fs, fb = float(best_f_s[j]), float(best_f_b[j])
+            f_al = (d.flux - fb) / fs * fs0 + fb0
+            s_al = d.sigma * abs(fs0 / fs)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                emag = _MAG_PER_FLUX * s_al / f_al
+            ax.errorbar(d.t, flux_to_mag(f_al), yerr=emag, fmt=".", ms=2, lw=0.4, alpha=0.6,
+                        color=f"C{j}" if event.n_datasets > 1 else "0.35", label=d.name, zorder=1)
+            res = (d.flux - (fs * a_best_data[j] + fb)) / d.sigma
+            axr.plot(d.t, res, ".", ms=2, alpha=0.6, color=f"C{j}" if event.n_datasets > 1 else "0.35")
+        g, mg = grids[col], mag_sets[col]
+        f_draws = dfs * mg[:b] + dfb
+        f_best = fs0 * mg[b] + fb0
+        for i in range(b):
+            ax.plot(g, flux_to_mag(f_draws[i]), "-", color="C1", lw=0.5, alpha=max(0.05, 3.0 / max(b, 1)),
+                    zorder=2, label="posterior draws" if i == 0 else None)
+        ax.plot(g, flux_to_mag(f_best), "-", color="C3", lw=1.0, zorder=3, label="best sample")
+        if have_truth:
+            ax.plot(g, flux_to_mag(fs0 * mg[b + 1] + fb0), "--", color="k", lw=0.8, zorder=4,
+                    label="truth (best fluxes)")
+        axr.axhline(0.0, color="C3", lw=1.0)
+        ax.invert_yaxis()
+        ax.set_ylabel(f"magnitude ({event.datasets[0].name} scale, zp 22)")
+        axr.set_ylabel("(data − best)/σ")
+        axr.set_xlabel("HJD − 2450000 (days)")
+        if col == 1:
+            ax.set_xlim(*zoom)
+            m = flux_to_mag(f_best)
+            m = m[np.isfinite(m)]
+            if m.size:
+                pad = 0.15 * (m.max() - m.min() + 1e-3)
+                ax.set_ylim(m.max() + pad, m.min() - pad)
+            ax.set_title("zoom on the anomaly", fontsize=10)
+        else:
+            ax.legend(loc="upper right", fontsize=7)
+            if zoom is not None:
+                ax.axvspan(*zoom, color="C0", alpha=0.1, lw=0)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_corner(samples: dict, weights: np.ndarray, *, truth: dict | None = None,
+                parameters: Sequence[str] | None = None, title: str = "") -> Figure:
+    """Corner plot (the ``corner`` package) of weighted samples; t_E, s, q, rho on log10 axes, alpha
+    unwrapped across 0°/360° (see :func:`mulens_sbi.summary.unwrap_angle`). Quantile lines at 16/50/84%."""
+    import corner
+
+    from mulens_sbi.summary import unwrap_angle
+
+    names = [k for k in (parameters or samples) if k in samples]
+    w = np.asarray(weights, float)
+    cols, labels, truths = [], [], []
+    for k in names:
+        v = np.asarray(samples[k], float)
+        tv = None if truth is None or k not in truth else float(truth[k])
+        if k in _LOG_PARAMS:
+            v = np.log10(v)
+            tv = None if tv is None else np.log10(tv)
+        elif k == "alpha":
+            v = unwrap_angle(v, w)
+            if tv is not None:
+                lo = v.min()
+                tv = lo + np.mod(tv - lo, 360.0)
+        cols.append(v)
+        labels.append(_LABELS.get(k, k))
+        truths.append(tv)
+    data = np.stack(cols, axis=1)
+    keep = np.all(np.isfinite(data), axis=1) & (w > 0)
+    d = len(names)
+    fig = Figure(figsize=(2.0 * d + 1, 2.0 * d + 1))
+    corner.corner(data[keep], weights=w[keep], labels=labels, quantiles=[0.16, 0.5, 0.84], fig=fig,
+                  truths=truths if truth is not None else None, truth_color="C3", plot_datapoints=False,
+                  show_titles=True, title_fmt=".4g", title_kwargs={"fontsize": 8},
+                  label_kwargs={"fontsize": 9}, smooth=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n_points: int = 512,
+                       title: str = "") -> Figure:
+    """Caustics and source trajectories (over ``t_range``) of several posterior draws; the first draw
+    (e.g. the best sample) is drawn solid and thick. A second panel zooms on the point where the
+    first draw's trajectory passes closest to its caustic. Positions in θ_E, CoM frame (MulensModel v3)."""
+    from mulens_sbi.lightcurve import source_trajectory
+
+    tt = np.linspace(t_range[0], t_range[1], 3000)
+    fig = Figure(figsize=(11.0, 5.2), layout="constrained")
+    axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
+    focus = None
+    extent = 1.5
+    for i, p in enumerate(draws):
+        color = "k" if i == 0 else f"C{i % 10}"
+        lw, alpha = (1.3, 1.0) if i == 0 else (0.7, 0.6)
+        xs, ys = (np.asarray(v) for v in source_trajectory(tt, p["t_0"], p["u_0"], p["t_E"], p["alpha"]))
+        caus = caustic_points(p["s"], p["q"], n_points) if "s" in p else None
+        if i == 0 and caus is not None:
+            c = np.atleast_2d(caus).ravel()
+            dist = np.abs(c[:, None] - (xs + 1j * ys)[None, :])
+            k = np.unravel_index(np.argmin(dist), dist.shape)
+            focus = (float(c[k[0]].real), float(c[k[0]].imag), float(max(0.02, min(1.0, 4 * dist[k]))))
+            extent = max(1.5, 1.2 * abs(_lens_positions(p["s"], p["q"])[1]), 1.5 * abs(p["u_0"]))
+        for ax in axes:
+            if caus is not None:
+                for br in np.atleast_2d(caus):
+                    ax.plot(br.real, br.imag, ".", ms=0.6 if i else 1.0, color=color, alpha=alpha)
+            ax.plot(xs, ys, "-", color=color, lw=lw, alpha=alpha, label="best sample" if i == 0 else None)
+            if "s" in p:
+                x1, x2 = _lens_positions(p["s"], p["q"])
+                ax.plot([x1, x2], [0.0, 0.0], "o", color=color, ms=3, alpha=alpha)
+    for k, ax in enumerate(axes):
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel("x (θ_E)")
+        ax.set_ylabel("y (θ_E)")
+        if k == 0:
+            ax.set_xlim(-extent, extent)
+            ax.set_ylim(-extent, extent)
+            ax.set_title(f"{len(draws)} posterior samples (black: best)", fontsize=9)
+        elif focus is not None:
+            x, y, h = focus
+            ax.set_xlim(x - h, x + h)
+            ax.set_ylim(y - h, y + h)
+            ax.set_title("closest approach to the caustic", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig

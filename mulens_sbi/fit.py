@@ -1,0 +1,881 @@
+"""Fit one event: amortized posterior → importance sampling with the exact likelihood → summary.
+
+``fit(data, model="roman")`` is the notebook entry point (``mulens-sbi fit FILE...`` the script one):
+
+1. **Validate** the data (:func:`as_event`): an :class:`~mulens_sbi.event.Event`, a
+   :class:`~mulens_sbi.event.Dataset`, a file or list of files (one dataset each, read by
+   :mod:`mulens_sbi.io_simple`), or arrays ``(t, flux, sigma)``. NaN/inf, errors ≤ 0 and too few
+   points are errors naming the dataset, column and row — never dropped silently.
+2. **Amortized samples** from the model (``model.sample(event, n, key) → (samples, log_q)``,
+   physical units, ``log q`` a density in the physical parameters). The shipped models read one
+   dataset; with several, the flow sees the *proposal dataset* (default: the one with the most
+   points) and the likelihood below sees all of them, so every dataset still informs the result.
+   Points outside the model's view (``t_ref ± H``) are not seen by the flow (reported) but are used
+   by the likelihood.
+3. **Importance sampling** (``refine="is"``, default): for every sample the exact Gaussian
+   likelihood with each dataset's (F_s, F_b) marginalised analytically
+   (:func:`mulens_sbi.likelihood.evaluate`, ``kind="marginal"``), the prior (the model's training
+   prior; t_0 uniform over the data span ± the model's view), and
+   ``log w = log L + log π − log q`` (:func:`mulens_sbi.inference.importance.importance_weights`):
+   weights, ESS, sample efficiency, log evidence and a verdict. Efficiency below 1% means the flow
+   and the likelihood disagree: the result says so loudly (``status = "fail"``, a warning) and
+   suggests ``refine="nuts"``.
+4. ``refine="nuts"``: additionally numpyro NUTS on the same likelihood
+   (:func:`mulens_sbi.inference.nuts.run_nuts`), chains started from weighted draws of step 3; the
+   NUTS draws (equal weights) become the result, the importance diagnostics are kept.
+   ``refine="none"``: the flow's samples as they are (equal weights, no likelihood check; fluxes from
+   the likelihood's linear solve on the first 512 samples only).
+5. **Summary** (:mod:`mulens_sbi.summary`): median and 68/95% intervals per parameter in physical
+   units, modes, diagnostics, and per-dataset fluxes (weighted median and intervals of each sample's
+   best-fit F_s, F_b; zero point 22) with source magnitude and blend fraction.
+
+Each sample carries its own best-fit fluxes (the maximum over F_s, F_b at that θ, from the same
+linear solve as the marginal likelihood), so light-curve draws need no further fitting.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulens_sbi.event import Dataset, Event
+from mulens_sbi.inference.importance import FAIL_EFFICIENCY, importance_weights, log_prior, parse_priors
+from mulens_sbi.likelihood import evaluate, pack_event
+from mulens_sbi.summary import find_modes, summarize_parameters, to_jsonable, write_json
+
+__all__ = [
+    "FIT_FILES",
+    "REFINE",
+    "FitResult",
+    "as_event",
+    "evaluate_samples",
+    "fit",
+    "model_priors",
+    "save_fit",
+]
+
+REFINE = ("none", "is", "nuts")
+#: files written by :func:`save_fit` / ``mulens-sbi fit``
+FIT_FILES = ("samples.parquet", "summary.json", "report.md", "lightcurve.png", "corner.png", "caustics.png")
+CONVENTIONS = (
+    "MulensModel v3: t_0 in HJD' = HJD - 2450000 (days), u_0 and s in theta_E (u_0 signed), t_E in days, "
+    "q = companion/primary, alpha in degrees; fluxes on zero point 22, F = F_s*A + F_b per dataset"
+)
+INTERVAL_NOTE = "central 68% = [0.16, 0.84] and 95% = [0.025, 0.975] weighted quantiles (inverted CDF)"
+_PARAM_ORDER = ("t_0", "u_0", "t_E", "s", "q", "alpha", "rho", "limb_darkening")
+_NONE_FLUX_SAMPLES = 512
+#: an importance-sampling result with fewer effective samples than this is a failure, whatever its
+#: efficiency (intervals from a handful of samples are not a posterior)
+MIN_ESS = 30.0
+_PAD = 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# input
+
+
+def as_event(data, *, kind: str | None = None, time_format: str = "auto", name: str | None = None) -> Event:
+    """Turn ``data`` into a validated :class:`Event` (see the module docstring for what is accepted).
+
+    ``kind``/``time_format`` are passed to :func:`mulens_sbi.io_simple.read_table` for files.
+    Arrays: a tuple ``(t, flux, sigma)`` (HJD', fluxes on zero point 22) or a mapping with keys
+    ``t, flux, sigma`` or ``t, mag, mag_err``.
+    """
+    if isinstance(data, Event):
+        return data
+    if isinstance(data, Dataset):
+        return Event(datasets=(data,), name=name or data.name)
+    if isinstance(data, str | os.PathLike):
+        data = [data]
+    if isinstance(data, Sequence) and data and all(isinstance(d, str | os.PathLike) for d in data):
+        from mulens_sbi.io_simple import read_event
+
+        return read_event(list(data), kind=kind, time_format=time_format, name=name)
+    if isinstance(data, Sequence) and data and all(isinstance(d, Dataset) for d in data):
+        return Event(datasets=tuple(data), name=name or "event")
+    if isinstance(data, Mapping):
+        if {"t", "flux", "sigma"} <= set(data):
+            return Event.single(data["t"], data["flux"], data["sigma"], name=name or "event")
+        if {"t", "mag", "mag_err"} <= set(data):
+            ds = Dataset.from_magnitudes("data", data["t"], data["mag"], data["mag_err"])
+            return Event(datasets=(ds,), name=name or "event")
+        raise ValueError(f"data mapping needs keys t, flux, sigma or t, mag, mag_err; got {sorted(data)}")
+    if isinstance(data, tuple) and len(data) == 3:
+        return Event.single(*data, name=name or "event")
+    raise ValueError(
+        f"cannot fit data of type {type(data).__name__}: give an Event, a Dataset, file path(s) or "
+        "(t, flux, sigma) arrays"
+    )
+
+
+def _load_model(model):
+    if isinstance(model, str | os.PathLike):
+        from mulens_sbi.models import load_model
+
+        return load_model(model)
+    if not hasattr(model, "sample"):
+        raise ValueError(f"model must be a name, a path or a loaded model, got {type(model).__name__}")
+    return model
+
+
+def _half_width(mdl) -> float:
+    cfg = getattr(mdl, "preprocess_config", None)
+    return float(getattr(cfg, "half_width_days", None) or getattr(mdl, "half_width_days", None) or 150.0)
+
+
+def model_priors(mdl, event: Event) -> dict:
+    """The lens-parameter prior used for importance sampling: the prior the model was trained with
+    (``mdl.priors`` if the object has one, else the survey spec stored in the model's metadata, else
+    the named survey spec), with a ``seasons`` prior on t_0 replaced by a uniform one over the data
+    span widened by the model's view (``t_first − H … t_last + H``, H = ``half_width_days``, 150 d):
+    inside a season the training prior on t_0 is uniform, and the flow cannot put t_0 outside that
+    interval. Returns :func:`mulens_sbi.inference.importance.parse_priors` objects."""
+    pri = getattr(mdl, "priors", None)
+    if pri is not None:
+        pri = dict(pri)
+    else:
+        from mulens_sbi.survey.spec import load_spec, parse_spec
+
+        prov = (getattr(mdl, "metadata", None) or {}).get("provenance", {})
+        if prov.get("spec_text"):
+            spec = parse_spec(prov["spec_text"], file=f"<spec of model {getattr(mdl, 'survey_name', '?')}>")
+        elif getattr(mdl, "survey_name", None):
+            spec = load_spec(mdl.survey_name)
+        else:
+            raise ValueError("the model carries no prior (no .priors, no survey spec in its metadata)")
+        pri = dict(spec.priors)
+    t0 = pri.get("t_0")
+    dist = t0.get("dist") if isinstance(t0, Mapping) else getattr(t0, "dist", None)
+    if t0 is None or dist == "seasons":
+        t_lo, t_hi = event.time_range()
+        h = _half_width(mdl)
+        pri["t_0"] = ("uniform", t_lo - h, t_hi + h)
+    names = set(getattr(mdl, "names", None) or _PARAM_ORDER)
+    pri = {k: v for k, v in pri.items() if k in names}
+    parsed, _ = parse_priors(pri)
+    return parsed
+
+
+def _proposal_event(event: Event, proposal_dataset: str | None) -> Event:
+    if proposal_dataset is None:
+        ds = max(event.datasets, key=lambda d: d.n)
+    else:
+        matches = [d for d in event.datasets if d.name == proposal_dataset]
+        if not matches:
+            raise ValueError(f"proposal_dataset {proposal_dataset!r} is not one of {list(event.names)}")
+        ds = matches[0]
+    return Event(datasets=(ds,), name=event.name)
+
+
+# ----------------------------------------------------------------------------------------------
+# likelihood over many samples, with fluxes
+
+
+def _pad_size(n: int) -> int:
+    return int(math.ceil(n / _PAD) * _PAD)
+
+
+def evaluate_samples(
+    event: Event, samples: Mapping[str, np.ndarray], *, chunk_size: int = 256, progress: bool = False
+) -> dict[str, np.ndarray]:
+    """Marginal log-likelihood, χ², and per-dataset best-fit (F_s, F_b) for every sample.
+
+    The event is padded to a multiple of 1024 points and the samples are processed in chunks of
+    ``chunk_size`` (the last padded), so one compiled shape serves many events and sample counts.
+    Returns ``log_likelihood`` (n,), ``chi2`` (n,), ``f_s``, ``f_b``, ``f_s_err`` (n, D), ``ok`` (n,).
+    """
+    from tqdm.auto import tqdm
+
+    packed = pack_event(event, pad_to=_pad_size(event.n_points))
+    names = [k for k in _PARAM_ORDER if k in samples]
+    n = int(np.asarray(samples[names[0]]).shape[0])
+    d = event.n_datasets
+    out = {
+        "log_likelihood": np.empty(n),
+        "chi2": np.empty(n),
+        "f_s": np.empty((n, d)),
+        "f_b": np.empty((n, d)),
+        "f_s_err": np.empty((n, d)),
+        "ok": np.empty(n, bool),
+    }
+    chunk = max(1, min(int(chunk_size), n))
+    full = {k: np.asarray(samples[k], dtype=float) for k in names}
+    starts = range(0, n, chunk)
+    for i0 in tqdm(starts, desc="likelihood", disable=not progress, total=len(starts)):
+        i1 = min(i0 + chunk, n)
+        take = np.minimum(np.arange(i0, i0 + chunk), n - 1)
+        res = evaluate({k: jnp.asarray(v[take]) for k, v in full.items()}, packed)
+        m = i1 - i0
+        out["log_likelihood"][i0:i1] = np.asarray(res.marginal)[:m]
+        out["chi2"][i0:i1] = np.asarray(res.chi2)[:m]
+        out["f_s"][i0:i1] = np.asarray(res.f_s)[:m]
+        out["f_b"][i0:i1] = np.asarray(res.f_b)[:m]
+        out["f_s_err"][i0:i1] = np.asarray(res.f_s_err)[:m]
+        out["ok"][i0:i1] = np.asarray(res.ok)[:m]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class FitResult:
+    """Posterior of one event (see the module docstring).
+
+    Attributes:
+        event: the data that were fitted.
+        samples: physical parameters (n,) each: t_0 (HJD'), u_0, t_E (days), s, q, alpha (degrees)[, rho].
+        weights: normalized posterior weights (n,), sum 1 (equal for NUTS / ``refine="none"``).
+        log_likelihood: (n,) flux-marginalised log-likelihood (NaN where not computed).
+        f_s, f_b: (n, D) best-fit source and blend flux of each sample per dataset (zero point 22).
+        dataset_names: the D dataset names, in the order of the flux columns.
+        method: ``"none"``, ``"is"`` or ``"nuts"``.
+        importance: diagnostics of the importance-sampling step (``None`` for ``refine="none"``):
+            n, ess, efficiency, log_evidence, log_evidence_err, status, verdict, n_outside_prior,
+            n_likelihood_failed.
+        nuts: NUTS diagnostics (``refine="nuts"``): r_hat, n_eff, divergences, time_s, ...
+        summary: the JSON-able summary (parameters, modes, fluxes, diagnostics, settings).
+        status: ``"ok"``, ``"caution"``, ``"fail"`` or ``"unchecked"``; messages: warnings raised.
+        log_prior, log_proposal: (n,) terms of the weights (NaN where not applicable).
+    """
+
+    event: Event
+    samples: dict[str, np.ndarray]
+    weights: np.ndarray
+    log_likelihood: np.ndarray
+    f_s: np.ndarray
+    f_b: np.ndarray
+    dataset_names: tuple[str, ...]
+    method: str
+    importance: dict | None
+    nuts: dict | None
+    summary: dict
+    status: str
+    messages: list[str] = field(default_factory=list)
+    log_prior: np.ndarray | None = None
+    log_proposal: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.weights.size)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(self.samples)
+
+    def resample(self, n: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """Equal-weight draws (with replacement, by weight); default n = round(ESS)."""
+        ess = 1.0 / float(np.sum(self.weights**2))
+        n = max(1, int(round(ess))) if n is None else int(n)
+        idx = np.random.default_rng(seed).choice(self.n, size=n, replace=True, p=self.weights)
+        return {k: v[idx] for k, v in self.samples.items()}
+
+    def draw_indices(self, n: int, seed: int = 0) -> np.ndarray:
+        """Indices of ``n`` distinct samples drawn by weight (for plotting model draws)."""
+        pos = np.flatnonzero(self.weights > 0)
+        n = min(n, pos.size)
+        p = self.weights[pos] / self.weights[pos].sum()
+        return np.random.default_rng(seed).choice(pos, size=n, replace=False, p=p)
+
+    def best_index(self) -> int:
+        """Index of the sample with the highest log-likelihood + log-prior (finite weight)."""
+        score = np.where(self.weights > 0, np.nan_to_num(self.log_likelihood, nan=-np.inf), -np.inf)
+        if self.log_prior is not None:
+            score = score + np.nan_to_num(self.log_prior, nan=0.0)
+        if not np.any(np.isfinite(score)):
+            return int(np.argmax(self.weights))
+        return int(np.argmax(score))
+
+    # --------------------------------------------------------------------------- plots
+    def plot_lightcurve(
+        self,
+        n_draws: int = 40,
+        seed: int = 0,
+        zoom: tuple[float, float] | None = None,
+        truth: Mapping | None = None,
+    ):
+        """Data of every dataset (aligned to the first dataset's flux scale), ``n_draws`` posterior
+        model curves, the best sample's curve and residuals. Returns a matplotlib Figure."""
+        from mulens_sbi.plots import plot_fit_lightcurve
+
+        idx = self.draw_indices(n_draws, seed)
+        best = self.best_index()
+        return plot_fit_lightcurve(
+            self.event,
+            draws={k: v[idx] for k, v in self.samples.items()},
+            draw_f_s=self.f_s[idx],
+            draw_f_b=self.f_b[idx],
+            best={k: float(v[best]) for k, v in self.samples.items()},
+            best_f_s=self.f_s[best],
+            best_f_b=self.f_b[best],
+            zoom=zoom,
+            truth=truth,
+            title=f"{self.event.name}: {len(idx)} posterior draws ({self.method})",
+        )
+
+    def plot_corner(self, truth: Mapping | None = None, parameters: Sequence[str] | None = None):
+        """Corner plot of the weighted samples (log10 for t_E, s, q, rho). Returns a Figure."""
+        from mulens_sbi.plots import plot_corner
+
+        return plot_corner(
+            self.samples,
+            self.weights,
+            truth=truth,
+            parameters=parameters,
+            title=f"{self.event.name} ({self.method})",
+        )
+
+    def plot_caustics(self, n_draws: int = 6, seed: int = 0):
+        """Caustics and source trajectories of the best sample and ``n_draws`` posterior draws."""
+        from mulens_sbi.plots import plot_caustic_draws
+
+        idx = self.draw_indices(n_draws, seed)
+        best = self.best_index()
+        order = [best] + [int(i) for i in idx if i != best]
+        draws = [{k: float(v[i]) for k, v in self.samples.items()} for i in order]
+        return plot_caustic_draws(draws, self.event.time_range(), title=f"{self.event.name}: caustics")
+
+    # --------------------------------------------------------------------------- output
+    def to_table(self):
+        """A pyarrow Table: parameters, ``weight``, ``log_likelihood``, ``log_prior``,
+        ``log_proposal``, and ``f_s[<dataset>]``, ``f_b[<dataset>]`` per dataset."""
+        import pyarrow as pa
+
+        cols = {k: pa.array(np.asarray(v, dtype=float)) for k, v in self.samples.items()}
+        cols["weight"] = pa.array(self.weights)
+        cols["log_likelihood"] = pa.array(self.log_likelihood)
+        nan = np.full(self.n, np.nan)
+        cols["log_prior"] = pa.array(self.log_prior if self.log_prior is not None else nan)
+        cols["log_proposal"] = pa.array(self.log_proposal if self.log_proposal is not None else nan)
+        for j, name in enumerate(self.dataset_names):
+            cols[f"f_s[{name}]"] = pa.array(self.f_s[:, j])
+            cols[f"f_b[{name}]"] = pa.array(self.f_b[:, j])
+        return pa.table(cols)
+
+    def save(
+        self,
+        out: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        figures: bool = True,
+        truth: Mapping | None = None,
+    ) -> list[Path]:
+        """Write :data:`FIT_FILES` into ``out`` (see :func:`save_fit`)."""
+        return save_fit(self, out, overwrite=overwrite, figures=figures, truth=truth)
+
+    def __repr__(self) -> str:
+        lines = [
+            f"FitResult(event={self.event.name!r}, datasets={list(self.dataset_names)}, "
+            f"n={self.n}, method={self.method!r}, status={self.status!r})"
+        ]
+        imp = self.importance
+        if imp is not None:
+            lines.append(
+                f"  importance sampling: ESS {imp['ess']:.0f} of {imp['n']} "
+                f"(efficiency {100 * imp['efficiency']:.2f}%), log Z = {imp['log_evidence']:.2f}"
+                f" ± {imp['log_evidence_err']:.2f}"
+            )
+        if self.nuts is not None:
+            rh = max(self.nuts["r_hat"].values()) if self.nuts.get("r_hat") else float("nan")
+            lines.append(
+                f"  NUTS: {self.nuts['n_samples']} draws, max R-hat {rh:.3f}, "
+                f"{self.nuts['divergences']} divergences, {self.nuts['time_s']:.1f} s"
+            )
+        lines.append(f"  {'parameter':<8} {'median':>12}   {'68% interval':<27} {'95% interval':<27}")
+        for k, s in self.summary["parameters"].items():
+            lo1, hi1 = s["interval_68"]
+            lo2, hi2 = s["interval_95"]
+            lines.append(
+                f"  {k:<8} {s['median']:>12.6g}   [{lo1:.6g}, {hi1:.6g}]".ljust(52)
+                + f" [{lo2:.6g}, {hi2:.6g}]"
+            )
+        modes = self.summary.get("modes", {})
+        if modes.get("n_modes", 1) > 1:
+            parts = [
+                f"s={m['parameters']['s']['median']:.4g}, q={m['parameters']['q']['median']:.3g} "
+                f"({100 * m['weight']:.0f}%)"
+                for m in modes["modes"]
+                if "s" in m["parameters"]
+            ]
+            lines.append(f"  {modes['n_modes']} modes: " + "; ".join(parts))
+        for name, fl in self.summary["fluxes"].items():
+            lines.append(
+                f"  fluxes [{name}]: F_s = {fl['f_s']['median']:.4g}, F_b = {fl['f_b']['median']:.4g}"
+                f" (source mag {fl['source_mag']['median']:.3f}, zero point 22)"
+            )
+        for m in self.messages:
+            lines.append(f"  ! {m}")
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return report_markdown(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# the fit
+
+
+def fit(
+    data,
+    model: Any = "roman",
+    *,
+    n: int = 10_000,
+    refine: str = "is",
+    seed: int = 0,
+    proposal_dataset: str | None = None,
+    chunk_size: int = 256,
+    nuts_warmup: int = 300,
+    nuts_samples: int = 300,
+    nuts_chains: int = 2,
+    progress: bool = True,
+    kind: str | None = None,
+    time_format: str = "auto",
+    name: str | None = None,
+) -> FitResult:
+    """Posterior of one event (see the module docstring for the steps).
+
+    Args:
+        data: Event, Dataset, file path(s) or arrays (:func:`as_event`).
+        model: a model name (``"roman"``), a model folder, or a loaded model object with
+            ``sample(event, n, key) -> (samples, log_q)`` and priors (``.priors`` or ``.spec``).
+        n: number of amortized samples (proposal draws).
+        refine: ``"is"`` (importance sampling, default), ``"nuts"`` (IS then NUTS) or ``"none"``.
+        seed: seed of everything random (flow draws, NUTS, plot draws).
+        proposal_dataset: the dataset the flow sees (default: the one with the most points).
+        chunk_size: parameter sets per likelihood call.
+        nuts_warmup, nuts_samples, nuts_chains: NUTS settings (per chain).
+        progress: progress bars.
+        kind, time_format, name: passed to the file reader.
+
+    Returns:
+        :class:`FitResult`.
+    """
+    if refine not in REFINE:
+        raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
+    n = int(n)
+    if n < 2:
+        raise ValueError(f"n must be >= 2, got {n}")
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+    event = as_event(data, kind=kind, time_format=time_format, name=name)
+    t_lo, t_hi = event.time_range()
+    if t_hi > 2_400_000.0:
+        raise ValueError(
+            f"event {event.name!r}: times up to {t_hi:.2f} look like full JD/HJD; fit expects HJD' = "
+            "HJD - 2450000 (the file reader converts automatically; subtract 2450000 from arrays)"
+        )
+    mdl = _load_model(model)
+    if isinstance(model, str | os.PathLike):
+        model_label = str(model)
+    else:
+        model_label = str(
+            getattr(mdl, "name", None) or getattr(mdl, "path", None) or getattr(mdl, "survey_name", None)
+            or type(mdl).__name__
+        )
+    messages: list[str] = []
+
+    # ---- amortized samples
+    t0 = time.perf_counter()
+    ev1 = _proposal_event(event, proposal_dataset)
+    key = jax.random.PRNGKey(seed)
+    if "return_info" in inspect.signature(mdl.sample).parameters:
+        raw, log_q, info = mdl.sample(ev1, n, key, return_info=True)
+    else:  # a minimal model object
+        (raw, log_q), info = mdl.sample(ev1, n, key), {}
+    raw = {k: np.asarray(v, dtype=float).reshape(-1) for k, v in raw.items()}
+    log_q = np.asarray(log_q, dtype=float).reshape(-1)
+    timings["flow_s"] = time.perf_counter() - t0
+    names = [k for k in _PARAM_ORDER if k in raw]
+    good = np.isfinite(log_q)
+    for k in names:
+        good &= np.isfinite(raw[k])
+    n_missing = int((~good).sum())
+    if n_missing:
+        messages.append(
+            f"{n_missing} of {n} flow samples are missing (prior leakage: the flow puts mass outside the "
+            "prior; the data may be outside the training distribution)"
+        )
+        if n_missing == n:
+            raise ValueError(
+                "the model returned no usable sample (all outside the prior); the light curve "
+                "is probably unlike anything the model was trained on"
+            )
+    samples = {k: raw[k][good] for k in names}
+    log_q = log_q[good]
+    m = log_q.size
+    view = info.get("preprocess") or {}
+    if view.get("n_outside"):
+        messages.append(
+            f"{view['n_outside']} point(s) of dataset {ev1.datasets[0].name!r} lie more than "
+            f"{_half_width(mdl):g} d from the peak estimate t_ref = {info.get('t_ref', float('nan')):.3f}, "
+            "outside the model's view: the flow did not see them (the likelihood uses them)"
+        )
+    if event.n_datasets > 1:
+        messages.append(
+            f"the flow saw dataset {ev1.datasets[0].name!r}; the likelihood uses all "
+            f"{event.n_datasets} datasets"
+        )
+
+    # ---- likelihood, prior, weights
+    priors = model_priors(mdl, event)
+    lp = np.asarray(log_prior(priors, {k: samples[k] for k in priors if priors[k].dist != "fixed"}))
+    importance = None
+    nuts_diag = None
+    if refine == "none":
+        k_eval = min(m, _NONE_FLUX_SAMPLES)
+        t0 = time.perf_counter()
+        ev = evaluate_samples(event, {k: v[:k_eval] for k, v in samples.items()}, chunk_size=chunk_size)
+        timings["likelihood_s"] = time.perf_counter() - t0
+        ll = np.full(m, np.nan)
+        ll[:k_eval] = ev["log_likelihood"]
+        f_s = np.full((m, event.n_datasets), np.nan)
+        f_b = np.full((m, event.n_datasets), np.nan)
+        f_s[:k_eval], f_b[:k_eval] = ev["f_s"], ev["f_b"]
+        weights = np.full(m, 1.0 / m)
+        status = "unchecked"
+        messages.append("refine='none': amortized samples only, not checked against the likelihood")
+        flux_w = np.where(np.arange(m) < k_eval, 1.0, 0.0)
+    else:
+        t0 = time.perf_counter()
+        ev = evaluate_samples(event, samples, chunk_size=chunk_size, progress=progress)
+        timings["likelihood_s"] = time.perf_counter() - t0
+        ll, f_s, f_b = ev["log_likelihood"], ev["f_s"], ev["f_b"]
+        imp = importance_weights(ll, lp, log_q)
+        importance = {
+            "n": imp.n,
+            "n_requested": n,
+            "ess": imp.ess,
+            "efficiency": imp.efficiency,
+            "log_evidence": imp.log_evidence,
+            "log_evidence_err": imp.log_evidence_err,
+            "status": imp.status,
+            "verdict": imp.verdict,
+            "n_outside_prior": imp.n_outside_prior,
+            "n_likelihood_failed": imp.n_likelihood_failed,
+            "fail_efficiency": FAIL_EFFICIENCY,
+        }
+        status = imp.status
+        if imp.ess <= 0 and refine != "nuts":
+            raise ValueError(f"importance sampling failed: {imp.verdict}")
+        weights = imp.weights if imp.ess > 0 else np.full(m, 1.0 / m)
+        flux_w = weights
+        if status == "fail" or imp.ess < MIN_ESS:
+            status = "fail"
+            msg = (
+                f"LOW SAMPLE EFFICIENCY {100 * imp.efficiency:.2g}% (ESS {imp.ess:.1f} of {imp.n}; "
+                f"fail below {100 * FAIL_EFFICIENCY:g}% or ESS {MIN_ESS:g}): the flow and the likelihood "
+                "disagree; the importance-weighted posterior rests on too few samples. Use "
+                "refine='nuts' (--refine nuts) or treat the result with great caution."
+            )
+            messages.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        elif status == "caution":
+            messages.append(imp.verdict)
+
+    if refine == "nuts":
+        from mulens_sbi.inference.nuts import run_nuts
+
+        chains = int(nuts_chains)
+        idx = np.random.default_rng(seed).choice(m, size=chains, replace=True, p=weights)
+        init = {k: samples[k][idx] for k in names if priors.get(k) is not None and priors[k].dist != "fixed"}
+        if chains == 1:
+            init = {k: float(v[0]) for k, v in init.items()}
+        t0 = time.perf_counter()
+        prior_spec = {
+            k: ((p.dist, p.low, p.high) if p.dist != "fixed" else ("fixed", p.value))
+            for k, p in priors.items()
+        }
+        nuts_samples_, diag = run_nuts(
+            event,
+            init,
+            prior_spec,
+            num_warmup=nuts_warmup,
+            num_samples=nuts_samples,
+            seed=seed,
+            chains=chains,
+            pad_to=_pad_size(event.n_points),
+            progress=progress,
+        )
+        timings["nuts_s"] = time.perf_counter() - t0
+        samples = {k: np.asarray(nuts_samples_[k], dtype=float) for k in names}
+        m = samples[names[0]].size
+        ev = evaluate_samples(event, samples, chunk_size=chunk_size)
+        ll, f_s, f_b = ev["log_likelihood"], ev["f_s"], ev["f_b"]
+        lp = np.asarray(log_prior(priors, {k: samples[k] for k in priors if priors[k].dist != "fixed"}))
+        log_q = np.full(m, np.nan)
+        weights = np.full(m, 1.0 / m)
+        flux_w = weights
+        nuts_diag = {
+            k: diag[k]
+            for k in ("r_hat", "n_eff", "divergences", "accept_prob", "num_steps_mean", "time_s", "chains")
+        }
+        nuts_diag["n_samples"] = m
+        nuts_diag["num_warmup"] = nuts_warmup
+        rh = max(diag["r_hat"].values()) if chains > 1 else float("nan")
+        if chains > 1 and rh > 1.05:
+            messages.append(
+                f"NUTS chains disagree (max R-hat {rh:.3f} > 1.05): run longer or check the modes"
+            )
+        if diag["divergences"]:
+            messages.append(f"NUTS had {diag['divergences']} divergent transitions")
+        status = "ok" if (chains == 1 or rh <= 1.05) else "caution"
+
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = _build_summary(
+        event,
+        samples,
+        weights,
+        ll,
+        lp,
+        f_s,
+        f_b,
+        flux_w,
+        refine,
+        importance,
+        nuts_diag,
+        status,
+        messages,
+        model_label,
+        seed,
+        n,
+        timings,
+    )
+    return FitResult(
+        event=event,
+        samples=samples,
+        weights=weights,
+        log_likelihood=ll,
+        f_s=f_s,
+        f_b=f_b,
+        dataset_names=event.names,
+        method=refine,
+        importance=importance,
+        nuts=nuts_diag,
+        summary=summary,
+        status=status,
+        messages=messages,
+        log_prior=lp,
+        log_proposal=log_q,
+        timings=timings,
+    )
+
+
+def _build_summary(
+    event,
+    samples,
+    weights,
+    ll,
+    lp,
+    f_s,
+    f_b,
+    flux_w,
+    method,
+    importance,
+    nuts_diag,
+    status,
+    messages,
+    model_label,
+    seed,
+    n,
+    timings,
+) -> dict:
+    from mulens_sbi import __version__
+    from mulens_sbi.summary import parameter_summary
+
+    params = summarize_parameters(samples, weights)
+    ess = 1.0 / float(np.sum(weights**2))
+    try:
+        modes = find_modes(
+            samples, weights, ess=ess, log_likelihood=np.where(np.isfinite(ll), ll, -np.inf), seed=seed
+        )
+    except ValueError as exc:
+        modes = {"modes": [], "n_modes": 0, "method": f"not computed: {exc}"}
+    fluxes = {}
+    for j, name in enumerate(event.names):
+        ok = (flux_w > 0) & np.isfinite(f_s[:, j]) & np.isfinite(f_b[:, j])
+        if not ok.any():
+            continue
+        w = flux_w[ok]
+        fs, fb = f_s[ok, j], f_b[ok, j]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            src_mag = np.where(fs > 0, 22.0 - 2.5 * np.log10(np.where(fs > 0, fs, 1.0)), np.nan)
+            blend = fb / (fs + fb)
+        fin = np.isfinite(src_mag)
+        fluxes[name] = {
+            "f_s": parameter_summary(fs, w),
+            "f_b": parameter_summary(fb, w),
+            "source_mag": parameter_summary(src_mag[fin], w[fin]) if fin.any() else None,
+            "blend_fraction": parameter_summary(blend[np.isfinite(blend)], w[np.isfinite(blend)]),
+            "n_points": int(event.datasets[j].n),
+        }
+    best = int(
+        np.argmax(np.where(weights > 0, np.nan_to_num(ll, nan=-np.inf) + np.nan_to_num(lp, nan=0.0), -np.inf))
+    )
+    return to_jsonable(
+        {
+            "event": event.name,
+            "datasets": list(event.names),
+            "n_points": {d.name: d.n for d in event.datasets},
+            "time_range": list(event.time_range()),
+            "model": model_label,
+            "method": method,
+            "status": status,
+            "messages": list(messages),
+            "conventions": CONVENTIONS,
+            "intervals": INTERVAL_NOTE,
+            "parameters": params,
+            "best_sample": {
+                **{k: float(v[best]) for k, v in samples.items()},
+                "log_likelihood": float(ll[best]) if np.isfinite(ll[best]) else None,
+                "f_s": dict(zip(event.names, f_s[best].tolist(), strict=True)),
+                "f_b": dict(zip(event.names, f_b[best].tolist(), strict=True)),
+            },
+            "modes": modes,
+            "fluxes": fluxes,
+            "importance_sampling": importance,
+            "nuts": None if nuts_diag is None else {k: v for k, v in nuts_diag.items()},
+            "n_samples": int(weights.size),
+            "ess": ess,
+            "seed": seed,
+            "n_requested": n,
+            "timings_s": timings,
+            "version": __version__,
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an output folder that already holds fit files unless ``overwrite`` (checked before a
+    fit starts, so no time is wasted). Raises :class:`mulens_sbi.simulate.OutputExistsError`."""
+    from mulens_sbi.simulate import OutputExistsError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a folder")
+    existing = [f for f in FIT_FILES if (out / f).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{out} already holds {', '.join(existing)}: choose another --out or pass --overwrite"
+        )
+    return out
+
+
+def save_fit(
+    result: FitResult,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    figures: bool = True,
+    truth: Mapping | None = None,
+) -> list[Path]:
+    """Write samples (parquet), ``summary.json``, ``report.md`` and the figures into ``out``
+    (``truth``: known parameters of a simulated event, marked in the light-curve and corner plots).
+
+    A folder holding any of :data:`FIT_FILES` is refused unless ``overwrite`` (then only those files
+    are replaced; nothing else in the folder is touched).
+    """
+    import pyarrow.parquet as pq
+
+    out = check_output(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    pq.write_table(result.to_table(), out / "samples.parquet", compression="zstd")
+    written.append(out / "samples.parquet")
+    written.append(write_json(result.summary, out / "summary.json", overwrite=True))
+    if figures:
+        for fname, fn in (
+            ("lightcurve.png", lambda: result.plot_lightcurve(truth=truth)),
+            ("corner.png", lambda: result.plot_corner(truth=truth)),
+            ("caustics.png", result.plot_caustics),
+        ):
+            fig = fn()
+            fig.savefig(out / fname, dpi=110)
+            written.append(out / fname)
+    (out / "report.md").write_text(report_markdown(result, figures=figures))
+    written.append(out / "report.md")
+    return written
+
+
+def report_markdown(result: FitResult, figures: bool = True) -> str:
+    """A short Markdown report: status, parameter table, modes, fluxes, diagnostics."""
+    s = result.summary
+    lines = [f"# Fit of {s['event']}", ""]
+    lines.append(
+        f"Model `{s['model']}`, method `{s['method']}`, status **{s['status']}**, "
+        f"{s['n_samples']} samples (ESS {s['ess']:.0f}). {s['conventions']}."
+    )
+    lines.append("")
+    for msg in s["messages"]:
+        lines.append(f"> **Note:** {msg}")
+        lines.append("")
+    lines += ["| parameter | median | 68% interval | 95% interval |", "|---|---|---|---|"]
+    for k, p in s["parameters"].items():
+        lines.append(
+            f"| {k} | {p['median']:.6g} | [{p['interval_68'][0]:.6g}, {p['interval_68'][1]:.6g}] | "
+            f"[{p['interval_95'][0]:.6g}, {p['interval_95'][1]:.6g}] |"
+        )
+    lines.append("")
+    modes = s.get("modes") or {}
+    if modes.get("modes"):
+        lines += [
+            f"Modes ({modes['method']}):",
+            "",
+            "| mode | weight | s | q | u_0 | alpha |",
+            "|---|---|---|---|---|---|",
+        ]
+        for i, md in enumerate(modes["modes"]):
+            p = md["parameters"]
+
+            def med(k, p=p):
+                return f"{p[k]['median']:.5g}" if k in p else "–"
+
+            lines.append(
+                f"| {i + 1} | {md['weight']:.3f} | {med('s')} | {med('q')} | {med('u_0')} | {med('alpha')} |"
+            )
+        lines.append("")
+    lines += ["| dataset | points | F_s | F_b | source mag | blend fraction |", "|---|---|---|---|---|---|"]
+    for name, fl in s["fluxes"].items():
+        sm = fl["source_mag"]["median"] if fl["source_mag"] else float("nan")
+        lines.append(
+            f"| {name} | {fl['n_points']} | {fl['f_s']['median']:.5g} | {fl['f_b']['median']:.5g} | "
+            f"{sm:.3f} | {fl['blend_fraction']['median']:.3f} |"
+        )
+    lines.append("")
+    imp = s.get("importance_sampling")
+    if imp:
+        lines.append(
+            f"Importance sampling: {imp['n']} proposal samples, ESS {imp['ess']:.1f}, sample efficiency "
+            f"{100 * imp['efficiency']:.2f}%, log evidence {imp['log_evidence']:.3f} ± "
+            f"{imp['log_evidence_err']:.3f} (flat flux priors; see mulens_sbi.likelihood). "
+            f"Verdict: {imp['verdict']}"
+        )
+        lines.append("")
+    nd = s.get("nuts")
+    if nd:
+        lines.append(
+            f"NUTS: {nd['n_samples']} draws from {nd['chains']} chain(s), R-hat {nd['r_hat']}, "
+            f"{nd['divergences']} divergences, {nd['time_s']:.1f} s."
+        )
+        lines.append("")
+    t = s["timings_s"]
+    lines.append("Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+    if figures:
+        lines += ["", "Figures: `lightcurve.png`, `corner.png`, `caustics.png`; samples: `samples.parquet`."]
+    return "\n".join(lines) + "\n"
