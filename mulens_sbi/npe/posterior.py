@@ -46,7 +46,7 @@ def _draw_fn(params, c, key, n: int, config: NPEConfig, space: ParameterSpace):
     z, lq = NPEModel(config, space.dim).apply(params, u, c[:, None, :], method=NPEModel.sample_context)
     z = z.astype(fdt)
     theta = space.to_physical(z)
-    lq = lq.astype(fdt) - space.log_det_to_network(theta)
+    lq = lq.astype(fdt) + space.log_det_to_network(theta)  # p(theta) = q(z) |dz/dtheta|
     return theta, lq, space.in_bounds(theta)
 
 
