@@ -284,8 +284,8 @@ class FitResult:
         return {k: v[idx] for k, v in self.samples.items()}
 
     def draw_indices(self, n: int, seed: int = 0) -> np.ndarray:
-        """Indices of ``n`` distinct samples drawn by weight (for plotting model draws)."""
-        pos = np.flatnonzero(self.weights > 0)
+        """Indices of ``n`` distinct samples drawn by weight among those with fluxes (for plotting)."""
+        pos = np.flatnonzero((self.weights > 0) & np.all(np.isfinite(self.f_s), axis=1))
         n = min(n, pos.size)
         p = self.weights[pos] / self.weights[pos].sum()
         return np.random.default_rng(seed).choice(pos, size=n, replace=False, p=p)
