@@ -382,8 +382,8 @@ def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n
     for i, p in enumerate(draws):
         color = "k" if i == 0 else f"C{i % 10}"
         lw, alpha = (1.3, 1.0) if i == 0 else (0.7, 0.6)
-        alpha = p.get("alpha", 0.0)  # a single lens has no axis: draw the trajectory along x
-        xs, ys = (np.asarray(v) for v in source_trajectory(tt, p["t_0"], p["u_0"], p["t_E"], alpha))
+        ang = p.get("alpha", 0.0)  # a single lens has no axis: draw the trajectory along x
+        xs, ys = (np.asarray(v) for v in source_trajectory(tt, p["t_0"], p["u_0"], p["t_E"], ang))
         caus = caustic_points(p["s"], p["q"], n_points) if "s" in p else None
         if i == 0 and caus is not None:
             c = np.atleast_2d(caus).ravel()
