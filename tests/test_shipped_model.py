@@ -1,0 +1,55 @@
+"""The shipped Roman model: it loads by name, samples in physical units, and is calibrated on a small
+set of FRESH simulations (never seen in training; fixed seed).
+
+Tolerance (fixed before looking at the result): per parameter, the central-interval coverage at 50%
+and 90% must lie within 0.05 (allowed systematic miscalibration, the target in the model card) plus
+3 binomial standard deviations sqrt(a(1-a)/M) of its nominal value, over M = 150 events.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from mulens_sbi.models import available_models, load_model
+from mulens_sbi.validation import simulate_events, validate_arrays
+
+M = 150
+
+
+@pytest.fixture(scope="module")
+def model():
+    if "roman" not in available_models():
+        pytest.fail("the shipped model trained/roman/ is missing")
+    return load_model("roman")
+
+
+def test_loads_and_samples(model):
+    assert model.survey_name == "roman"
+    assert model.space.names == ("dt_0", "u_0", "t_E", "s", "q", "alpha")
+    assert model.posterior.n_params > 100_000
+    d = simulate_events("roman", 1, seed=11, batch_size=1)
+    smp, lq = model.sample((d["t"][0], d["flux"][0], d["sigma"][0], d["mask"][0]), 300, jax.random.PRNGKey(0))
+    assert lq.shape == (300,) and np.all(np.isfinite(lq))
+    assert np.all((smp["q"] >= 1e-5) & (smp["q"] <= 1)) and np.all((smp["s"] >= 0.2) & (smp["s"] <= 5))
+    # log_prob of the returned samples reproduces their log_q (same density, physical units)
+    lq2 = model.log_prob(smp, (d["t"][0], d["flux"][0], d["sigma"][0], d["mask"][0]))
+    np.testing.assert_allclose(lq2, lq, rtol=0, atol=2e-3)
+
+
+def test_calibration_on_fresh_simulations(model):
+    d = simulate_events("roman", M, seed=20261128, batch_size=M)
+    rep = validate_arrays(model, d, n_samples=200, seed=1, crossing=False)
+    assert rep["n_preprocess_failed"] == 0 and rep["n_excluded"] == 0
+    lev = rep["levels"]
+    bad = []
+    for a in (0.5, 0.9):
+        j = lev.index(a)
+        tol = 0.05 + 3 * math.sqrt(a * (1 - a) / M)
+        for n, cov in rep["marginal_coverage"].items():
+            if abs(cov[j] - a) > tol:
+                bad.append(f"{n} at {a}: {cov[j]:.3f} (tolerance ±{tol:.3f})")
+    assert not bad, "miscalibrated: " + "; ".join(bad)
