@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mulens_sbi.lensing import finite
+from mulens_sbi.lensing import contour, finite
 from mulens_sbi.lensing.caustics import caustics
 
 TOL = 1e-3
@@ -61,6 +61,17 @@ def results():
     return np.asarray(a), np.asarray(ok), ref, par
 
 
+def test_gauss_kronrod_table():
+    """The 7/15 Gauss–Kronrod pair: K15 exact to degree 22, G7 (odd-indexed nodes) to degree 13."""
+    x = contour.GK_X
+    for d in range(23):
+        exact = 2.0 / (d + 1) if d % 2 == 0 else 0.0
+        assert abs(np.sum(contour.GK_WK * x**d) - exact) < 1e-14
+        if d < 14:
+            assert abs(np.sum(contour.GK_WG * x**d) - exact) < 1e-14
+    assert abs(np.sum(contour.GK_WG * x**14) - 2.0 / 15) > 1e-6
+
+
 def test_uniform_accuracy_vs_vbm(results):
     a, ok, ref, par = results
     err = np.abs(a / ref - 1.0)
@@ -68,7 +79,7 @@ def test_uniform_accuracy_vs_vbm(results):
     # every certified uniform value is within TOL; uncertified ones are NaN (never a wrong number)
     assert np.all(err[uni][ok[uni]] < TOL), np.max(err[uni][ok[uni]])
     assert np.all(np.isnan(a[~ok]))
-    assert ok[uni].mean() > 0.5
+    assert ok[uni].mean() > 0.7
     # the last row is a planetary light curve crossing the caustic: fully certified
     assert ok[-1].all() and np.max(err[-1]) < TOL
 
@@ -85,17 +96,18 @@ def test_finite_source_effect_is_real(results):
     assert np.mean(np.abs(ps / ref[:-1] - 1) > TOL) > 0.3
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: LD annuli (8 Gauss-Legendre nodes in t) miss the "
-                   "kinks of A(r) where an annulus touches a caustic: errors up to 3e-3 vs VBM")
 def test_limb_darkened_accuracy_vs_vbm(results):
+    """Γ = 0.6: annuli split where their radius equals the caustic distance (the kink of A(r))."""
     a, ok, ref, par = results
     ld = par[:, 3] > 0
     err = np.abs(a / ref - 1.0)
-    assert np.all(err[ld][ok[ld]] < TOL)
+    assert np.all(err[ld][ok[ld]] < TOL), np.max(err[ld][ok[ld]])
+    assert ok[ld].mean() > 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: adaptive contour sampling does not reach its error "
-                   "target within 512 samples for many caustic-crossing discs (those points are NaN)")
+@pytest.mark.xfail(strict=True, reason="known gap: ~20% of the caustic-crossing discs of this "
+                   "draw are refused (ok=False, NaN): crossings not bracketed cleanly at rho=1e-4, or "
+                   "the Gauss-Kronrod estimate not below 1e-4 after 64 panels")
 def test_certification_rate(results):
     _, ok, _, _ = results
     assert ok.mean() >= 0.98

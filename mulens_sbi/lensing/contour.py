@@ -1,0 +1,329 @@
+"""Uniform-disc binary-lens magnification by a boundary integral over the *source* circle.
+
+Frame: the solver frame of :mod:`mulens_sbi.lensing.polynomial` (companion at 0, primary at ``s``),
+lengths in θ_E.
+
+Formula. For a source disc of radius ``r`` with boundary ``ζ(θ) = c + r·e^{iθ}``, Green's theorem
+gives the total image area as ``½ Σ_i p_i ∮ Im(z̄_i dz_i)`` (``p_i`` the parity, the sum over the
+images of the boundary point). The conjugate lens equation ``z̄ = ζ̄ + m1/(z − s) + m2/z`` turns
+``z̄ dz`` into ``ζ̄ dz`` plus exact logarithmic differentials whose parity-weighted sum vanishes (the
+oriented boundary of the image region winds zero times around each lens, which lies outside it),
+and ``∮ Im(c̄ dz) = 0``. With ``dz/dθ = (dζ − κ·dζ̄)/(1 − |κ|²)`` this leaves
+
+    A = (1/2π) ∮ F(θ) dθ,   F(θ) = Σ_images (1 + Re(κ_i·e^{−2iθ})) / |1 − |κ_i|²|,
+
+a plain one-dimensional integral of image *magnifications* around the source circle: no image
+positions, no linking of images between samples, no cancellation between distant image tracks.
+``F`` is analytic except where the circle crosses a caustic, where a pair of images appears with
+``F ~ |θ − θ_c|^{−½}``.
+
+Method, per source circle:
+
+1. *Crossings.* ``N0`` samples around the circle (roots from the point-source roots at the centre by
+   Ehrlich–Aberth steps, each certified — see :func:`_solve_warm`) give the number of images per
+   sample; each change of the count brackets a caustic crossing, which is located by bisection to
+   ~1e-9 rad.
+2. *Quadrature.* Between consecutive crossings ``θ_a < θ_b`` the substitution
+   ``θ = θ_a + (θ_b − θ_a)·(1 − cos πu)/2`` makes the integrand analytic in ``u`` (the square-root
+   singularities become regular), and each arc is split into equal ``u`` panels integrated with the
+   Gauss–Kronrod 7/15 pair. A circle without crossings is one periodic arc. The estimate
+   ``Σ|K15 − G7|`` (an over-estimate of the K15 error on analytic integrands) must be below
+   :data:`REL_TOL` of the result.
+3. *Levels.* Circles that do not meet the target are recomputed with twice as many panels
+   (levels of :data:`LEVEL_PANELS`), compacted into narrower chunks; a circle that fails at the
+   last level, has samples whose roots cannot be certified, more than :data:`MAX_CROSS` crossings,
+   or a quadrature node whose image count disagrees with its arc (a pair of crossings hidden
+   between two samples) is returned with ``ok = False`` and NaN.
+
+Every root used is certified: after one further Newton step the correction is at most 1e-5 times
+the distance to the nearest other root and no two roots are closer than 1e-7 (as in
+:func:`mulens_sbi.lensing.point_source.solve_certified`, which is the fallback for roots that the
+warm start does not certify).
+
+The computation is forward-only (``stop_gradient``); see :mod:`mulens_sbi.lensing.finite` for how
+gradients are handled.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from mulens_sbi.lensing import point_source
+from mulens_sbi.lensing.polynomial import lens_polynomial
+from mulens_sbi.lensing.roots import aberth_step
+
+#: target of the Gauss–Kronrod error estimate, relative to the magnification
+REL_TOL = 1e-4
+#: samples around the circle used to find the caustic crossings
+N0 = 64
+#: most caustic crossings handled per circle (more → ok = False)
+MAX_CROSS = 8
+#: bisection steps locating a crossing (bracket 2π/N0 → 2π/N0·2^−N_BISECT)
+N_BISECT = 20
+#: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
+N_WARM = 5
+#: panels per circle at each refinement level, and circles per chunk at that level
+LEVEL_PANELS = (4, 16, 64)
+LEVEL_CHUNK = (32, 8, 2)
+#: certificate (as in point_source.solve_certified)
+STEP_TOL = 1e-5
+MIN_SEP = 1e-7
+#: certificate of quadrature nodes and samples: looser, because nodes cluster at the crossings,
+#: where two roots nearly coincide and float64 roots are only accurate to ~eps/separation; after
+#: the Newton step the error left is about NODE_STEP_TOL²·sep, a relative error of ~1e-6 in 1/|J|
+NODE_STEP_TOL = 1e-3
+NODE_MIN_SEP = 1e-10
+
+# Gauss–Kronrod 7/15 on [-1, 1] (QUADPACK's table; exactness checked in the tests)
+_XGK = np.array([0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+                 0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+                 0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+                 0.207784955007898467600689403773245, 0.0])
+_WGK = np.array([0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+                 0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+                 0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+                 0.204432940075298892414161999234649, 0.209482141084727828012999174891714])
+GK_X = np.concatenate([-_XGK[:-1], _XGK[::-1]])
+GK_WK = np.concatenate([_WGK[:-1], _WGK[::-1]])
+_G7X, _G7W = np.polynomial.legendre.leggauss(7)
+GK_WG = np.zeros(15)
+GK_WG[1::2] = _G7W  # Gauss nodes are the odd-indexed Kronrod nodes
+
+
+# ---- roots ---------------------------------------------------------------------------------------
+def _certify(coeffs: Array, z: Array, step_tol: float = STEP_TOL, min_sep: float = MIN_SEP
+             ) -> tuple[Array, Array]:
+    """One Newton step on every root and the certificate (see module docstring)."""
+    c = coeffs[..., None, :]
+    p = jnp.broadcast_to(c[..., 0], z.shape)
+    dp = jnp.zeros_like(z)
+    for k in range(1, 6):
+        dp = dp * z + p
+        p = p * z + c[..., k]
+    corr = p / dp
+    z = z - corr
+    d = jnp.abs(z[..., :, None] - z[..., None, :])
+    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
+    sep = jnp.min(d, axis=-1)
+    good = (jnp.abs(corr) <= step_tol * sep) & (sep >= min_sep) & jnp.isfinite(corr)
+    return z, jnp.all(good, axis=-1)
+
+
+def _solve_warm(zeta: Array, s: Array, q: Array, z0: Array) -> tuple[Array, Array]:
+    """Certified roots (..., 5) at ``zeta`` from nearby roots ``z0``; full solve where needed.
+
+    ``N_WARM`` Ehrlich–Aberth steps from ``z0`` then the certificate; the points that fail it are
+    solved from scratch by :func:`point_source.solve_certified`, a compacted chunk at a time. Returns
+    ``(roots, certified)``.
+    """
+    shape = zeta.shape
+    coeffs = lens_polynomial(zeta, s, q)
+    z = z0
+    for _ in range(N_WARM):
+        z, _ = aberth_step(coeffs, z)
+    z, cert = _certify(coeffs, z, NODE_STEP_TOL, NODE_MIN_SEP)
+    zf = zeta.reshape(-1)
+    sf, qf = jnp.broadcast_to(s, shape).reshape(-1), jnp.broadcast_to(q, shape).reshape(-1)
+    z, cert = z.reshape(-1, 5), cert.reshape(-1)
+    n = zf.shape[0]
+    chunk = min(n, max(16, n // 16))
+
+    def body(state):
+        z, cert, todo = state
+        idx = jnp.nonzero(todo, size=chunk, fill_value=n)[0]
+        take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
+        zt, st, qt = take(zf), take(sf), take(qf)
+        zn, _ = point_source.solve_points(zt, st, qt)
+        zn, cn = _certify(lens_polynomial(zt, st, qt), zn, NODE_STEP_TOL, NODE_MIN_SEP)
+        z = z.at[idx].set(zn, mode="drop")
+        cert = cert.at[idx].set(cn, mode="drop")
+        return z, cert, todo.at[idx].set(False, mode="drop")
+
+    z, cert, _ = jax.lax.while_loop(lambda st: jnp.any(st[2]), body, (z, cert, ~cert))
+    return z.reshape(shape + (5,)), cert.reshape(shape)
+
+
+def _images(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array, Array]:
+    """Image mask (..., 5), sample validity (3 or 5 images) and the terms (1+Re(κe^{−2iθ}), |J|)."""
+    _, img, ok = point_source.classify(zeta, z, s, q)
+    return img, ok
+
+
+def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array) -> Array:
+    """F(θ) = Σ_images (1 + Re(κ·e^{−2iθ}))/|1 − |κ|²| with ``e2 = e^{−2iθ}`` (one lens-equation
+    Newton polish of the images first)."""
+    m2 = q / (1.0 + q)
+    m1 = 1.0 - m2
+    m1, m2, s_ = m1[..., None], m2[..., None], s[..., None]
+    zb = jnp.conj(z)
+    res = zeta[..., None] - (z - m1 / (zb - s_) - m2 / zb)
+    kap = m1 / (zb - s_) ** 2 + m2 / zb**2
+    det = 1.0 - jnp.real(kap * jnp.conj(kap))
+    dz = (res - kap * jnp.conj(res)) / det
+    z = jnp.where(img & jnp.isfinite(dz), z + dz, z)
+    zb = jnp.conj(z)
+    kap = m1 / (zb - s_) ** 2 + m2 / zb**2
+    det = 1.0 - jnp.real(kap * jnp.conj(kap))
+    num = 1.0 + jnp.real(kap * e2[..., None])
+    return jnp.sum(jnp.where(img, num / jnp.abs(jnp.where(img, det, 1.0)), 0.0), axis=-1)
+
+
+# ---- one circle, one level ----------------------------------------------------------------------
+def _crossings(zc, r, s, q, z_c):
+    """Stage 1 for K circles. Returns a dict of crossing angles, counts and warm-start candidates."""
+    k = zc.shape[0]
+    th0 = (jnp.arange(N0) + 0.5) * (2.0 * jnp.pi / N0)
+    zeta0 = zc[:, None] + r[:, None] * jnp.exp(1j * th0)[None, :]
+    s2, q2 = s[:, None], q[:, None]
+    z0, cert0 = _solve_warm(zeta0, s2, q2, jnp.broadcast_to(z_c[:, None, :], (k, N0, 5)))
+    img0, okc0 = _images(zeta0, z0, s2, q2)
+    n0 = jnp.sum(img0, axis=-1)
+    nxt = (jnp.arange(N0) + 1) % N0
+    change = n0 != n0[:, nxt]
+    ncross = jnp.sum(change, axis=1)
+    ok = jnp.all(cert0 & okc0, axis=1) & (ncross <= MAX_CROSS) & (ncross % 2 == 0)
+    idx = jax.vmap(lambda c: jnp.nonzero(c, size=MAX_CROSS, fill_value=0)[0])(change)  # (K, C)
+    valid = jnp.arange(MAX_CROSS)[None, :] < ncross[:, None]
+    rows = jnp.arange(k)[:, None]
+    lo = th0[idx]
+    hi = lo + 2.0 * jnp.pi / N0
+    n_lo = n0[rows, idx]
+    n_hi = n0[rows, nxt[idx]]
+    z_lo = z0[rows, idx]
+    z_hi = z0[rows, nxt[idx]]
+    zc3, r3 = zc[:, None], r[:, None]
+
+    def bisect(_, st):
+        lo, hi, z_lo, z_hi, bad, frozen = st
+        mid = 0.5 * (lo + hi)
+        zeta = zc3 + r3 * jnp.exp(1j * mid)
+        start = jnp.where((n_lo >= n_hi)[..., None], z_lo, z_hi)
+        z, cert = _solve_warm(zeta, s2, q2, start)
+        img, okc = _images(zeta, z, s2, q2)
+        okc = okc & cert
+        nm = jnp.sum(img, axis=-1)
+        clear = okc & ((nm == n_lo) | (nm == n_hi)) & ~frozen
+        # an ambiguous count (the new pair is barely resolved) ends the bisection of that crossing;
+        # it only matters while the bracket is still wide
+        bad = bad | (~clear & ~frozen & (hi - lo > 1e-4))
+        frozen = frozen | ~clear
+        low_side = clear & (nm == n_lo)
+        high_side = clear & (nm == n_hi)
+        lo = jnp.where(low_side, mid, lo)
+        hi = jnp.where(high_side, mid, hi)
+        z_lo = jnp.where(low_side[..., None], z, z_lo)
+        z_hi = jnp.where(high_side[..., None], z, z_hi)
+        return lo, hi, z_lo, z_hi, bad, frozen
+
+    lo, hi, z_lo, z_hi, bad, _ = jax.lax.fori_loop(
+        0, N_BISECT, bisect, (lo, hi, z_lo, z_hi, jnp.zeros(lo.shape, bool), jnp.zeros(lo.shape, bool)))
+    # a failed bisection step (uncertified or odd image count) only costs location accuracy; the
+    # quadrature nodes are checked on their own, so keep going but refuse the circle if it happened
+    ok = ok & ~jnp.any(bad & valid, axis=1)
+    theta_c = jnp.where(valid, 0.5 * (lo + hi), 10.0 * jnp.pi)
+    # image count on the arc that starts at each crossing
+    n_arc = jnp.where(valid, n_hi, n0[:, :1])
+    cand_th = jnp.concatenate([jnp.broadcast_to(th0, (k, N0)), lo, hi], 1)
+    cand_z = jnp.concatenate([z0, z_lo, z_hi], 1)
+    return dict(ok=ok, ncross=ncross, theta_c=theta_c, n_arc=n_arc, n_first=n0[:, 0],
+                cand_th=cand_th, cand_z=cand_z)
+
+
+def _nodes(theta_c, ncross, n_panels):
+    """Quadrature nodes θ (K, P, 15), weights w·dθ/du (K, P, 15), arc index (K, P), panel active."""
+    p = n_panels
+    n_arcs = jnp.maximum(ncross, 1)
+    ppa = p // n_arcs  # panels per arc (0 → too many arcs for this level)
+    kk = jnp.arange(p)[None, :]
+    ppa_s = jnp.maximum(ppa, 1)[:, None]
+    a = kk // ppa_s
+    j = kk % ppa_s
+    active = (a < n_arcs[:, None]) & (ppa[:, None] > 0)
+    a_c = jnp.minimum(a, MAX_CROSS - 1)
+    ta = jnp.take_along_axis(theta_c, a_c, 1)
+    a_n = jnp.where(a + 1 < ncross[:, None], a + 1, 0)
+    tb = jnp.take_along_axis(theta_c, jnp.minimum(a_n, MAX_CROSS - 1), 1)
+    tb = jnp.where(a + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
+    u = (j[..., None] + 0.5 * (jnp.asarray(GK_X) + 1.0)) / ppa_s[..., None]  # (K, P, 15)
+    du = 0.5 / ppa_s[..., None]
+    crossing = (ncross > 0)[:, None, None]
+    span = (tb - ta)[..., None]
+    th_cos = ta[..., None] + span * 0.5 * (1.0 - jnp.cos(jnp.pi * u))
+    jac_cos = span * 0.5 * jnp.pi * jnp.sin(jnp.pi * u)
+    th = jnp.where(crossing, th_cos, 2.0 * jnp.pi * u)
+    jac = jnp.where(crossing, jac_cos, 2.0 * jnp.pi) * du
+    return th, jac, a_c, active
+
+
+def _level(zc, r, s, q, z_c, level: int):
+    """Magnification of K circles at one refinement level. Returns (A, ok, converged)."""
+    k = zc.shape[0]
+    cr = _crossings(zc, r, s, q, z_c)
+    p = LEVEL_PANELS[level]
+    th, jac, arc, active = _nodes(cr["theta_c"], cr["ncross"], p)
+    thf = th.reshape(k, p * 15)
+    # warm start from the nearest candidate (samples and the two ends of every crossing bracket)
+    d = jnp.abs(jnp.mod(thf[:, :, None] - cr["cand_th"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
+    near = jnp.argmin(d, axis=2)
+    z0 = jnp.take_along_axis(cr["cand_z"], near[..., None], 1)
+    zeta = zc[:, None] + r[:, None] * jnp.exp(1j * thf)
+    s2, q2 = s[:, None], q[:, None]
+    z, cert = _solve_warm(zeta, s2, q2, z0)
+    img, okc = _images(zeta, z, s2, q2)
+    f = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2).reshape(k, p, 15)
+    n_expect = jnp.where(cr["ncross"][:, None] > 0, jnp.take_along_axis(cr["n_arc"], arc, 1),
+                         cr["n_first"][:, None])
+    n_img = jnp.sum(img, axis=-1).reshape(k, p, 15)
+    good_node = (cert & okc).reshape(k, p, 15)
+    good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
+        jnp.any(active, axis=1, keepdims=True), axis=1)
+    fj = jnp.where(active[..., None] & good_node, f * jac, 0.0)
+    ik = jnp.sum(fj * jnp.asarray(GK_WK), axis=2)
+    ig = jnp.sum(fj * jnp.asarray(GK_WG), axis=2)
+    mag = jnp.sum(ik, axis=1) / (2.0 * jnp.pi)
+    err = jnp.sum(jnp.abs(ik - ig), axis=1) / (2.0 * jnp.pi)
+    conv = good & (err <= REL_TOL * mag) & jnp.isfinite(mag) & (mag > 0)
+    # circles that cannot get better with more panels (bad samples, too many crossings, hidden
+    # crossings): stop refining them
+    hopeless = ~cr["ok"]
+    dbg = dict(cert=jnp.all(cert.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
+               okc=jnp.all(okc.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
+               cnt=jnp.all((n_img == n_expect[..., None]) | ~active[..., None], axis=(1, 2)), crok=cr["ok"])
+    return mag, conv, hopeless, err / mag, dbg
+
+
+def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array) -> tuple[Array, Array]:
+    """Uniform-disc magnification for the circles of flat arrays (M,) where ``todo`` is True.
+
+    Args:
+        zc: complex centres (solver frame); r: radii (θ_E); s, q: lens; z_c: certified point-source
+            roots at the centres (M, 5) (warm starts); todo: which circles to compute.
+
+    Returns ``(A, ok)`` (M,): values where ``todo`` (NaN where not ok), zeros elsewhere. Forward only.
+    """
+    sg = jax.lax.stop_gradient
+    zc, r, s, q, z_c = sg(zc), sg(r), sg(s), sg(q), sg(z_c)
+    m = zc.shape[0]
+    mag = jnp.zeros(m)
+    ok = jnp.zeros(m, bool)
+    remaining = todo
+    for level, chunk in enumerate(LEVEL_CHUNK):
+        chunk = min(chunk, m)
+
+        def body(state, level=level, chunk=chunk):
+            mag, ok, rem, nxt = state
+            idx = jnp.nonzero(rem, size=chunk, fill_value=m)[0]
+            take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
+            a, conv, hopeless, _, _ = _level(take(zc), take(r), take(s), take(q), take(z_c), level)
+            mag = mag.at[idx].set(a, mode="drop")
+            ok = ok.at[idx].set(conv, mode="drop")
+            nxt = nxt.at[idx].set(~conv & ~hopeless, mode="drop")
+            return mag, ok, rem.at[idx].set(False, mode="drop"), nxt
+
+        mag, ok, _, remaining = jax.lax.while_loop(
+            lambda st: jnp.any(st[2]), body, (mag, ok, remaining, jnp.zeros(m, bool)))
+    ok = ok & todo
+    return jnp.where(ok | ~todo, jnp.where(todo, mag, 0.0), jnp.nan), ok
