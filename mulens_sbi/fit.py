@@ -323,7 +323,7 @@ class FitResult:
             best_f_b=self.f_b[best],
             zoom=zoom,
             truth=truth,
-            title=f"{self.event.name}: {len(idx)} posterior draws ({self.method})",
+            title=f"{self.event.name}: {len(idx)} posterior draws ({self.method}, status {self.status})",
         )
 
     def plot_corner(self, truth: Mapping | None = None, parameters: Sequence[str] | None = None):

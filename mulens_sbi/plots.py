@@ -258,7 +258,7 @@ def plot_fit_lightcurve(
         event: the :class:`mulens_sbi.event.Event`.
         draws: parameters of B draws (dict of (B,) arrays); draw_f_s, draw_f_b: (B, D) fluxes.
         best: parameters of the best sample; best_f_s, best_f_b: (D,) its fluxes.
-        truth: optional true parameters (drawn dashed, with the best sample's fluxes).
+        truth: optional true parameters (drawn dashed, with their own best-fit fluxes).
     """
     t_all = np.concatenate([d.t for d in event.datasets])
     b = len(next(iter(draws.values())))
@@ -280,6 +280,11 @@ def plot_fit_lightcurve(
         mag_sets.append(_magnifications(gz, rows))
     fs0, fb0 = float(best_f_s[0]), float(best_f_b[0])
     dfs, dfb = np.asarray(draw_f_s)[:, :1], np.asarray(draw_f_b)[:, :1]
+    if have_truth:  # the truth's own best-fit fluxes for the first dataset (weighted least squares)
+        d0 = event.datasets[0]
+        a_t = mags[b + 1][np.searchsorted(grid, d0.t)]
+        design = np.stack([a_t, np.ones_like(a_t)], axis=1) / d0.sigma[:, None]
+        (fs_t, fb_t), *_ = np.linalg.lstsq(design, d0.flux / d0.sigma, rcond=None)
 
     ncol = 2 if zoom is not None else 1
     fig = Figure(figsize=(6.5 * ncol, 6.0), layout="constrained")
@@ -300,13 +305,14 @@ def plot_fit_lightcurve(
         g, mg = grids[col], mag_sets[col]
         f_draws = dfs * mg[:b] + dfb
         f_best = fs0 * mg[b] + fb0
+        draw_alpha = min(1.0, max(0.05, 3.0 / max(b, 1)))
         for i in range(b):
-            ax.plot(g, flux_to_mag(f_draws[i]), "-", color="C1", lw=0.5, alpha=max(0.05, 3.0 / max(b, 1)),
+            ax.plot(g, flux_to_mag(f_draws[i]), "-", color="C1", lw=0.5, alpha=draw_alpha,
                     zorder=2, label="posterior draws" if i == 0 else None)
         ax.plot(g, flux_to_mag(f_best), "-", color="C3", lw=1.0, zorder=3, label="best sample")
         if have_truth:
-            ax.plot(g, flux_to_mag(fs0 * mg[b + 1] + fb0), "--", color="k", lw=0.8, zorder=4,
-                    label="truth (best fluxes)")
+            ax.plot(g, flux_to_mag(fs_t * mg[b + 1] + fb_t), "--", color="k", lw=0.8, zorder=4,
+                    label="truth")
         axr.axhline(0.0, color="C3", lw=1.0)
         ax.invert_yaxis()
         ax.set_ylabel(f"magnitude ({event.datasets[0].name} scale, zp 22)")
@@ -355,15 +361,24 @@ def plot_corner(samples: dict, weights: np.ndarray, *, truth: dict | None = None
         labels.append(_LABELS.get(k, k))
         truths.append(tv)
     data = np.stack(cols, axis=1)
-    keep = np.all(np.isfinite(data), axis=1) & (w > 0)
     d = len(names)
+    finite = np.all(np.isfinite(data), axis=1)
+    keep = finite & (w > 0)
+    note = ""
+    if keep.sum() < 2 * d + 2:  # degenerate weights: show the unweighted samples, labelled as such
+        keep, w = finite, np.ones_like(w)
+        note = " — too few weighted samples: UNWEIGHTED proposal samples shown, not the posterior"
+    lo, hi = data[keep].min(axis=0), data[keep].max(axis=0)
+    pad = np.where(hi > lo, 0.0, 1e-6 * (np.abs(lo) + 1.0))  # a constant column still gets an axis
+    ranges = [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad, strict=True)]
     fig = Figure(figsize=(2.0 * d + 1, 2.0 * d + 1))
     corner.corner(data[keep], weights=w[keep], labels=labels, quantiles=[0.16, 0.5, 0.84], fig=fig,
+                  range=ranges,
                   truths=truths if truth is not None else None, truth_color="C3", plot_datapoints=False,
                   show_titles=True, title_fmt=".4g", title_kwargs={"fontsize": 8},
                   label_kwargs={"fontsize": 9}, smooth=0.8)
-    if title:
-        fig.suptitle(title)
+    if title or note:
+        fig.suptitle(title + note)
     return fig
 
 
