@@ -31,9 +31,11 @@ Method, per source circle:
    :data:`REL_TOL` of the result.
 3. *Levels.* Circles that do not meet the target are recomputed with twice as many panels
    (levels of :data:`LEVEL_PANELS`), compacted into narrower chunks; a circle that fails at the
-   last level, has samples whose roots cannot be certified, more than :data:`MAX_CROSS` crossings,
-   or a quadrature node whose image count disagrees with its arc (a pair of crossings hidden
-   between two samples) is returned with ``ok = False`` and NaN.
+   last level, has samples or nodes whose roots cannot be certified, more than
+   :data:`MAX_CROSS` crossings, or a crossing that bisection could not bracket cleanly, is returned
+   with ``ok = False`` and NaN. A pair of crossings hidden between two of the ``N0`` samples is
+   not located; the jump it puts into ``F`` inside an arc shows in the Gauss–Kronrod estimate
+   (such circles mostly end unconverged, i.e. refused) — this is the main source of refusals.
 
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in

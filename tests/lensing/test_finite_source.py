@@ -105,9 +105,10 @@ def test_limb_darkened_accuracy_vs_vbm(results):
     assert ok[ld].mean() > 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: ~20% of the caustic-crossing discs of this "
-                   "draw are refused (ok=False, NaN): crossings not bracketed cleanly at rho=1e-4, or "
-                   "the Gauss-Kronrod estimate not below 1e-4 after 64 panels")
+@pytest.mark.xfail(strict=True, reason="known gap: on this draw 17% of uniform and 26% of "
+                   "limb-darkened points are refused (ok=False, NaN): caustic-crossing pairs hidden between "
+                   "the 64 crossing-detection samples (cusp approaches, rho=1e-4) and crossings that "
+                   "bisection cannot bracket cleanly")
 def test_certification_rate(results):
     _, ok, _, _ = results
     assert ok.mean() >= 0.98
