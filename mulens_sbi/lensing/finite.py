@@ -193,8 +193,9 @@ def binary_finite_trajectory(x: Array, y: Array, s: Array, q: Array, rho: Array,
     """
     b, n = x.shape
     zeta = point_source.to_solver_frame(x, y, s[:, None], q[:, None])
-    _, ok0, roots = point_source._trajectory_solve(jax.lax.stop_gradient(zeta), jax.lax.stop_gradient(s),
-                                                   jax.lax.stop_gradient(q), want_roots=True)
+    _, ok0, roots = point_source.trajectory_roots(
+        jax.lax.stop_gradient(zeta), jax.lax.stop_gradient(s), jax.lax.stop_gradient(q)
+    )
     lb, dmin = _caustic_lower_bound(jax.lax.stop_gradient(x + 1j * y), jax.lax.stop_gradient(s),
                                     jax.lax.stop_gradient(q))
     rep = lambda a: jnp.repeat(a, n)  # noqa: E731

@@ -411,6 +411,19 @@ def _trajectory_solve(zeta: Array, s: Array, q: Array, want_roots: bool) -> tupl
     return (mag, ok, roots.reshape(m, seg, 5)) if want_roots else (mag, ok)
 
 
+def trajectory_roots(zeta: Array, s: Array, q: Array) -> tuple[Array, Array, Array]:
+    """Certified magnification, validity and roots along segments (not differentiable).
+
+    Args:
+        zeta: solver-frame source positions (M, L), ordered along each segment.
+        s, q: shape (M,), with q <= 1 (mirror the frame for q > 1, see ``_lighter_companion``).
+
+    Returns:
+        ``(A, ok, roots)`` of shapes (M, L), (M, L), (M, L, 5); roots of uncertified points are NaN.
+    """
+    return _trajectory_solve(zeta, s, q, want_roots=True)
+
+
 @jax.custom_jvp
 def _magnification_segments(zeta: Array, s: Array, q: Array) -> tuple[Array, Array]:
     """Certified magnification and validity (M, L) along segments ``zeta`` (M, L); ``s``, ``q`` (M,)."""
