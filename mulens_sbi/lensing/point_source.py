@@ -327,10 +327,6 @@ def _to_t(z: Array) -> tuple[Array, Array]:
     return z.real.T, z.imag.T
 
 
-def _from_t(x: Array, y: Array) -> Array:
-    return (x + 1j * y).T
-
-
 def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
     """Magnification along segments. ``zeta`` (M, L) (segment, step); ``s``, ``q`` shape (M,).
 
