@@ -147,7 +147,7 @@ def compare_modes(
     ls_a, ls_b = np.log10(sa), np.log10(sb)
     sep = abs(float(np.median(ls_a) - np.median(ls_b)))
     sep_err = math.hypot(float(np.std(ls_a)), float(np.std(ls_b)))
-    distinct = sep > max(2.0 * sep_err, 0.002)
+    distinct = sep > max(2.0 * sep_err, 1e-4)
     informative = float(np.std(np.log10(pred))) < 0.5 * sep
     holds = bool(abs(z) < Z_MAX and q_ok and distinct)
     s_a_med, s_b_med = float(np.median(sa)), float(np.median(sb))
