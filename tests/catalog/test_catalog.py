@@ -21,17 +21,18 @@ SMALL = {"n_samples": 64, "shard_size": 3, "batch_size": 4, "progress": False}
 
 
 @pytest.fixture(scope="module")
-def parquet_input(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cat_in")
+def local_run(tmp_path_factory):
+    """One local catalog of the small parquet input (shared with the Ray test in this module)."""
+    d = tmp_path_factory.mktemp("cat")
     truth = write_parquet(d / "lcs.parquet")
-    return d / "lcs.parquet", truth
+    full = run_catalog(CatalogSettings(input=str(d / "lcs.parquet"), out=str(d / "full"), **SMALL))
+    return d / "lcs.parquet", truth, d / "full", full
 
 
-def test_local_catalog_rows_and_resume(parquet_input, tmp_path):
-    src, truth = parquet_input
-    full = run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "full"), **SMALL))
+def test_local_catalog_rows_and_resume(local_run, tmp_path):
+    src, truth, full_out, full = local_run
     assert full["complete"] and full["n_shards"] == 3 and full["shards_made"] == 3
-    tab = read_catalog(tmp_path / "full")
+    tab = read_catalog(full_out)
     rows = tab.to_pylist()
     assert [r["index"] for r in rows] == list(range(8))
     assert [r["event"] for r in rows] == [f"ev{i:02d}" for i in range(8)]
@@ -57,7 +58,7 @@ def test_local_catalog_rows_and_resume(parquet_input, tmp_path):
         assert fl["f_b"] == pytest.approx(res["f_b"][0, 0], rel=1e-8)
         # the flow puts the peak time where the data peak (independent truth, 1 day)
         assert abs(r["t_0_median"] - truth["t_0"][r["index"]]) < 1.0
-    info = json.loads((tmp_path / "full" / "catalog.json").read_text())
+    info = json.loads((full_out / "catalog.json").read_text())
     assert info["complete"] and info["status_counts"]["error"] == 2
 
     # stopped after one shard (as if killed), with a half-written part left behind
@@ -121,3 +122,22 @@ def test_folder_input_via_cli(tmp_path):
     assert main(args) == 0  # finished: reused, nothing recomputed
     assert main(args[:-1] + ["--n-samples", "32"]) == 2  # a different run in the same folder: refused
     shutil.rmtree(out)
+
+
+def test_ray_engine_equals_local_and_resumes(local_run, tmp_path):
+    """The Ray Data engine on a local Ray instance (2 CPUs, small object store) finishes a partial
+    local run and gives the local engine's table (all columns but timing; floats to 1e-9)."""
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the [distributed] extra (in [test] too)")
+    src, _, full_out, _ = local_run
+    run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "mixed"), max_shards=1, **SMALL))
+    ray_settings = {
+        "engine": "ray",
+        "num_actors": 1,
+        "ray_init": {"num_cpus": 2, "object_store_memory": 100 * 1024**2},
+    }
+    s = run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "mixed"), **SMALL, **ray_settings))
+    assert s["complete"] and s["shards_reused"] == 1 and s["shards_made"] == 2
+    assert not ray.is_initialized()  # the instance the engine started is shut down again
+    a, b = read_catalog(full_out), read_catalog(tmp_path / "mixed")
+    same_table(a, b, rtol=1e-9)
+    assert b.column("status").to_pylist().count("error") == 2
