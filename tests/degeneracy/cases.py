@@ -34,8 +34,14 @@ def lens(s: float, q: float, alpha: float, x0: float, t_x: float = 0.0) -> dict[
     """Parameters crossing the axis at ``x0`` at time ``t_x`` (HJD')."""
     u0 = float(u0_for_crossing(x0, alpha, s, q))
     a = math.radians(alpha)
-    return {"t_0": t_x + T_E * u0 * math.cos(a) / math.sin(a), "u_0": u0, "t_E": T_E, "s": s, "q": q,
-            "alpha": alpha}
+    return {
+        "t_0": t_x + T_E * u0 * math.cos(a) / math.sin(a),
+        "u_0": u0,
+        "t_E": T_E,
+        "s": s,
+        "q": q,
+        "alpha": alpha,
+    }
 
 
 def pair(s_b: float, q: float, alpha: float, x0: float) -> tuple[dict, dict]:

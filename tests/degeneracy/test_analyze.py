@@ -60,8 +60,10 @@ def test_non_degenerate_pairs_are_rejected():
 
     pa = lens(s_b, q, alpha, x0)
     pb = dict(pa, t_E=40.0)
-    samples = {k: np.concatenate([cloud(pa, 400, rng, sd_log_s=0.002)[k], cloud(pb, 400, rng, sd_log_s=0.002)[k]])
-               for k in pa}
+    samples = {
+        k: np.concatenate([cloud(pa, 400, rng, sd_log_s=0.002)[k], cloud(pb, 400, rng, sd_log_s=0.002)[k]])
+        for k in pa
+    }
     samples["t_0"] = samples["t_0"] + np.where(np.arange(800) < 400, 0.0, 5.0)
     rep = analyze(samples)
     assert rep.n_modes == 2
@@ -86,7 +88,9 @@ def test_reflection_copies_and_weights():
         np.testing.assert_allclose(np.sort(m1.x0), np.sort(m2.x0), atol=1e-12)
     np.testing.assert_allclose(
         np.sort(axis_crossing(samp["u_0"], samp["alpha"], samp["s"], samp["q"])),
-        np.sort(np.concatenate([m.x0 for m in r1.modes])), atol=1e-12)
+        np.sort(np.concatenate([m.x0 for m in r1.modes])),
+        atol=1e-12,
+    )
 
 
 def test_one_mode_and_warnings():
@@ -146,8 +150,9 @@ def test_bad_input_gets_clear_answers(tmp_path):
     pq.write_table(pa_.table(ok), tmp_path / "s.parquet")
     names = list(ok)
     rows = np.stack([ok[k] for k in names], axis=1)
-    (tmp_path / "s.csv").write_text(",".join(names) + "\n" + "\n".join(",".join(repr(float(x)) for x in r)
-                                                                     for r in rows) + "\n")
+    (tmp_path / "s.csv").write_text(
+        ",".join(names) + "\n" + "\n".join(",".join(repr(float(x)) for x in r) for r in rows) + "\n"
+    )
     r_arr = analyze({k: v for k, v in ok.items() if k != "weight"})
     for f in ("s.parquet", "s.csv"):
         r_f = analyze(tmp_path / f)
