@@ -261,7 +261,7 @@ def _run_ray(settings: CatalogSettings, todo: list[int], shards, parts: Path, ba
             RayShardWorker,
             fn_constructor_kwargs={"inference": asdict(settings.inference())},
             batch_size=1,
-            concurrency=n_actors,
+            compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=settings.cpus_per_actor,
             batch_format="pyarrow",
         )
