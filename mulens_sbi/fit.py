@@ -67,7 +67,8 @@ __all__ = [
 
 REFINE = ("none", "is", "nuts")
 #: files written by :func:`save_fit` / ``mulens-sbi fit``
-FIT_FILES = ("samples.parquet", "summary.json", "report.md", "lightcurve.png", "corner.png", "caustics.png")
+FIT_FILES = ("samples.parquet", "summary.json", "report.md", "lightcurve.png", "corner.png", "caustics.png",
+             "degeneracy.png")
 CONVENTIONS = (
     "MulensModel v3: t_0 in HJD' = HJD - 2450000 (days), u_0 and s in theta_E (u_0 signed), t_E in days, "
     "q = companion/primary, alpha in degrees; fluxes on zero point 22, F = F_s*A + F_b per dataset"
@@ -267,6 +268,9 @@ class FitResult:
     log_prior: np.ndarray | None = None
     log_proposal: np.ndarray | None = None
     timings: dict = field(default_factory=dict)
+    #: :class:`mulens_sbi.degeneracy.DegeneracyReport` of the samples (modes vs the offset relation;
+    #: no partner search unless ``fit(..., degeneracy="partner")``); None if not computed
+    degeneracy: Any = None
 
     @property
     def n(self) -> int:
@@ -416,6 +420,8 @@ class FitResult:
                 f"  fluxes [{name}]: F_s = {fl['f_s']['median']:.4g}, F_b = {fl['f_b']['median']:.4g}"
                 f" (source mag {fl['source_mag']['median']:.3f}, zero point 22)"
             )
+        if self.degeneracy is not None:
+            lines.append(f"  degeneracy: {self.degeneracy.verdict}")
         for m in self.messages:
             lines.append(f"  ! {m}")
         return "\n".join(lines)
@@ -444,6 +450,7 @@ def fit(
     kind: str | None = None,
     time_format: str = "auto",
     name: str | None = None,
+    degeneracy: str = "modes",
 ) -> FitResult:
     """Posterior of one event (see the module docstring for the steps).
 
@@ -459,12 +466,18 @@ def fit(
         nuts_warmup, nuts_samples, nuts_chains: NUTS settings (per chain).
         progress: progress bars.
         kind, time_format, name: passed to the file reader.
+        degeneracy: ``"modes"`` (default): the degeneracy analysis of the samples
+            (:func:`mulens_sbi.degeneracy.analyze`: modes tested against the offset relation);
+            ``"partner"``: also the partner search with the exact likelihood (tens of seconds);
+            ``"off"``: none. Stored as ``result.degeneracy`` and ``summary["degeneracy"]``.
 
     Returns:
         :class:`FitResult`.
     """
     if refine not in REFINE:
         raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
+    if degeneracy not in ("off", "modes", "partner"):
+        raise ValueError(f"degeneracy must be 'off', 'modes' or 'partner', got {degeneracy!r}")
     n = int(n)
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
@@ -653,6 +666,11 @@ def fit(
         n,
         timings,
     )
+    deg_report = None
+    if degeneracy != "off":
+        deg_report = _degeneracy(event, samples, weights, ll, degeneracy == "partner", seed, messages)
+        summary["degeneracy"] = deg_report.to_dict() if deg_report is not None else None
+        summary["messages"] = list(messages)
     return FitResult(
         event=event,
         samples=samples,
@@ -670,7 +688,22 @@ def fit(
         log_prior=lp,
         log_proposal=log_q,
         timings=timings,
+        degeneracy=deg_report,
     )
+
+
+def _degeneracy(event, samples, weights, ll, partner: bool, seed: int, messages: list[str]):
+    """The degeneracy report of the fit's samples, or None (with a message) where it cannot be made
+    (e.g. a single-lens fit has no s, q, alpha)."""
+    from mulens_sbi.degeneracy import analyze
+
+    if not all(k in samples for k in ("s", "q", "u_0", "alpha")):
+        return None
+    try:
+        return analyze(samples, weights, event=event, log_likelihood=ll, partner=partner, seed=seed)
+    except ValueError as exc:
+        messages.append(f"degeneracy analysis not made: {exc}")
+        return None
 
 
 def _build_summary(
@@ -804,6 +837,7 @@ def save_fit(
             ("lightcurve.png", lambda: result.plot_lightcurve(truth=truth)),
             ("corner.png", lambda: result.plot_corner(truth=truth)),
             ("caustics.png", result.plot_caustics),
+            ("degeneracy.png", lambda: _degeneracy_figure(result)),
         ):
             fig = fn()
             fig.savefig(out / fname, dpi=110)
@@ -811,6 +845,17 @@ def save_fit(
     (out / "report.md").write_text(report_markdown(result, figures=figures))
     written.append(out / "report.md")
     return written
+
+
+def _degeneracy_figure(result: FitResult):
+    """The s_A–s_B plane of the degeneracy report (an explanatory blank figure if there is none)."""
+    if result.degeneracy is not None:
+        return result.degeneracy.plot_relation()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 2.0))
+    fig.text(0.5, 0.5, "no degeneracy analysis (single-lens fit or degeneracy='off')", ha="center")
+    return fig
 
 
 def report_markdown(result: FitResult, figures: bool = True) -> str:
@@ -874,8 +919,18 @@ def report_markdown(result: FitResult, figures: bool = True) -> str:
             f"{nd['divergences']} divergences, {nd['time_s']:.1f} s."
         )
         lines.append("")
+    deg = result.degeneracy
+    if deg is not None:
+        lines.append(f"Degeneracy (offset relation, Zhang, Gaudi & Bloom 2022): {deg.verdict}.")
+        lines += [f"- {p.line()}" for p in deg.pairs]
+        lines += [f"- partner search, {p.line()}" for p in deg.partners]
+        if not deg.partners:
+            lines.append("- partner search not run: `fit(..., degeneracy=\"partner\")` or "
+                         "`mulens-sbi degeneracy samples.parquet --data FILE --out DIR`")
+        lines.append("")
     t = s["timings_s"]
     lines.append("Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
     if figures:
-        lines += ["", "Figures: `lightcurve.png`, `corner.png`, `caustics.png`; samples: `samples.parquet`."]
+        lines += ["", "Figures: `lightcurve.png`, `corner.png`, `caustics.png`, `degeneracy.png`; samples: "
+                  "`samples.parquet`."]
     return "\n".join(lines) + "\n"
