@@ -20,8 +20,9 @@ valley of a degenerate partner that a diagonal search cannot. Every likelihood c
 shape (``BATCH`` parameter sets × the event padded to a multiple of 1024 points): one compilation.
 
 Δχ² = χ²(partner) − χ²(solution); the partner is **found** (a viable solution the flow may have
-missed) when ``Δχ² < delta_chi2_max`` (default 10) and the refined partner is still distinct from
-the solution (its ln s kept at least half the predicted distance from the solution's).
+missed) when ``|Δχ²| < delta_chi2_max`` (default 10) and the refined partner is still distinct from
+the solution (its ln s kept at least half the predicted distance from the solution's). A partner
+with ``Δχ² ≤ −delta_chi2_max`` is flagged ``better``: the starting solution was not the best fit.
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ class PartnerResult:
     delta_chi2: float = float("nan")
     distinct: bool = False
     found: bool = False
+    better: bool = False
     matches_mode: int | None = None
     note: str = ""
     settings: dict = field(default_factory=dict)
@@ -269,15 +271,19 @@ def search_partner(
     d = chi_par - chi_sol
     dist_pred = abs(math.log(pred["s"] / sol["s"]))
     distinct = abs(math.log(ref_par["s"] / ref_sol["s"])) > 0.5 * dist_pred
-    found = bool(math.isfinite(d) and d < delta_chi2_max and distinct)
+    found = bool(math.isfinite(d) and abs(d) < delta_chi2_max and distinct)
+    better = bool(math.isfinite(d) and d <= -delta_chi2_max and distinct)
     if not math.isfinite(chi_par):
         note = "the partner's light curve could not be computed (uncertified magnification)"
     elif not distinct:
         note = "the refinement ran back to the solution: no distinct partner"
     elif found:
-        note = f"viable partner (Δχ² < {delta_chi2_max:g})"
+        note = f"viable partner (|Δχ²| < {delta_chi2_max:g})"
+    elif better:
+        note = (f"the partner fits much better than the solution (Δχ² ≤ −{delta_chi2_max:g}): the "
+                "solution is not the best fit; the samples miss a better solution")
     else:
         note = f"partner disfavoured (Δχ² ≥ {delta_chi2_max:g})"
     return PartnerResult(mode=mode, solution=sol, predicted=pred, refined_solution=ref_sol,
                          refined_partner=ref_par, chi2_solution=chi_sol, chi2_partner=chi_par, delta_chi2=d,
-                         distinct=distinct, found=found, note=note, settings=settings)
+                         distinct=distinct, found=found, better=better, note=note, settings=settings)

@@ -347,6 +347,13 @@ def _verdict(modes: list[Mode], pairs: list[PairResult], partners: list[PartnerR
             f"one mode; the partner search found a viable offset-degenerate partner at s = "
             f"{f.refined_partner['s']:.4g} (Δχ² = {f.delta_chi2:+.1f}) that the samples miss"
         )
+    better = [p for p in partners if p.better]
+    if better:
+        b = better[0]
+        return (
+            f"the relation's partner of mode {b.mode + 1} (s = {b.refined_partner['s']:.4g}) fits far better "
+            f"(Δχ² = {b.delta_chi2:+.1f}): the samples miss the best solution; check the fit's status"
+        )
     if len(modes) == 1:
         if partners and partners[0].predicted is not None:
             return f"one mode; its predicted partner is disfavoured (Δχ² = {partners[0].delta_chi2:+.1f})"
