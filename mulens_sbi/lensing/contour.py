@@ -19,10 +19,15 @@ positions, no linking of images between samples, no cancellation between distant
 
 Method, per source circle:
 
-1. *Crossings.* ``N0`` samples around the circle (roots from the point-source roots at the centre by
-   Ehrlich–Aberth steps, each certified — see :func:`_solve_warm`) give the number of images per
-   sample; each change of the count brackets a caustic crossing, which is located by bisection to
-   ~1e-9 rad.
+1. *Crossings.* ``N0`` uniform samples around the circle, plus :data:`N_HINT` samples placed
+   between the circle's intersections with the sampled caustic polyline (so that a crossing pair
+   closer together than the uniform spacing, e.g. a cusp poking in, is still straddled), give the
+   number of images per sample (roots warm-started from the point-source roots at the centre by
+   Ehrlich–Aberth steps, each certified — see :func:`_solve_warm`). Each change of the count
+   brackets a caustic crossing, which is bisected and then located to rounding level by secant
+   steps on the merging pair's discriminant ``(z_a − z_b)²`` (the residual test behind the counts
+   cannot resolve a crossing closer than ~1e-7 θ_E in the source plane). On each arc the image
+   count is then known, and the images at a node are the roots with the smallest residuals.
 2. *Quadrature.* Between consecutive crossings ``θ_a < θ_b`` the substitution
    ``θ = θ_a + (θ_b − θ_a)·(1 − cos πu)/2`` makes the integrand analytic in ``u`` (the square-root
    singularities become regular), and each arc is split into equal ``u`` panels integrated with the
@@ -32,10 +37,11 @@ Method, per source circle:
 3. *Levels.* Circles that do not meet the target are recomputed with twice as many panels
    (levels of :data:`LEVEL_PANELS`), compacted into narrower chunks; a circle that fails at the
    last level, has samples or nodes whose roots cannot be certified, more than
-   :data:`MAX_CROSS` crossings, or a crossing that bisection could not bracket cleanly, is returned
-   with ``ok = False`` and NaN. A pair of crossings hidden between two of the ``N0`` samples is
-   not located; the jump it puts into ``F`` inside an arc shows in the Gauss–Kronrod estimate
-   (such circles mostly end unconverged, i.e. refused) — this is the main source of refusals.
+   :data:`MAX_CROSS` crossings, a crossing that bisection could not bracket cleanly, or a node whose
+   residual test disagrees with its arc's image count away from the located crossings (a crossing
+   pair that no sample straddled), is returned with ``ok = False`` and NaN. The remaining refusals
+   are mostly circles close to a cusp, where the integrand varies on a scale far below the arc
+   length at the crossings (an adaptive quadrature would be the next step).
 
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in
@@ -54,6 +60,7 @@ import numpy as np
 from jax import Array
 
 from mulens_sbi.lensing import point_source
+from mulens_sbi.lensing.caustics import caustics
 from mulens_sbi.lensing.polynomial import lens_polynomial
 from mulens_sbi.lensing.roots import aberth_step
 
@@ -61,10 +68,19 @@ from mulens_sbi.lensing.roots import aberth_step
 REL_TOL = 1e-4
 #: samples around the circle used to find the caustic crossings
 N0 = 64
+#: extra samples placed between the circle's crossings with the caustic polyline (see _caustic_hints)
+N_HINT = 16
+#: caustic samples per branch for those hints
+N_CAUSTIC = 256
 #: most caustic crossings handled per circle (more → ok = False)
 MAX_CROSS = 8
 #: bisection steps locating a crossing (bracket 2π/N0 → 2π/N0·2^−N_BISECT)
 N_BISECT = 20
+#: source-plane distance (θ_E) from a located crossing within which the residual test's image count
+#: may disagree with the arc's (false roots of the merging pair pass it there)
+NEAR_CROSSING = 1e-5
+#: secant steps on the pair discriminant that refine each bisected crossing to rounding level
+N_SECANT = 3
 #: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
 N_WARM = 5
 #: panels per circle at each refinement level, and circles per chunk at that level
@@ -154,6 +170,46 @@ def _images(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array, Ar
     return img, ok
 
 
+def _scaled_residual(zeta: Array, z: Array, s: Array, q: Array) -> Array:
+    """Lens-equation residual of each root (..., 5) over ``(1 + |κ|)·d_lens`` (as in ``classify``)."""
+    m2 = q / (1.0 + q)
+    m1 = 1.0 - m2
+    m1, m2, s_ = m1[..., None], m2[..., None], s[..., None]
+    zb = jnp.conj(z)
+    res = zeta[..., None] - (z - m1 / (zb - s_) - m2 / zb)
+    kap = m1 / (zb - s_) ** 2 + m2 / zb**2
+    d_lens = jnp.minimum(jnp.abs(z - s_), jnp.abs(z))
+    return jnp.abs(res) / ((1.0 + jnp.abs(kap)) * d_lens)
+
+
+def _images_expected(zeta: Array, z: Array, s: Array, q: Array, n_expect: Array) -> tuple[Array, Array]:
+    """The ``n_expect`` (3 or 5) roots with the smallest scaled residual are the images.
+
+    Near a caustic crossing the residual test of ``classify`` cannot tell the merging pair's false
+    roots (on the 3-image side) from images: their residual shrinks like the distance to the caustic.
+    The arc's image count is known from the located crossings, so the images are chosen by rank.
+    Returns ``(is_image (..., 5), agrees)`` where ``agrees`` says the residual test gives the same
+    count (it may disagree only next to a crossing).
+    """
+    r = _scaled_residual(zeta, z, s, q)
+    r = jnp.where(jnp.isfinite(r), r, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(r, axis=-1), axis=-1)
+    img = rank < n_expect[..., None]
+    n_cls = jnp.sum(r <= point_source.IMAGE_TOL, axis=-1)
+    return img, n_cls == n_expect
+
+
+def _pair_discriminant(z: Array) -> Array:
+    """``(z_a − z_b)²`` for the closest pair of roots (..., 5): analytic along the circle, with a
+    simple zero where that pair merges, i.e. at a fold-caustic crossing."""
+    d = jnp.abs(z[..., :, None] - z[..., None, :])
+    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
+    flat = jnp.argmin(d.reshape(d.shape[:-2] + (25,)), axis=-1)
+    za = jnp.take_along_axis(z, (flat // 5)[..., None], -1)[..., 0]
+    zb = jnp.take_along_axis(z, (flat % 5)[..., None], -1)[..., 0]
+    return (za - zb) ** 2
+
+
 def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array) -> Array:
     """F(θ) = Σ_images (1 + Re(κ·e^{−2iθ}))/|1 − |κ|²| with ``e2 = e^{−2iθ}`` (one lens-equation
     Newton polish of the images first)."""
@@ -174,24 +230,65 @@ def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array)
 
 
 # ---- one circle, one level ----------------------------------------------------------------------
+def _caustic_hints(zc: Array, r: Array, s: Array, q: Array) -> Array:
+    """Sample angles (K, N_HINT) that separate the circles' crossings with the caustic *polyline*.
+
+    Each circle is intersected with the segments of the sampled caustics
+    (:func:`mulens_sbi.lensing.caustics.caustics`, N_CAUSTIC points per branch, solver frame); the
+    midpoints between consecutive intersection angles are returned (padding repeats the first
+    uniform sample). Added to the uniform samples they put a sample between the two crossings of a
+    pair that the uniform samples would straddle (a cusp poking into the circle, a grazing fold).
+    The polyline is only a hint: crossings are still detected from image counts.
+    """
+    k = zc.shape[0]
+    cau = jax.vmap(lambda ss, qq: caustics(ss, qq, N_CAUSTIC))(s, q) + (s / (1.0 + q))[:, None, None]
+    # segments along each branch, plus each branch end joined to the nearest branch start
+    end, start = cau[:, :, -1], cau[:, :, 0]
+    join = jnp.take_along_axis(start, jnp.argmin(jnp.abs(end[:, :, None] - start[:, None, :]), -1), 1)
+    a = jnp.concatenate([cau[:, :, :-1], end[..., None]], -1).reshape(k, -1)
+    b = jnp.concatenate([cau[:, :, 1:], join[..., None]], -1).reshape(k, -1)
+    d = b - a
+    w = a - zc[:, None]
+    # |w + t·d|² = r²: t² |d|² + 2 t Re(w d̄) + |w|² − r² = 0
+    aa = jnp.maximum(jnp.abs(d) ** 2, 1e-300)
+    bb = jnp.real(w * jnp.conj(d))
+    cc = jnp.abs(w) ** 2 - r[:, None] ** 2
+    disc = bb * bb - aa * cc
+    sq = jnp.sqrt(jnp.maximum(disc, 0.0))
+    ts = jnp.stack([(-bb - sq) / aa, (-bb + sq) / aa], -1)  # (K, S, 2)
+    hit = (disc > 0)[..., None] & (ts >= 0.0) & (ts < 1.0)
+    ang = jnp.mod(jnp.angle(w[..., None] + ts * d[..., None]), 2.0 * jnp.pi)
+    ang = jnp.where(hit, ang, jnp.inf).reshape(k, -1)
+    ang = jnp.sort(ang, axis=1)[:, :N_HINT]  # the first N_HINT intersections in angle
+    n_hit = jnp.sum(jnp.isfinite(ang), axis=1)
+    nxt = jnp.roll(ang, -1, axis=1)
+    last = jnp.arange(N_HINT)[None, :] == (n_hit - 1)[:, None]
+    nxt = jnp.where(last, ang[:, :1] + 2.0 * jnp.pi, nxt)
+    mid = jnp.mod(0.5 * (ang + nxt), 2.0 * jnp.pi)
+    pad = jnp.pi / N0  # the first uniform sample
+    return jnp.where(jnp.arange(N_HINT)[None, :] < n_hit[:, None], mid, pad)
+
+
 def _crossings(zc, r, s, q, z_c):
     """Stage 1 for K circles. Returns a dict of crossing angles, counts and warm-start candidates."""
     k = zc.shape[0]
-    th0 = (jnp.arange(N0) + 0.5) * (2.0 * jnp.pi / N0)
-    zeta0 = zc[:, None] + r[:, None] * jnp.exp(1j * th0)[None, :]
+    ns = N0 + N_HINT
+    th_u = (jnp.arange(N0) + 0.5) * (2.0 * jnp.pi / N0)
+    th0 = jnp.sort(jnp.concatenate([jnp.broadcast_to(th_u, (k, N0)), _caustic_hints(zc, r, s, q)], 1), 1)
+    zeta0 = zc[:, None] + r[:, None] * jnp.exp(1j * th0)
     s2, q2 = s[:, None], q[:, None]
-    z0, cert0 = _solve_warm(zeta0, s2, q2, jnp.broadcast_to(z_c[:, None, :], (k, N0, 5)))
+    z0, cert0 = _solve_warm(zeta0, s2, q2, jnp.broadcast_to(z_c[:, None, :], (k, ns, 5)))
     img0, okc0 = _images(zeta0, z0, s2, q2)
     n0 = jnp.sum(img0, axis=-1)
-    nxt = (jnp.arange(N0) + 1) % N0
-    change = n0 != n0[:, nxt]
+    nxt = (jnp.arange(ns) + 1) % ns
+    change = (n0 != n0[:, nxt]) & (th0 != th0[:, nxt])
     ncross = jnp.sum(change, axis=1)
     ok = jnp.all(cert0 & okc0, axis=1) & (ncross <= MAX_CROSS) & (ncross % 2 == 0)
     idx = jax.vmap(lambda c: jnp.nonzero(c, size=MAX_CROSS, fill_value=0)[0])(change)  # (K, C)
     valid = jnp.arange(MAX_CROSS)[None, :] < ncross[:, None]
     rows = jnp.arange(k)[:, None]
-    lo = th0[idx]
-    hi = lo + 2.0 * jnp.pi / N0
+    lo = th0[rows, idx]
+    hi = th0[rows, nxt[idx]] + jnp.where(nxt[idx] == 0, 2.0 * jnp.pi, 0.0)
     n_lo = n0[rows, idx]
     n_hi = n0[rows, nxt[idx]]
     z_lo = z0[rows, idx]
@@ -225,10 +322,34 @@ def _crossings(zc, r, s, q, z_c):
     # a failed bisection step (uncertified or odd image count) only costs location accuracy; the
     # quadrature nodes are checked on their own, so keep going but refuse the circle if it happened
     ok = ok & ~jnp.any(bad & valid, axis=1)
-    theta_c = jnp.where(valid, 0.5 * (lo + hi), 10.0 * jnp.pi)
+    # The residual test behind the image counts cannot resolve a crossing closer than ~1e-7 θ_E in
+    # the source plane (1e-3 rad on a ρ = 1e-4 circle), which is far too coarse for the quadrature's
+    # endpoint substitution. Secant steps on the merging pair's discriminant D(θ) = (z_a − z_b)²,
+    # which has a simple zero at the crossing, locate it to rounding level.
+    def disc(th, start):
+        z, cert = _solve_warm(zc3 + r3 * jnp.exp(1j * th), s2, q2, start)
+        return _pair_discriminant(z), z, cert
+
+    d0, _, c0 = disc(jnp.stack([lo, hi]), jnp.stack([z_lo, z_hi]))
+
+    def secant(_, st):
+        t1, t2, d1, d2, good = st
+        dd = d2 - d1
+        step = jnp.real(d2 * jnp.conj(dd)) / jnp.maximum(jnp.abs(dd) ** 2, 1e-300) * (t2 - t1)
+        t3 = t2 - jnp.where(jnp.isfinite(step), step, 0.0)
+        d3, _, c3 = disc(t3, z_hi)
+        return t2, t3, d2, d3, good & c3
+
+    t1, t2, _, _, sec_ok = jax.lax.fori_loop(0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1]))
+    # accept the refined crossing if it converged and stayed next to the bracket
+    width = jnp.maximum(th0[rows, nxt[idx]] + jnp.where(nxt[idx] == 0, 2.0 * jnp.pi, 0.0) - th0[rows, idx],
+                        1e-6)
+    refined = sec_ok & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(t2 - 0.5 * (lo + hi)) < width)
+    theta_c = jnp.where(refined, t2, 0.5 * (lo + hi))
+    theta_c = jnp.where(valid, theta_c, 10.0 * jnp.pi)
     # image count on the arc that starts at each crossing
     n_arc = jnp.where(valid, n_hi, n0[:, :1])
-    cand_th = jnp.concatenate([jnp.broadcast_to(th0, (k, N0)), lo, hi], 1)
+    cand_th = jnp.concatenate([th0, lo, hi], 1)
     cand_z = jnp.concatenate([z0, z_lo, z_hi], 1)
     return dict(ok=ok, ncross=ncross, theta_c=theta_c, n_arc=n_arc, n_first=n0[:, 0],
                 cand_th=cand_th, cand_z=cand_z)
@@ -274,11 +395,17 @@ def _level(zc, r, s, q, z_c, level: int):
     zeta = zc[:, None] + r[:, None] * jnp.exp(1j * thf)
     s2, q2 = s[:, None], q[:, None]
     z, cert = _solve_warm(zeta, s2, q2, z0)
-    img, okc = _images(zeta, z, s2, q2)
-    f = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2).reshape(k, p, 15)
     n_expect = jnp.where(cr["ncross"][:, None] > 0, jnp.take_along_axis(cr["n_arc"], arc, 1),
                          cr["n_first"][:, None])
-    n_img = jnp.sum(img, axis=-1).reshape(k, p, 15)
+    n_node = jnp.broadcast_to(n_expect[..., None], (k, p, 15)).reshape(k, p * 15)
+    img, agrees = _images_expected(zeta, z, s2, q2, n_node)
+    # the residual test may disagree with the arc's count only next to a crossing (see
+    # _images_expected); elsewhere a disagreement is a crossing pair missed by the samples
+    dth = jnp.abs(jnp.mod(thf[:, :, None] - cr["theta_c"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
+    near = jnp.min(dth, axis=2) * r[:, None] < NEAR_CROSSING
+    okc = agrees | near
+    f = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2).reshape(k, p, 15)
+    n_img = jnp.sum(img & True, axis=-1).reshape(k, p, 15)
     good_node = (cert & okc).reshape(k, p, 15)
     good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
         jnp.any(active, axis=1, keepdims=True), axis=1)

@@ -105,10 +105,10 @@ def test_limb_darkened_accuracy_vs_vbm(results):
     assert ok[ld].mean() > 0.6
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: on this draw 17% of uniform and 26% of "
-                   "limb-darkened points are refused (ok=False, NaN): caustic-crossing pairs hidden between "
-                   "the 64 crossing-detection samples (cusp approaches, rho=1e-4) and crossings that "
-                   "bisection cannot bracket cleanly")
+@pytest.mark.xfail(strict=True, reason="known gap: on this draw about 11% of uniform and 25% of "
+                   "limb-darkened points are refused (ok=False, NaN), mostly circles next to a cusp "
+                   "(rho=1e-4) or with several crossings (rho>=0.01) where the fixed-panel quadrature "
+                   "does not converge; an adaptive quadrature is the next step")
 def test_certification_rate(results):
     _, ok, _, _ = results
     assert ok.mean() >= 0.98
