@@ -48,8 +48,9 @@ the distance to the nearest other root and no two roots are closer than 1e-7 (as
 :func:`mulens_sbi.lensing.point_source.solve_certified`, which is the fallback for roots that the
 warm start does not certify).
 
-The computation is forward-only (``stop_gradient``); see :mod:`mulens_sbi.lensing.finite` for how
-gradients are handled.
+The computation is forward-only (``stop_gradient``); it also returns the boundary means of the
+point-source magnification that give the exact derivatives with respect to the source centre and
+radius (:func:`contour_flat`); see :mod:`mulens_sbi.lensing.finite` for how gradients are handled.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def _pair_discriminant(z: Array) -> Array:
 
 def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array) -> Array:
     """F(θ) = Σ_images (1 + Re(κ·e^{−2iθ}))/|1 − |κ|²| with ``e2 = e^{−2iθ}`` (one lens-equation
-    Newton polish of the images first)."""
+    Newton polish of the images first), and the point-source magnification Σ 1/|1 − |κ|²|."""
     m2 = q / (1.0 + q)
     m1 = 1.0 - m2
     m1, m2, s_ = m1[..., None], m2[..., None], s[..., None]
@@ -226,7 +227,8 @@ def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array)
     kap = m1 / (zb - s_) ** 2 + m2 / zb**2
     det = 1.0 - jnp.real(kap * jnp.conj(kap))
     num = 1.0 + jnp.real(kap * e2[..., None])
-    return jnp.sum(jnp.where(img, num / jnp.abs(jnp.where(img, det, 1.0)), 0.0), axis=-1)
+    inv = jnp.where(img, 1.0 / jnp.abs(jnp.where(img, det, 1.0)), 0.0)
+    return jnp.sum(num * inv, axis=-1), jnp.sum(inv, axis=-1)
 
 
 # ---- one circle, one level ----------------------------------------------------------------------
@@ -404,7 +406,9 @@ def _level(zc, r, s, q, z_c, level: int):
     dth = jnp.abs(jnp.mod(thf[:, :, None] - cr["theta_c"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
     near = jnp.min(dth, axis=2) * r[:, None] < NEAR_CROSSING
     okc = agrees | near
-    f = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2).reshape(k, p, 15)
+    f, aps = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2)
+    f = f.reshape(k, p, 15)
+    aps = aps.reshape(k, p, 15)
     n_img = jnp.sum(img & True, axis=-1).reshape(k, p, 15)
     good_node = (cert & okc).reshape(k, p, 15)
     good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
@@ -413,6 +417,11 @@ def _level(zc, r, s, q, z_c, level: int):
     ik = jnp.sum(fj * jnp.asarray(GK_WK), axis=2)
     ig = jnp.sum(fj * jnp.asarray(GK_WG), axis=2)
     mag = jnp.sum(ik, axis=1) / (2.0 * jnp.pi)
+    # boundary means of the point-source magnification, for the derivatives (see contour_flat)
+    fa = jnp.where(active[..., None] & good_node, aps * jac, 0.0)
+    wk = jnp.asarray(GK_WK)
+    a_mean = jnp.sum(fa * wk, axis=(1, 2)) / (2.0 * jnp.pi)
+    a_exp = jnp.sum(fa * jnp.exp(1j * th) * wk, axis=(1, 2)) / (2.0 * jnp.pi)
     err = jnp.sum(jnp.abs(ik - ig), axis=1) / (2.0 * jnp.pi)
     conv = good & (err <= REL_TOL * mag) & jnp.isfinite(mag) & (mag > 0)
     # circles that cannot get better with more panels (bad samples, too many crossings, hidden
@@ -421,6 +430,7 @@ def _level(zc, r, s, q, z_c, level: int):
     dbg = dict(cert=jnp.all(cert.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
                okc=jnp.all(okc.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
                cnt=jnp.all((n_img == n_expect[..., None]) | ~active[..., None], axis=(1, 2)), crok=cr["ok"])
+    dbg = dict(dbg, a_mean=a_mean, a_exp=a_exp)
     return mag, conv, hopeless, err / mag, dbg
 
 
@@ -431,28 +441,37 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         zc: complex centres (solver frame); r: radii (θ_E); s, q: lens; z_c: certified point-source
             roots at the centres (M, 5) (warm starts); todo: which circles to compute.
 
-    Returns ``(A, ok)`` (M,): values where ``todo`` (NaN where not ok), zeros elsewhere. Forward only.
+    Returns ``(A, ok, a_mean, a_exp)`` (M,): values where ``todo`` (NaN where not ok), zeros
+    elsewhere, and the boundary means ``a_mean = (1/2π)∮ A_ps dθ`` and ``a_exp = (1/2π)∮ A_ps e^{iθ} dθ``
+    of the point-source magnification, from the same nodes. Since ``A = (1/πr²)∬_disc A_ps``,
+    ``∂A/∂c_x + i ∂A/∂c_y = (2/r)·a_exp`` and ``∂A/∂r = (2/r)(a_mean − A)``: the derivatives with
+    respect to the source centre and radius (see :mod:`mulens_sbi.lensing.finite`). Forward only.
     """
     sg = jax.lax.stop_gradient
     zc, r, s, q, z_c = sg(zc), sg(r), sg(s), sg(q), sg(z_c)
     m = zc.shape[0]
     mag = jnp.zeros(m)
     ok = jnp.zeros(m, bool)
+    a_mean = jnp.zeros(m)
+    a_exp = jnp.zeros(m, complex)
     remaining = todo
     for level, chunk in enumerate(LEVEL_CHUNK):
         chunk = min(chunk, m)
 
         def body(state, level=level, chunk=chunk):
-            mag, ok, rem, nxt = state
+            mag, ok, a_mean, a_exp, rem, nxt = state
             idx = jnp.nonzero(rem, size=chunk, fill_value=m)[0]
             take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-            a, conv, hopeless, _, _ = _level(take(zc), take(r), take(s), take(q), take(z_c), level)
+            a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), take(z_c), level)
             mag = mag.at[idx].set(a, mode="drop")
             ok = ok.at[idx].set(conv, mode="drop")
+            a_mean = a_mean.at[idx].set(extra["a_mean"], mode="drop")
+            a_exp = a_exp.at[idx].set(extra["a_exp"], mode="drop")
             nxt = nxt.at[idx].set(~conv & ~hopeless, mode="drop")
-            return mag, ok, rem.at[idx].set(False, mode="drop"), nxt
+            return mag, ok, a_mean, a_exp, rem.at[idx].set(False, mode="drop"), nxt
 
-        mag, ok, _, remaining = jax.lax.while_loop(
-            lambda st: jnp.any(st[2]), body, (mag, ok, remaining, jnp.zeros(m, bool)))
+        mag, ok, a_mean, a_exp, _, remaining = jax.lax.while_loop(
+            lambda st: jnp.any(st[4]), body, (mag, ok, a_mean, a_exp, remaining, jnp.zeros(m, bool)))
     ok = ok & todo
-    return jnp.where(ok | ~todo, jnp.where(todo, mag, 0.0), jnp.nan), ok
+    mag = jnp.where(ok | ~todo, jnp.where(todo, mag, 0.0), jnp.nan)
+    return mag, ok, a_mean, a_exp

@@ -25,8 +25,10 @@ Method, per point:
 
 Fixed shapes throughout: the circles routed to contour integration are compacted
 (``jnp.nonzero(size=…)``) and processed chunk by chunk inside ``while_loop``s, so only they pay.
-Gradients: the far-field part is differentiable; contour-integrated values are computed forward
-only and carry a NaN tangent (never a silent zero derivative).
+Gradients: the far-field part is differentiable in every parameter. Contour-integrated values
+carry exact derivatives with respect to the source centre (hence t_0, u_0, t_E, alpha) and radius
+(rho; and Γ through the annulus weights), from boundary means of the point-source magnification;
+their derivative with respect to s and q is not available and is NaN (never a silent zero).
 """
 
 from __future__ import annotations
@@ -129,16 +131,25 @@ def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> Array:
 
 
 @jax.custom_jvp
-def _nan_tangent(value: Array, dep: Array) -> Array:
-    """``value`` unchanged; its tangent is NaN wherever ``dep`` has a non-zero tangent."""
+def _contour_value(value: Array, a_mean: Array, a_exp: Array, zeta: Array, r: Array, lens: Array) -> Array:
+    """A contour-integrated uniform-disc value with its exact centre and radius derivatives.
+
+    ``A = (1/πr²)∬_disc A_ps`` gives ``∂A/∂c_x + i·∂A/∂c_y = (2/r)·a_exp`` and
+    ``∂A/∂r = (2/r)(a_mean − A)`` with the boundary means ``a_mean``, ``a_exp`` of the point-source
+    magnification (:func:`mulens_sbi.lensing.contour.contour_flat`). The derivative with respect to
+    the lens (``s``, ``q`` at a fixed solver-frame centre) has no such boundary form and is not
+    computed: its tangent is NaN (loud), never a silent zero.
+    """
     return value
 
 
-@_nan_tangent.defjvp
-def _nan_tangent_jvp(primals, tangents):
-    value, _ = primals
-    _, ddep = tangents
-    return value, jnp.where(ddep != 0, jnp.nan, 0.0)
+@_contour_value.defjvp
+def _contour_value_jvp(primals, tangents):
+    value, a_mean, a_exp, zeta, r, _ = primals
+    _, _, _, dzeta, dr, dlens = tangents
+    g = 2.0 / jnp.where(r > 0, r, 1.0)
+    d = g * (jnp.real(a_exp) * jnp.real(dzeta) + jnp.imag(a_exp) * jnp.imag(dzeta) + (a_mean - value) * dr)
+    return value, d + jnp.where(dlens != 0, jnp.nan, 0.0)
 
 
 # ---- assembly -------------------------------------------------------------------------------------
@@ -165,11 +176,11 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
 
     n_rad = need.shape[1]
     rep = lambda a: jnp.repeat(a, n_rad)  # noqa: E731
-    mag_c, ok_c = contour.contour_flat(rep(zeta), radii.reshape(-1), rep(s), rep(q),
-                                       jnp.repeat(zs, n_rad, axis=0), need.reshape(-1))
+    mag_c, ok_c, a_mean, a_exp = contour.contour_flat(rep(zeta), radii.reshape(-1), rep(s), rep(q),
+                                                      jnp.repeat(zs, n_rad, axis=0), need.reshape(-1))
     flat_need = need.reshape(-1)
-    # the contour values carry no derivative yet: their tangent is NaN (loud), not zero (silent)
-    mag_c = _nan_tangent(mag_c, rep(zeta.real + zeta.imag + s + q) + radii.reshape(-1))
+    # exact derivatives in the source centre and radius; NaN tangent in s, q (see _contour_value)
+    mag_c = _contour_value(mag_c, a_mean, a_exp, rep(zeta), radii.reshape(-1), rep(s + q))
     vals = jnp.where(flat_need, mag_c, far.reshape(-1))
     oks = jnp.where(flat_need, ok_c, True)
     vals = vals.reshape(need.shape)
