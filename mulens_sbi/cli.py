@@ -334,9 +334,10 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "demo",
-        "simulate and plot one planetary caustic-crossing Roman event",
-        "Simulate one planetary caustic-crossing event with the Roman spec and write lightcurve.png, "
-        "caustics.png, report.json and report.md.",
+        "fit the shipped example event with the shipped model (plots and report)",
+        "Fit the shipped Roman example event (examples/events/roman_example) with the shipped model and "
+        "write its figures, summary and report; without a shipped model, simulate one planetary "
+        "caustic-crossing event with the Roman spec and plot it.",
         _demo_args,
         _demo_run,
     ),
