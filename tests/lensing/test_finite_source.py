@@ -8,6 +8,8 @@ curve with caustic crossings at ρ = 1e-3.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -19,7 +21,6 @@ TOL = 1e-3
 #: one compiled program for the whole module (compilation dominates its time): the light curves
 #: and their forward-mode derivatives, on arrays of shape (25, 24)
 SHAPE = (25, 24)
-pytestmark = pytest.mark.xdist_group("finite_source")
 
 
 @jax.jit
@@ -52,6 +53,12 @@ def _draw(rng, n_rows, n_pts):
 
 @pytest.fixture(scope="module")
 def results():
+    return _results()
+
+
+@functools.cache
+def _results():
+    """Computed once per process (xdist may tear a module fixture down and set it up again)."""
     import VBMicrolensing
 
     rng = np.random.default_rng(20261128)
