@@ -136,6 +136,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="store_true",
                    help="do not train: save the checkpoint's best parameters as the model now")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model / restart training")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="warm start (fine-tune) from this model folder's weights with a fresh schedule; the "
+                        "network and the simulation folder must be the same")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -154,6 +157,7 @@ def _train_run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         stop=args.stop,
         overwrite=args.overwrite,
+        init_from=args.init_from,
         progress=not args.no_progress,
     )
     try:

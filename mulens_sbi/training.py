@@ -77,6 +77,8 @@ class TrainSettings:
         stop: do not train: save the best parameters of the checkpoint as the model now (for a
             run that is out of time; the metadata records the steps actually done).
         overwrite: replace an existing model in ``out`` / restart the checkpoint.
+        init_from: warm start from this model folder's weights (fine-tuning with a fresh schedule;
+            same network and simulation folder); None trains from a random initialization.
         progress: show progress bars.
     """
 
@@ -97,6 +99,7 @@ class TrainSettings:
     max_minutes: float = 0.0
     stop: bool = False
     overwrite: bool = False
+    init_from: str | None = None
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -320,11 +323,16 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     }
     if settings.stop:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log)
+    init_post = None
+    if settings.init_from:
+        from mulens_sbi.npe.checkpoint import load_posterior
+        init_post = load_posterior(settings.init_from)
     finished = True
     try:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
                         resume=not settings.overwrite, overwrite=settings.overwrite,
-                        progress=settings.progress, provenance=provenance, on_step=on_step)
+                        progress=settings.progress, provenance=provenance, on_step=on_step,
+                        init_from=init_post)
     except _TimeUp:
         finished = False
     session = time.perf_counter() - start

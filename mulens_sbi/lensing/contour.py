@@ -88,6 +88,10 @@ N_WARM = 5
 LEVEL_PANELS = (4, 16, 64)
 LEVEL_CHUNK = (32, 8, 2)
 #: certificate (as in point_source.solve_certified)
+#: with derivatives: their Kronrod–Gauss estimate must be below D_REL_TOL of s·∂A/∂s (q·∂A/∂q) plus
+#: REL_TOL of A; a circle is refined until both the value and the derivatives meet their targets,
+#: and a derivative ten times worse than its target at the last level is NaN
+D_REL_TOL = 1e-3
 STEP_TOL = 1e-5
 MIN_SEP = 1e-7
 #: certificate of quadrature nodes and samples: looser, because nodes cluster at the crossings,
@@ -165,10 +169,11 @@ def _solve_warm(zeta: Array, s: Array, q: Array, z0: Array) -> tuple[Array, Arra
     return z.reshape(shape + (5,)), cert.reshape(shape)
 
 
-def _images(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array, Array]:
-    """Image mask (..., 5), sample validity (3 or 5 images) and the terms (1+Re(κe^{−2iθ}), |J|)."""
-    _, img, ok = point_source.classify(zeta, z, s, q)
-    return img, ok
+def _images(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array]:
+    """Image mask (..., 5) and sample validity (3 or 5 images), by :func:`_scaled_residual`."""
+    img = _scaled_residual(zeta, z, s, q) <= point_source.IMAGE_TOL
+    n = jnp.sum(img, axis=-1)
+    return img, (n == 3) | (n == 5)
 
 
 def _residual_kappa(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, Array]:
@@ -184,7 +189,20 @@ def _residual_kappa(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, A
 
 def _scaled_residual(zeta: Array, z: Array, s: Array, q: Array) -> Array:
     """Lens-equation residual of each root (..., 5) over ``(1 + |κ|)·d_lens`` (``classify``'s image
-    test, without its squared form)."""
+    test, without its squared form), after one Newton step of the lens equation on every root.
+
+    The polynomial roots of an image next to the companion of a small-q lens can be off by ~1e-7
+    (the polynomial is ill-conditioned there) while the lens equation pins the image down: one
+    lens-equation Newton step takes an image's residual to rounding level, whereas a false root has
+    no solution nearby and keeps its residual. A step longer than 1e-3 of the distance to the
+    nearest other root is not taken (it could carry a false root next to another root's image).
+    """
+    res, kap = _residual_kappa(zeta, z, s, q)
+    det = 1.0 - jnp.real(kap * jnp.conj(kap))
+    dz = (res - kap * jnp.conj(res)) / det
+    d = jnp.abs(z[..., :, None] - z[..., None, :])
+    sep = jnp.min(jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d), axis=-1)
+    z = jnp.where(jnp.isfinite(dz) & (jnp.abs(dz) <= 1e-3 * sep), z + dz, z)
     res, kap = _residual_kappa(zeta, z, s, q)
     d_lens = jnp.minimum(jnp.abs(z - s[..., None]), jnp.abs(z))
     return jnp.abs(res) / ((1.0 + jnp.abs(kap)) * d_lens)
@@ -337,14 +355,15 @@ def _crossings(zc, r, s, q, z_c):
     d0, _, c0 = disc(jnp.stack([lo, hi]), jnp.stack([z_lo, z_hi]))
 
     def secant(_, st):
-        t1, t2, d1, d2, good = st
+        t1, t2, d1, d2, good, _ = st
         dd = d2 - d1
         step = jnp.real(d2 * jnp.conj(dd)) / jnp.maximum(jnp.abs(dd) ** 2, 1e-300) * (t2 - t1)
         t3 = t2 - jnp.where(jnp.isfinite(step), step, 0.0)
-        d3, _, c3 = disc(t3, z_hi)
-        return t2, t3, d2, d3, good & c3
+        d3, z3, c3 = disc(t3, z_hi)
+        return t2, t3, d2, d3, good & c3, z3
 
-    t1, t2, _, _, sec_ok = jax.lax.fori_loop(0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1]))
+    t1, t2, _, _, sec_ok, z_sec = jax.lax.fori_loop(
+        0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1], z_hi))
     # accept the refined crossing if it converged and stayed next to the bracket
     refined = sec_ok & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(t2 - 0.5 * (lo + hi)) < width)
     theta_c = jnp.where(refined, t2, 0.5 * (lo + hi))
@@ -354,7 +373,50 @@ def _crossings(zc, r, s, q, z_c):
     cand_th = jnp.concatenate([th0, lo, hi], 1)
     cand_z = jnp.concatenate([z0, z_lo, z_hi], 1)
     return dict(ok=ok, ncross=ncross, theta_c=theta_c, n_arc=n_arc, n_first=n0[:, 0],
-                cand_th=cand_th, cand_z=cand_z)
+                cand_th=cand_th, cand_z=cand_z, z_cross=z_sec, valid=valid)
+
+
+def _crossing_system(v: Array, sq: Array, zc: Array, r: Array) -> Array:
+    """The caustic-crossing conditions (3,) for ``v = (θ, x, y)``, ``sq = (s, q)`` (solver frame):
+    the critical point ``z = x + iy`` (``|κ| = 1``) maps to the circle point ``zc + r·e^{iθ}``."""
+    th, z = v[0], v[1] + 1j * v[2]
+    m2 = sq[1] / (1.0 + sq[1])
+    m1 = 1.0 - m2
+    zb = jnp.conj(z)
+    e = z - m1 / (zb - sq[0]) - m2 / zb - zc - r * jnp.exp(1j * th)
+    kap = m1 / (zb - sq[0]) ** 2 + m2 / zb**2
+    return jnp.stack([jnp.real(e), jnp.imag(e), jnp.real(kap * jnp.conj(kap)) - 1.0])
+
+
+def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s: Array, q: Array
+                          ) -> tuple[Array, Array]:
+    """``(dθ_c/d(s, q) (K, C, 2), good (K, C))``: how each located crossing moves with the lens at a
+    fixed circle (solver frame), by the implicit function theorem on :func:`_crossing_system`
+    started from the merging pair's midpoint (a few Newton steps first make the system consistent).
+    ``good`` is False where Newton did not land on the located crossing."""
+    d = jnp.abs(z_cross[..., :, None] - z_cross[..., None, :])
+    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
+    flat = jnp.argmin(d.reshape(d.shape[:-2] + (25,)), axis=-1)
+    za = jnp.take_along_axis(z_cross, (flat // 5)[..., None], -1)[..., 0]
+    zb = jnp.take_along_axis(z_cross, (flat % 5)[..., None], -1)[..., 0]
+    zm = 0.5 * (za + zb)
+
+    def one(th, z, zc_, r_, s_, q_):
+        v = jnp.stack([th, jnp.real(z), jnp.imag(z)])
+        sq = jnp.stack([s_, q_])
+        f = lambda v: _crossing_system(v, sq, zc_, r_)  # noqa: E731
+        for _ in range(4):
+            v = v - jnp.linalg.solve(jax.jacfwd(f)(v), f(v))
+        jv = jax.jacfwd(f)(v)
+        jp = jax.jacfwd(lambda sq: _crossing_system(v, sq, zc_, r_))(sq)
+        dv = -jnp.linalg.solve(jv, jp)
+        moved = jnp.abs(jnp.mod(v[0] - th + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
+        good = jnp.all(jnp.isfinite(dv)) & (moved < 1e-6)
+        return dv[0], good
+
+    b = lambda a: jnp.broadcast_to(a[:, None], theta_c.shape)  # noqa: E731
+    fn = jax.vmap(jax.vmap(one))
+    return fn(theta_c, zm, b(zc), b(r), b(s), b(q))
 
 
 def _nodes(theta_c, ncross, n_panels):
@@ -383,8 +445,17 @@ def _nodes(theta_c, ncross, n_panels):
     return th, jac, a_c, active
 
 
-def _level(zc, r, s, q, z_c, level: int):
-    """Magnification of K circles at one refinement level. Returns (A, ok, converged)."""
+def _level(zc, r, s, q, z_c, level: int, derivs: bool = False):
+    """Magnification of K circles at one refinement level.
+
+    Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
+    ``a_mean``, ``a_exp`` and, with ``derivs``, ``dA/ds``, ``dA/dq`` at a fixed solver-frame circle
+    (``d_sq`` (K, 2), and ``d_ok``). The derivatives differentiate the quadrature itself: in the
+    endpoint substitution the integrand is analytic in ``u`` *and* in the lens parameters, so the
+    exact derivative of the rule follows from the derivatives of the crossing angles
+    (:func:`_crossing_sensitivity`) and of the images at the nodes (one Newton step of the lens
+    equation about the converged roots gives the implicit-function derivative).
+    """
     k = zc.shape[0]
     cr = _crossings(zc, r, s, q, z_c)
     p = LEVEL_PANELS[level]
@@ -406,70 +477,105 @@ def _level(zc, r, s, q, z_c, level: int):
     dth = jnp.abs(jnp.mod(thf[:, :, None] - cr["theta_c"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
     near = jnp.min(dth, axis=2) * r[:, None] < NEAR_CROSSING
     okc = agrees | near
-    f, aps = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2)
-    f = f.reshape(k, p, 15)
-    aps = aps.reshape(k, p, 15)
     good_node = (cert & okc).reshape(k, p, 15)
-    good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
-        jnp.any(active, axis=1, keepdims=True), axis=1)
-    fj = jnp.where(active[..., None] & good_node, f * jac, 0.0)
-    ik = jnp.sum(fj * jnp.asarray(GK_WK), axis=2)
-    ig = jnp.sum(fj * jnp.asarray(GK_WG), axis=2)
+    use = active[..., None] & good_node
+    wk, wg = jnp.asarray(GK_WK), jnp.asarray(GK_WG)
+
+    def rule(sl, ql, dth_c):
+        """(K15, G7) panel sums (K, P) and the point-source boundary terms, as functions of the lens
+        (and of the crossing angles through ``dth_c``, their linear change)."""
+        th_l, jac_l, _, _ = _nodes(cr["theta_c"] + dth_c, cr["ncross"], p)
+        th_l = th_l.reshape(k, p * 15)
+        zeta_l = zc[:, None] + r[:, None] * jnp.exp(1j * th_l)
+        f, aps = _integrand(zeta_l, z, img, jnp.exp(-2j * th_l), sl[:, None], ql[:, None])
+        fj = jnp.where(use, f.reshape(k, p, 15) * jac_l, 0.0)
+        return jnp.sum(fj * wk, axis=2), jnp.sum(fj * wg, axis=2), aps
+
+    zero = jnp.zeros_like(cr["theta_c"])
+    ik, ig, aps = rule(s, q, zero)
     mag = jnp.sum(ik, axis=1) / (2.0 * jnp.pi)
     # boundary means of the point-source magnification, for the derivatives (see contour_flat)
-    fa = jnp.where(active[..., None] & good_node, aps * jac, 0.0)
-    wk = jnp.asarray(GK_WK)
+    fa = jnp.where(use, aps.reshape(k, p, 15) * jac, 0.0)
     a_mean = jnp.sum(fa * wk, axis=(1, 2)) / (2.0 * jnp.pi)
     a_exp = jnp.sum(fa * jnp.exp(1j * th) * wk, axis=(1, 2)) / (2.0 * jnp.pi)
     err = jnp.sum(jnp.abs(ik - ig), axis=1) / (2.0 * jnp.pi)
+    good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
+        jnp.any(active, axis=1, keepdims=True), axis=1)
     conv = good & (err <= REL_TOL * mag) & jnp.isfinite(mag) & (mag > 0)
     # circles that cannot get better with more panels (bad samples, too many crossings, hidden
     # crossings): stop refining them
     hopeless = ~cr["ok"]
-    dbg = dict(cert=jnp.all(cert.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
-               okc=jnp.all(okc.reshape(k, p, 15) | ~active[..., None], axis=(1, 2)),
-               crok=cr["ok"], a_mean=a_mean, a_exp=a_exp)
-    return mag, conv, hopeless, err / mag, dbg
+    extra = dict(a_mean=a_mean, a_exp=a_exp)
+    if derivs:
+        sens, sens_ok = _crossing_sensitivity(cr["theta_c"], cr["z_cross"], zc, r, s, q)
+        sens = jnp.where(cr["valid"][..., None], sens, 0.0)
+        d_ok = jnp.all(sens_ok | ~cr["valid"], axis=1)
+
+        def mag_of(sl, ql):
+            ik, ig, _ = rule(sl, ql, sens[..., 0] * (sl - s)[:, None] + sens[..., 1] * (ql - q)[:, None])
+            return jnp.sum(ik, axis=1) / (2.0 * jnp.pi), jnp.sum(ig, axis=1) / (2.0 * jnp.pi)
+
+        one, nil = jnp.ones_like(s), jnp.zeros_like(s)
+        d_s, g_s = jax.jvp(mag_of, (s, q), (one, nil))[1]
+        d_q, g_q = jax.jvp(mag_of, (s, q), (nil, one))[1]
+        # the derivative's own Kronrod–Gauss estimate, on s·∂A/∂s and q·∂A/∂q
+        e_s, e_q = jnp.abs(s * (d_s - g_s)), jnp.abs(q * (d_q - g_q))
+        tol_s = D_REL_TOL * jnp.abs(s * d_s) + REL_TOL * mag
+        tol_q = D_REL_TOL * jnp.abs(q * d_q) + REL_TOL * mag
+        d_conv = (e_s <= tol_s) & (e_q <= tol_q)
+        d_ok = d_ok & jnp.isfinite(d_s) & jnp.isfinite(d_q) & (e_s <= 10 * tol_s) & (e_q <= 10 * tol_q)
+        extra.update(d_sq=jnp.stack([d_s, d_q], axis=-1), d_ok=d_ok, d_conv=d_conv)
+    return mag, conv, hopeless, err / mag, extra
 
 
-def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array) -> tuple[Array, Array]:
+def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array,
+                 derivs: bool = False) -> tuple[Array, ...]:
     """Uniform-disc magnification for the circles of flat arrays (M,) where ``todo`` is True.
 
     Args:
         zc: complex centres (solver frame); r: radii (θ_E); s, q: lens; z_c: certified point-source
             roots at the centres (M, 5) (warm starts); todo: which circles to compute.
+        derivs: also return the derivatives with respect to ``s`` and ``q`` at a fixed solver-frame
+            circle (about three times the cost of the value).
 
     Returns ``(A, ok, a_mean, a_exp)`` (M,): values where ``todo`` (NaN where not ok), zeros
     elsewhere, and the boundary means ``a_mean = (1/2π)∮ A_ps dθ`` and ``a_exp = (1/2π)∮ A_ps e^{iθ} dθ``
     of the point-source magnification, from the same nodes. Since ``A = (1/πr²)∬_disc A_ps``,
     ``∂A/∂c_x + i ∂A/∂c_y = (2/r)·a_exp`` and ``∂A/∂r = (2/r)(a_mean − A)``: the derivatives with
-    respect to the source centre and radius (see :mod:`mulens_sbi.lensing.finite`). Forward only.
+    respect to the source centre and radius (see :mod:`mulens_sbi.lensing.finite`). With
+    ``derivs``, a fifth output ``d_sq`` (M, 2) holds ``(∂A/∂s, ∂A/∂q)`` from the converged level
+    (NaN where they could not be formed). Inputs are not differentiated (``stop_gradient``).
     """
     sg = jax.lax.stop_gradient
     zc, r, s, q, z_c = sg(zc), sg(r), sg(s), sg(q), sg(z_c)
     m = zc.shape[0]
-    mag = jnp.zeros(m)
-    ok = jnp.zeros(m, bool)
-    a_mean = jnp.zeros(m)
-    a_exp = jnp.zeros(m, complex)
+    state0 = dict(mag=jnp.zeros(m), ok=jnp.zeros(m, bool), a_mean=jnp.zeros(m),
+                  a_exp=jnp.zeros(m, complex))
+    if derivs:
+        state0.update(d_sq=jnp.zeros((m, 2)), d_ok=jnp.zeros(m, bool))
     remaining = todo
     for level, chunk in enumerate(LEVEL_CHUNK):
         chunk = min(chunk, m)
 
         def body(state, level=level, chunk=chunk):
-            mag, ok, a_mean, a_exp, rem, nxt = state
+            vals, rem, nxt = state
             idx = jnp.nonzero(rem, size=chunk, fill_value=m)[0]
             take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-            a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), take(z_c), level)
-            mag = mag.at[idx].set(a, mode="drop")
-            ok = ok.at[idx].set(conv, mode="drop")
-            a_mean = a_mean.at[idx].set(extra["a_mean"], mode="drop")
-            a_exp = a_exp.at[idx].set(extra["a_exp"], mode="drop")
-            nxt = nxt.at[idx].set(~conv & ~hopeless, mode="drop")
-            return mag, ok, a_mean, a_exp, rem.at[idx].set(False, mode="drop"), nxt
+            a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), take(z_c), level,
+                                                 derivs)
+            done = conv & extra.pop("d_conv") if derivs else conv
+            new = dict(mag=a, ok=conv, **extra)
+            vals = {key: v.at[idx].set(new[key], mode="drop") for key, v in vals.items()}
+            nxt = nxt.at[idx].set(~done & ~hopeless, mode="drop")
+            return vals, rem.at[idx].set(False, mode="drop"), nxt
 
-        mag, ok, a_mean, a_exp, _, remaining = jax.lax.while_loop(
-            lambda st: jnp.any(st[4]), body, (mag, ok, a_mean, a_exp, remaining, jnp.zeros(m, bool)))
-    ok = ok & todo
-    mag = jnp.where(ok | ~todo, jnp.where(todo, mag, 0.0), jnp.nan)
-    return mag, ok, a_mean, a_exp
+        vals, _, remaining = jax.lax.while_loop(
+            lambda st: jnp.any(st[1]), body, (state0, remaining, jnp.zeros(m, bool)))
+        state0 = vals
+    ok = state0["ok"] & todo
+    mag = jnp.where(ok | ~todo, jnp.where(todo, state0["mag"], 0.0), jnp.nan)
+    out = (mag, ok, state0["a_mean"], state0["a_exp"])
+    if derivs:
+        d_ok = ok & state0["d_ok"]
+        out = out + (jnp.where(d_ok[:, None], state0["d_sq"], jnp.where(todo[:, None], jnp.nan, 0.0)),)
+    return out

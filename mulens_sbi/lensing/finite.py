@@ -25,10 +25,12 @@ Method, per point:
 
 Fixed shapes throughout: the circles routed to contour integration are compacted
 (``jnp.nonzero(size=…)``) and processed chunk by chunk inside ``while_loop``s, so only they pay.
-Gradients: the far-field part is differentiable in every parameter. Contour-integrated values
-carry exact derivatives with respect to the source centre (hence t_0, u_0, t_E, alpha) and radius
-(rho; and Γ through the annulus weights), from boundary means of the point-source magnification;
-their derivative with respect to s and q is not available and is NaN (never a silent zero).
+Gradients in every parameter. The far-field part is differentiated by JAX. Contour-integrated
+values carry exact derivatives with respect to the source centre (hence t_0, u_0, t_E, alpha) and
+radius (rho; and Γ through the annulus weights), from boundary means of the point-source
+magnification, and with respect to s and q by differentiating the quadrature rule itself
+(:func:`_contour`); a point whose lens derivative cannot be formed has a NaN tangent, never a
+silent zero.
 """
 
 from __future__ import annotations
@@ -131,25 +133,37 @@ def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> Array:
 
 
 @jax.custom_jvp
-def _contour_value(value: Array, a_mean: Array, a_exp: Array, zeta: Array, r: Array, lens: Array) -> Array:
-    """A contour-integrated uniform-disc value with its exact centre and radius derivatives.
+def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array) -> Array:
+    """Contour-integrated uniform-disc values (M,) where ``todo`` (NaN where not certified, 0 elsewhere).
 
-    ``A = (1/πr²)∬_disc A_ps`` gives ``∂A/∂c_x + i·∂A/∂c_y = (2/r)·a_exp`` and
-    ``∂A/∂r = (2/r)(a_mean − A)`` with the boundary means ``a_mean``, ``a_exp`` of the point-source
-    magnification (:func:`mulens_sbi.lensing.contour.contour_flat`). The derivative with respect to
-    the lens (``s``, ``q`` at a fixed solver-frame centre) has no such boundary form and is not
-    computed: its tangent is NaN (loud), never a silent zero.
+    Derivatives (the JVP rule below): ``A = (1/πr²)∬_disc A_ps`` gives ``∂A/∂c_x + i·∂A/∂c_y =
+    (2/r)·a_exp`` and ``∂A/∂r = (2/r)(a_mean − A)`` from the boundary means of the point-source
+    magnification; ``∂A/∂s`` and ``∂A/∂q`` at a fixed solver-frame centre come from differentiating
+    the quadrature rule (:func:`mulens_sbi.lensing.contour.contour_flat` with ``derivs``), which is
+    only done when the lens tangents are not zero. The rule is linear in the tangents, so
+    ``jax.grad`` works too.
     """
-    return value
+    return contour.contour_flat(zeta, r, s, q, z_c, todo)[0]
 
 
-@_contour_value.defjvp
-def _contour_value_jvp(primals, tangents):
-    value, a_mean, a_exp, zeta, r, _ = primals
-    _, _, _, dzeta, dr, dlens = tangents
+def _contour_jvp(primals, tangents):
+    zeta, r, s, q, z_c, todo = primals
+    dzeta, dr, ds, dq = tangents[:4]
+    zero = jax.custom_derivatives.SymbolicZero
+    lens = not (isinstance(ds, zero) and isinstance(dq, zero))
+    out = contour.contour_flat(zeta, r, s, q, z_c, todo, derivs=lens)
+    value, _, a_mean, a_exp = out[:4]
+    dense = lambda t, like: jnp.zeros_like(like) if isinstance(t, zero) else t  # noqa: E731
+    dzeta, dr = dense(dzeta, zeta), dense(dr, r)
     g = 2.0 / jnp.where(r > 0, r, 1.0)
     d = g * (jnp.real(a_exp) * jnp.real(dzeta) + jnp.imag(a_exp) * jnp.imag(dzeta) + (a_mean - value) * dr)
-    return value, d + jnp.where(dlens != 0, jnp.nan, 0.0)
+    if lens:
+        d_sq = out[4]
+        d = d + d_sq[:, 0] * dense(ds, s) + d_sq[:, 1] * dense(dq, q)
+    return value, jnp.where(todo, d, 0.0)
+
+
+_contour.defjvp(_contour_jvp, symbolic_zeros=True)
 
 
 # ---- assembly -------------------------------------------------------------------------------------
@@ -176,11 +190,10 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
 
     n_rad = need.shape[1]
     rep = lambda a: jnp.repeat(a, n_rad)  # noqa: E731
-    mag_c, ok_c, a_mean, a_exp = contour.contour_flat(rep(zeta), radii.reshape(-1), rep(s), rep(q),
-                                                      jnp.repeat(zs, n_rad, axis=0), need.reshape(-1))
     flat_need = need.reshape(-1)
-    # exact derivatives in the source centre and radius; NaN tangent in s, q (see _contour_value)
-    mag_c = _contour_value(mag_c, a_mean, a_exp, rep(zeta), radii.reshape(-1), rep(s + q))
+    mag_c = _contour(rep(zeta), radii.reshape(-1), rep(s), rep(q), jnp.repeat(zs, n_rad, axis=0),
+                     flat_need)
+    ok_c = jnp.isfinite(mag_c)
     vals = jnp.where(flat_need, mag_c, far.reshape(-1))
     oks = jnp.where(flat_need, ok_c, True)
     vals = vals.reshape(need.shape)

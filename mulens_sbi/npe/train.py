@@ -137,6 +137,27 @@ def _n_rows(x) -> int:
     return sizes.pop()
 
 
+def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
+    """The trained posterior's weights, checked against a fresh initialization's tree."""
+    if post.config.to_dict() != config.to_dict():
+        a, b = post.config.to_dict(), config.to_dict()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"init_from: network configuration differs from this run's at {diff}")
+    if post.space.to_dict() != space.to_dict():
+        a, b = post.space.to_dict(), space.to_dict()
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"init_from: parameter space differs from this run's at {diff} (train on the same "
+                         f"simulation folder)")
+    want = jax.tree_util.tree_structure(params)
+    got = jax.tree_util.tree_structure(post.params)
+    if want != got:
+        raise ValueError("init_from: weight tree differs from this configuration's")
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(post.params), strict=True):
+        if a.shape != np.shape(b):
+            raise ValueError(f"init_from: weight shape {np.shape(b)} differs from {a.shape}")
+    return jax.tree_util.tree_map(lambda a, b: jnp.asarray(b, a.dtype), params, post.params)
+
+
 def train(
     space: ParameterSpace,
     config: NPEConfig,
@@ -151,6 +172,7 @@ def train(
     progress: bool = True,
     provenance: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    init_from: Posterior | None = None,
 ) -> TrainResult:
     """Train q(theta | x); return the posterior with the best validation parameters.
 
@@ -170,6 +192,9 @@ def train(
             posterior's metadata.
         on_step: called as ``on_step(step, loss)`` after each step (monitoring; an exception raised
             here stops training like a kill would).
+        init_from: warm start (fine-tuning): begin from this trained posterior's weights instead of a
+            random initialization, with a fresh optimizer and schedule. Its network configuration and
+            parameter space must equal ``config`` and ``space`` (an error names the first difference).
     """
     if (simulate is None) == (data is None):
         raise ValueError("give exactly one of simulate= or data=")
@@ -212,6 +237,12 @@ def train(
 
     # ---------------------------------------------------------------- model/optimizer
     _, params = init_params(config, space.dim, _take(x_val, jnp.arange(1)), k_init)
+    init_info = None
+    if init_from is not None:
+        params = _warm_start(params, init_from, config, space)
+        init_info = {"source": str(init_from.metadata.get("_loaded_from", {}).get("path", "in memory")),
+                     "steps_done": init_from.metadata.get("training", {}).get("steps_done")}
+        source = {**source, "init_from": init_info}
     opt_state = _direction().init(params)
     schedule = make_schedule(tc)
 
@@ -320,6 +351,7 @@ def train(
         "training": {
             "train_config": tc.to_dict(),
             "data_source": source,
+            "init_from": init_info,
             "steps_done": st["step"],
             "best_step": st["best_step"],
             "best_val_loss": st["best_val"],
