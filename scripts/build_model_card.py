@@ -32,6 +32,10 @@ def build(folder: Path, notes: str = "") -> str:
     hist = tr["history"]
     hw = prov.get("hardware", {})
     wall = tr.get("train_wall_s_total", tr.get("wall_time_s_last_session", 0.0))
+    # a warm start (``mulens-sbi train --init-from``): the earlier model's steps and time
+    prior = tr.get("init_from") or tr.get("data_source", {}).get("init_from")
+    if prior:
+        prior = {"steps": prior.get("steps_done") or 0, "wall_s": prior.get("train_wall_s_total") or 0.0}
     lines = [
         f"# Model card: `{folder.name}` — amortized posterior for {prov['survey']} binary-lens events",
         "",
@@ -59,9 +63,11 @@ def build(folder: Path, notes: str = "") -> str:
         f"over {tc['max_steps']} steps, clip {tc['clip_norm']:g}, weight decay {tc['weight_decay']:g} |",
         f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
         f"{tr['best_step']} |",
-        f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s) |",
+        f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
+        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model it was warm-started "
+           f"from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all" if prior else "") + " |",
         f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
-        "shared with other jobs; load average ≈ 6) — **no GPU** |",
+        "shared with other jobs)" + (" — **no GPU**" if hw.get("platform", "cpu") == "cpu" else "") + " |",
         f"| network | {side['n_params']:,} parameters: binned 1-D CNN embedding ({emb['n_bins']} cells, "
         f"channels {emb['channels']}, kernel {emb['kernel_size']}, context {emb['out_dim']}) + "
         "rational-quadratic spline "

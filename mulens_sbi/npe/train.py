@@ -241,7 +241,8 @@ def train(
     if init_from is not None:
         params = _warm_start(params, init_from, config, space)
         init_info = {"source": str(init_from.metadata.get("_loaded_from", {}).get("path", "in memory")),
-                     "steps_done": init_from.metadata.get("training", {}).get("steps_done")}
+                     "steps_done": init_from.metadata.get("training", {}).get("steps_done"),
+                     "train_wall_s_total": init_from.metadata.get("training", {}).get("train_wall_s_total")}
         source = {**source, "init_from": init_info}
     opt_state = _direction().init(params)
     schedule = make_schedule(tc)
