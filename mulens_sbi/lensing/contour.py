@@ -86,7 +86,7 @@ N_SECANT = 3
 N_WARM = 5
 #: panels per circle at each refinement level, and circles per chunk at that level
 LEVEL_PANELS = (4, 16, 64)
-LEVEL_CHUNK = (32, 8, 2)
+LEVEL_CHUNK = (64, 16, 4)
 #: certificate (as in point_source.solve_certified)
 #: with derivatives: their Kronrod–Gauss estimate must be below D_REL_TOL of s·∂A/∂s (q·∂A/∂q) plus
 #: REL_TOL of A; a circle is refined until both the value and the derivatives meet their targets,
@@ -251,7 +251,7 @@ def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array)
 
 
 # ---- one circle, one level ----------------------------------------------------------------------
-def _caustic_hints(zc: Array, r: Array, s: Array, q: Array) -> Array:
+def _caustic_hints(zc: Array, r: Array, s: Array, q: Array, cau: Array | None = None) -> Array:
     """Sample angles (K, N_HINT) that separate the circles' crossings with the caustic *polyline*.
 
     Each circle is intersected with the segments of the sampled caustics
@@ -259,10 +259,14 @@ def _caustic_hints(zc: Array, r: Array, s: Array, q: Array) -> Array:
     midpoints between consecutive intersection angles are returned (padding repeats the first
     uniform sample). Added to the uniform samples they put a sample between the two crossings of a
     pair that the uniform samples would straddle (a cusp poking into the circle, a grazing fold).
-    The polyline is only a hint: crossings are still detected from image counts.
+    The polyline is only a hint: crossings are still detected from image counts. ``cau``: the
+    circles' caustics (K, 4, N_CAUSTIC) in the centre-of-mass frame when already computed (a light
+    curve shares one lens), else computed here.
     """
     k = zc.shape[0]
-    cau = jax.vmap(lambda ss, qq: caustics(ss, qq, N_CAUSTIC))(s, q) + (s / (1.0 + q))[:, None, None]
+    if cau is None:
+        cau = jax.vmap(lambda ss, qq: caustics(ss, qq, N_CAUSTIC))(s, q)
+    cau = cau + (s / (1.0 + q))[:, None, None]
     # segments along each branch, plus each branch end joined to the nearest branch start
     end, start = cau[:, :, -1], cau[:, :, 0]
     join = jnp.take_along_axis(start, jnp.argmin(jnp.abs(end[:, :, None] - start[:, None, :]), -1), 1)
@@ -290,12 +294,12 @@ def _caustic_hints(zc: Array, r: Array, s: Array, q: Array) -> Array:
     return jnp.where(jnp.arange(N_HINT)[None, :] < n_hit[:, None], mid, pad)
 
 
-def _crossings(zc, r, s, q, z_c):
+def _crossings(zc, r, s, q, z_c, cau=None):
     """Stage 1 for K circles. Returns a dict of crossing angles, counts and warm-start candidates."""
     k = zc.shape[0]
     ns = N0 + N_HINT
     th_u = (jnp.arange(N0) + 0.5) * (2.0 * jnp.pi / N0)
-    th0 = jnp.sort(jnp.concatenate([jnp.broadcast_to(th_u, (k, N0)), _caustic_hints(zc, r, s, q)], 1), 1)
+    th0 = jnp.sort(jnp.concatenate([jnp.broadcast_to(th_u, (k, N0)), _caustic_hints(zc, r, s, q, cau)], 1), 1)
     zeta0 = zc[:, None] + r[:, None] * jnp.exp(1j * th0)
     s2, q2 = s[:, None], q[:, None]
     z0, cert0 = _solve_warm(zeta0, s2, q2, jnp.broadcast_to(z_c[:, None, :], (k, ns, 5)))
@@ -445,7 +449,7 @@ def _nodes(theta_c, ncross, n_panels):
     return th, jac, a_c, active
 
 
-def _level(zc, r, s, q, z_c, level: int, derivs: bool = False):
+def _level(zc, r, s, q, z_c, level: int, derivs: bool = False, cau=None):
     """Magnification of K circles at one refinement level.
 
     Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
@@ -457,7 +461,7 @@ def _level(zc, r, s, q, z_c, level: int, derivs: bool = False):
     equation about the converged roots gives the implicit-function derivative).
     """
     k = zc.shape[0]
-    cr = _crossings(zc, r, s, q, z_c)
+    cr = _crossings(zc, r, s, q, z_c, cau)
     p = LEVEL_PANELS[level]
     th, jac, arc, active = _nodes(cr["theta_c"], cr["ncross"], p)
     thf = th.reshape(k, p * 15)
@@ -529,7 +533,8 @@ def _level(zc, r, s, q, z_c, level: int, derivs: bool = False):
 
 
 def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array,
-                 derivs: bool = False) -> tuple[Array, ...]:
+                 derivs: bool = False, cau: Array | None = None, row: Array | None = None
+                 ) -> tuple[Array, ...]:
     """Uniform-disc magnification for the circles of flat arrays (M,) where ``todo`` is True.
 
     Args:
@@ -537,6 +542,10 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             roots at the centres (M, 5) (warm starts); todo: which circles to compute.
         derivs: also return the derivatives with respect to ``s`` and ``q`` at a fixed solver-frame
             circle (about three times the cost of the value).
+        cau, row: optional caustics table (R, 4, N_CAUSTIC) (centre-of-mass frame, from
+            :func:`mulens_sbi.lensing.caustics.caustics` of each circle's lens) and each circle's row
+            in it (M,): saves recomputing the caustics per circle (circles of one light curve share
+            their lens).
 
     Returns ``(A, ok, a_mean, a_exp)`` (M,): values where ``todo`` (NaN where not ok), zeros
     elsewhere, and the boundary means ``a_mean = (1/2π)∮ A_ps dθ`` and ``a_exp = (1/2π)∮ A_ps e^{iθ} dθ``
@@ -561,8 +570,9 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             vals, rem, nxt = state
             idx = jnp.nonzero(rem, size=chunk, fill_value=m)[0]
             take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
+            cau_k = None if cau is None else jnp.take(cau, take(row), axis=0, mode="clip")
             a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), take(z_c), level,
-                                                 derivs)
+                                                 derivs, cau_k)
             done = conv & extra.pop("d_conv") if derivs else conv
             new = dict(mag=a, ok=conv, **extra)
             vals = {key: v.at[idx].set(new[key], mode="drop") for key, v in vals.items()}

@@ -103,15 +103,17 @@ def _far_field_one(zeta: Array, z0: Array, mask: Array, s: Array, q: Array) -> t
 _far_field = jax.vmap(_far_field_one)
 
 
-def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> Array:
+def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> tuple[Array, Array, Array]:
     """Lower bound on the distance from source centres ``zc`` (B, N) (CoM frame) to the caustics,
-    and the distance to the polyline through the caustic samples (both (B, N)).
+    the distance to the polyline through the caustic samples (both (B, N)), and the caustic samples
+    (B, 4, N_CAUSTIC).
 
     ``min_j(|zc − C_j| − g_j)`` with ``g_j`` the longer of the two chords from caustic sample ``C_j``
     to its neighbours on the same branch (a safe bound on how far the caustic strays between
     samples).
     """
     cau = jax.vmap(lambda ss, qq: caustics(ss, qq, N_CAUSTIC))(s, q)  # (B, 4, n)
+    samples = cau
     # chords to the neighbours on the same branch (the branch ends join other branches: no wrap)
     d = jnp.abs(jnp.diff(cau, axis=-1))
     gap = jnp.maximum(jnp.pad(d, ((0, 0), (0, 0), (1, 0))), jnp.pad(d, ((0, 0), (0, 0), (0, 1))))
@@ -129,11 +131,13 @@ def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> Array:
                       0.0, 1.0)
         return lb, jnp.min(jnp.abs(w - tt * d[None, :]), axis=-1)
 
-    return jax.lax.map(one_row, (zc, cau, gap, seg_a, seg_d))
+    lb, dist = jax.lax.map(one_row, (zc, cau, gap, seg_a, seg_d))
+    return lb, dist, samples
 
 
 @jax.custom_jvp
-def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array) -> Array:
+def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array, cau: Array | None,
+             row: Array | None) -> Array:
     """Contour-integrated uniform-disc values (M,) where ``todo`` (NaN where not certified, 0 elsewhere).
 
     Derivatives (the JVP rule below): ``A = (1/πr²)∬_disc A_ps`` gives ``∂A/∂c_x + i·∂A/∂c_y =
@@ -143,15 +147,15 @@ def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array)
     only done when the lens tangents are not zero. The rule is linear in the tangents, so
     ``jax.grad`` works too.
     """
-    return contour.contour_flat(zeta, r, s, q, z_c, todo)[0]
+    return contour.contour_flat(zeta, r, s, q, z_c, todo, cau=cau, row=row)[0]
 
 
 def _contour_jvp(primals, tangents):
-    zeta, r, s, q, z_c, todo = primals
+    zeta, r, s, q, z_c, todo, cau, row = primals
     dzeta, dr, ds, dq = tangents[:4]
     zero = jax.custom_derivatives.SymbolicZero
     lens = not (isinstance(ds, zero) and isinstance(dq, zero))
-    out = contour.contour_flat(zeta, r, s, q, z_c, todo, derivs=lens)
+    out = contour.contour_flat(zeta, r, s, q, z_c, todo, derivs=lens, cau=cau, row=row)
     value, _, a_mean, a_exp = out[:4]
     dense = lambda t, like: jnp.zeros_like(like) if isinstance(t, zero) else t  # noqa: E731
     dzeta, dr = dense(dzeta, zeta), dense(dr, r)
@@ -168,8 +172,9 @@ _contour.defjvp(_contour_jvp, symbolic_zeros=True)
 
 # ---- assembly -------------------------------------------------------------------------------------
 def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: Array, q: Array, rho: Array,
-                 gamma: Array) -> tuple[Array, Array]:
-    """Flat points (P,): solver-frame centres, point-source roots, caustic distance bound, params."""
+                 gamma: Array, cau: Array | None, row: Array | None) -> tuple[Array, Array]:
+    """Flat points (P,): solver-frame centres, point-source roots, caustic distance bound, params;
+    ``cau`` (R, 4, N_CAUSTIC) the lenses' caustics (CoM frame) and ``row`` (P,) each point's lens."""
     p = zeta.shape[0]
     zs = jnp.where(jnp.isfinite(z0), z0, 0.0)
     _, img, okc = point_source.classify(jax.lax.stop_gradient(zeta), jax.lax.stop_gradient(zs),
@@ -192,7 +197,8 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
     rep = lambda a: jnp.repeat(a, n_rad)  # noqa: E731
     flat_need = need.reshape(-1)
     mag_c = _contour(rep(zeta), radii.reshape(-1), rep(s), rep(q), jnp.repeat(zs, n_rad, axis=0),
-                     flat_need)
+                     flat_need, None if cau is None else jax.lax.stop_gradient(cau),
+                     None if row is None else rep(row))
     ok_c = jnp.isfinite(mag_c)
     vals = jnp.where(flat_need, mag_c, far.reshape(-1))
     oks = jnp.where(flat_need, ok_c, True)
@@ -220,11 +226,11 @@ def binary_finite_trajectory(x: Array, y: Array, s: Array, q: Array, rho: Array,
     _, ok0, roots = point_source.trajectory_roots(
         jax.lax.stop_gradient(zeta), jax.lax.stop_gradient(s), jax.lax.stop_gradient(q)
     )
-    lb, dmin = _caustic_lower_bound(jax.lax.stop_gradient(x + 1j * y), jax.lax.stop_gradient(s),
-                                    jax.lax.stop_gradient(q))
+    lb, dmin, cau = _caustic_lower_bound(jax.lax.stop_gradient(x + 1j * y), jax.lax.stop_gradient(s),
+                                         jax.lax.stop_gradient(q))
     rep = lambda a: jnp.repeat(a, n)  # noqa: E731
     mag, ok = _finite_core(zeta.reshape(-1), roots.reshape(-1, 5), ok0.reshape(-1), lb.reshape(-1),
-                           dmin.reshape(-1), rep(s), rep(q), rep(rho), rep(gamma))
+                           dmin.reshape(-1), rep(s), rep(q), rep(rho), rep(gamma), cau, rep(jnp.arange(b)))
     return mag.reshape(b, n), ok.reshape(b, n)
 
 
@@ -242,7 +248,8 @@ def binary_finite_points(x: Array, y: Array, s: Array, q: Array, rho: Array,
     sg = jax.lax.stop_gradient
     roots, conv = point_source.solve_points(sg(zeta), sg(s), sg(q))
     lb, dmin = jax.vmap(lambda zz, ss, qq: tuple(
-        a[0, 0] for a in _caustic_lower_bound(zz[None, None], ss[None], qq[None])))(
+        a[0, 0] for a in _caustic_lower_bound(zz[None, None], ss[None], qq[None])[:2]))(
         sg(x + 1j * y), sg(s), sg(q))
-    mag, ok = _finite_core(zeta, roots, conv, lb, dmin, s, q, rho, gamma)
+    # independent points may each have their own lens: the contour path computes caustics per circle
+    mag, ok = _finite_core(zeta, roots, conv, lb, dmin, s, q, rho, gamma, None, None)
     return mag.reshape(shape), ok.reshape(shape)
