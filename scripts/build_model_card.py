@@ -64,8 +64,9 @@ def build(folder: Path, notes: str = "") -> str:
         f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
         f"{tr['best_step']} |",
         f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
-        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model it was warm-started "
-           f"from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all" if prior else "") + " |",
+        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model it was "
+           f"warm-started from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all"
+           if prior else "") + " |",
         f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
         "shared with other jobs)" + (" — **no GPU**" if hw.get("platform", "cpu") == "cpu" else "") + " |",
         f"| network | {side['n_params']:,} parameters: binned 1-D CNN embedding ({emb['n_bins']} cells, "

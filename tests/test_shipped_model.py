@@ -1,5 +1,5 @@
-"""The shipped Roman model: it loads by name, samples in physical units, and is calibrated on a small
-set of FRESH simulations (never seen in training; fixed seed).
+"""The shipped models (Roman, KMTNet): each loads by name, samples in physical units, and is calibrated
+on a small set of FRESH simulations of its survey (never seen in training; fixed seed).
 
 Tolerance (fixed before looking at the result): per parameter, the central-interval coverage at 50%
 and 90% must lie within 0.05 (allowed systematic miscalibration, the target in the model card) plus
@@ -20,18 +20,21 @@ from mulens_sbi.validation import simulate_events, validate_arrays
 M = 150
 
 
-@pytest.fixture(scope="module")
-def model():
-    if "roman" not in available_models():
-        pytest.fail("the shipped model trained/roman/ is missing")
-    return load_model("roman")
+@pytest.fixture(scope="module", params=["roman", "kmtnet"])
+def model(request):
+    if request.param not in available_models():
+        pytest.fail(f"the shipped model trained/{request.param}/ is missing")
+    return load_model(request.param)
 
 
 def test_loads_and_samples(model):
-    assert model.survey_name == "roman"
+    survey = model.survey_name
+    assert survey in ("roman", "kmtnet")
     assert model.space.names == ("dt_0", "u_0", "t_E", "s", "q", "alpha")
     assert model.posterior.n_params > 100_000
-    d = simulate_events("roman", 1, seed=11, batch_size=1)
+    d = simulate_events(survey, 8, seed=11, batch_size=8)
+    i = int(np.argmax(np.sum(d["mask"], axis=1)))  # a well-sampled one (sparse ones are refused)
+    d = {k: v[i:i + 1] for k, v in d.items()}
     smp, lq = model.sample((d["t"][0], d["flux"][0], d["sigma"][0], d["mask"][0]), 300, jax.random.PRNGKey(0))
     assert lq.shape == (300,) and np.all(np.isfinite(lq))
     assert np.all((smp["q"] >= 1e-5) & (smp["q"] <= 1)) and np.all((smp["s"] >= 0.2) & (smp["s"] <= 5))
@@ -41,14 +44,18 @@ def test_loads_and_samples(model):
 
 
 def test_calibration_on_fresh_simulations(model):
-    d = simulate_events("roman", M, seed=20261128, batch_size=M)
+    d = simulate_events(model.survey_name, M, seed=20261128, batch_size=M)
     rep = validate_arrays(model, d, n_samples=200, seed=1, crossing=False)
-    assert rep["n_preprocess_failed"] == 0 and rep["n_excluded"] == 0
+    assert rep["n_excluded"] == 0
+    # a simulated light curve may be refused by preprocessing (fewer than 50 usable points: 7.3% of
+    # KMTNet's held-out set, none of Roman's); never silently (they are counted)
+    assert rep["n_preprocess_failed"] <= (0.15 if model.survey_name == "kmtnet" else 0.0) * M
     lev = rep["levels"]
     bad = []
+    m = M - rep["n_preprocess_failed"]
     for a in (0.5, 0.9):
         j = lev.index(a)
-        tol = 0.05 + 3 * math.sqrt(a * (1 - a) / M)
+        tol = 0.05 + 3 * math.sqrt(a * (1 - a) / m)
         for n, cov in rep["marginal_coverage"].items():
             if abs(cov[j] - a) > tol:
                 bad.append(f"{n} at {a}: {cov[j]:.3f} (tolerance ±{tol:.3f})")

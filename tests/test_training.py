@@ -140,3 +140,25 @@ def test_validate_library_and_cli(trained, tmp_path):
     assert main(args) == 2                      # outputs exist, no --overwrite
     with pytest.raises(SystemExit):
         main(["train", "--data", str(d / "sim")])   # --out is required
+
+
+def test_warm_start_continues_from_the_trained_model(trained, tmp_path):
+    """``init_from``: training starts from the given model's weights (its validation loss at the first
+    evaluation is near the trained model's best, far below a fresh start's), the metadata says so,
+    and a model with another network is refused with the difference named."""
+    d, summary = trained
+    s = dataclasses.replace(
+        _settings(d), out=str(tmp_path / "ft"), checkpoint_dir=str(tmp_path / "ck"),
+        init_from=str(d / "model"),
+        train=dataclasses.replace(_settings(d).train, max_steps=50, learning_rate=1e-4, warmup_steps=5))
+    ft = run_training(s, log=lambda m: None)
+    hist = json.loads((tmp_path / "ft" / "training.json").read_text())["history"]
+    fresh = json.loads((d / "model" / "training.json").read_text())["history"][0]["val_loss"]
+    assert hist[0]["val_loss"] < summary["best_val_loss"] + 0.2 < fresh
+    meta = load_model(str(tmp_path / "ft")).posterior.metadata["training"]
+    assert meta["init_from"]["steps_done"] == 200 and meta["init_from"]["source"].endswith("model")
+    assert ft["steps"] == 50
+    bad = dataclasses.replace(s, out=str(tmp_path / "bad"), checkpoint_dir=str(tmp_path / "ck2"),
+                              flow=FlowConfig(n_layers=2, hidden=(32, 32), n_bins=6))
+    with pytest.raises(ValueError, match="network configuration differs"):
+        run_training(bad, log=lambda m: None)
