@@ -40,8 +40,9 @@ Method, per source circle:
    :data:`MAX_CROSS` crossings, a crossing that bisection could not bracket cleanly, or a node whose
    residual test disagrees with its arc's image count away from the located crossings (a crossing
    pair that no sample straddled), is returned with ``ok = False`` and NaN. The remaining refusals
-   are mostly circles close to a cusp, where the integrand varies on a scale far below the arc
-   length at the crossings (an adaptive quadrature would be the next step).
+   are mostly circles that pass close to a caustic or a cusp without crossing it (or hold a whole
+   small caustic), where the integrand has a peak far narrower than the panels (an adaptive
+   quadrature with breakpoints at the closest approaches would be the next step).
 
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in
