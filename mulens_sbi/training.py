@@ -198,6 +198,17 @@ def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path |
 # noise on the fly
 
 
+def accepted_rows(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> tuple[dict[str, np.ndarray], int]:
+    """The pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept (at least
+    ``min_points`` points in the view and ``min_cells`` filled cells), and how many were dropped."""
+    cnt = binned["count"]
+    keep = (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
+    n_drop = int((~keep).sum())
+    if not n_drop:
+        return binned, 0
+    return {k: v[keep] for k, v in binned.items()}, n_drop
+
+
 @jax.jit
 def _noisy(mean, err, noise):
     return mean + err * noise
@@ -288,6 +299,14 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     cache = settings.binned_cache or str(ckdir / "binned_train.npz")
     t0 = time.perf_counter()
     binned = prepare_binned(train_files, settings.preprocess, cache, settings.progress)
+    # train only on light curves that inference would accept (preprocess refuses fewer than
+    # min_points points in the view or fewer than min_cells filled cells): otherwise the network
+    # spends capacity on inputs it is never given (7% of a KMTNet set)
+    binned, n_refused = accepted_rows(binned, settings.preprocess)
+    if n_refused:
+        log(f"{n_refused} of {n_refused + binned['theta_net'].shape[0]} training light curves are too "
+            f"sparse for the model (fewer than {settings.preprocess.min_points} points or "
+            f"{settings.preprocess.min_cells} filled cells) and are left out, as inference would refuse them")
     t_prep = time.perf_counter() - t0
     tc = settings.train
     n = binned["theta_net"].shape[0]
@@ -316,6 +335,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         "simulation": {"folder": str(settings.data), "seed": manifest.get("seed"), "n": manifest.get("n"),
                        "spec_sha256": manifest.get("spec_sha256")},
         "n_train_rows": int(n - tc.val_size), "n_val_rows": int(tc.val_size),
+        "n_refused_sparse": n_refused,
         "train_shards": [f.name for f in train_files],
         "holdout_shards": [f.name for f in files[len(files) - settings.holdout_shards:]],
         "preprocess": settings.preprocess.to_dict(), "physical_names": list(PHYSICAL_NAMES),

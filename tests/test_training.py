@@ -162,3 +162,33 @@ def test_warm_start_continues_from_the_trained_model(trained, tmp_path):
                               flow=FlowConfig(n_layers=2, hidden=(32, 32), n_bins=6))
     with pytest.raises(ValueError, match="network configuration differs"):
         run_training(bad, log=lambda m: None)
+
+
+def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
+    """Rows that ``preprocess`` would refuse (too few points or filled cells) are left out of training,
+    and the rows kept are exactly those ``preprocess`` accepts."""
+    from mulens_sbi.preprocess import preprocess
+    from mulens_sbi.training import accepted_rows
+
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    b = prepare_binned(shard_files(tiny_sim / "sim")[:1], cfg, tiny_sim / "b2.npz", progress=False)
+    # make a few rows sparse by hand: 10 points in one cell, and 30 points over 4 cells
+    b = {k: v.copy() for k, v in b.items()}
+    b["count"][0] = 0
+    b["count"][0, 5] = 10
+    b["count"][1] = 0
+    b["count"][1, 3:7] = [8, 8, 7, 7]
+    kept, n_drop = accepted_rows(b, cfg)
+    assert n_drop >= 2 and kept["theta_net"].shape[0] == b["theta_net"].shape[0] - n_drop
+    # on the real (unmodified) rows the rule agrees with preprocess
+    tab = simulate_mod.read_simulation(tiny_sim / "sim")
+    b0 = prepare_binned(shard_files(tiny_sim / "sim")[:1], cfg, tiny_sim / "b3.npz", progress=False)
+    cnt = b0["count"]
+    ok_rule = (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
+    for i in range(40):
+        try:
+            preprocess(tab["t"][i], tab["flux"][i], tab["sigma"][i], tab["mask"][i], cfg)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == bool(ok_rule[i]), i
