@@ -118,6 +118,21 @@ GK_WG[1::2] = _G7W  # Gauss nodes are the odd-indexed Kronrod nodes
 
 
 # ---- roots ---------------------------------------------------------------------------------------
+def _root_distances(z: Array) -> Array:
+    """Pairwise distances (..., 5, 5) between the five roots, ``inf`` on the diagonal."""
+    d = jnp.abs(z[..., :, None] - z[..., None, :])
+    return jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
+
+
+def _closest_pair(z: Array) -> tuple[Array, Array]:
+    """The two roots (..., ) of the closest pair among the five (..., 5)."""
+    d = _root_distances(z)
+    flat = jnp.argmin(d.reshape(d.shape[:-2] + (25,)), axis=-1)
+    za = jnp.take_along_axis(z, (flat // 5)[..., None], -1)[..., 0]
+    zb = jnp.take_along_axis(z, (flat % 5)[..., None], -1)[..., 0]
+    return za, zb
+
+
 def _certify(coeffs: Array, z: Array, step_tol: float = STEP_TOL, min_sep: float = MIN_SEP
              ) -> tuple[Array, Array]:
     """One Newton step on every root and the certificate (see module docstring)."""
@@ -129,9 +144,7 @@ def _certify(coeffs: Array, z: Array, step_tol: float = STEP_TOL, min_sep: float
         p = p * z + c[..., k]
     corr = p / dp
     z = z - corr
-    d = jnp.abs(z[..., :, None] - z[..., None, :])
-    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
-    sep = jnp.min(d, axis=-1)
+    sep = jnp.min(_root_distances(z), axis=-1)
     good = (jnp.abs(corr) <= step_tol * sep) & (sep >= min_sep) & jnp.isfinite(corr)
     return z, jnp.all(good, axis=-1)
 
@@ -188,6 +201,13 @@ def _residual_kappa(zeta: Array, z: Array, s: Array, q: Array) -> tuple[Array, A
     return res, kap
 
 
+def _newton_step(zeta: Array, z: Array, s: Array, q: Array) -> Array:
+    """The step ``dz`` (..., 5) of one Newton iteration of the (non-analytic) lens equation at the
+    roots ``z``: ``dz = (res − κ·conj(res))/(1 − |κ|²)`` (solver frame)."""
+    res, kap = _residual_kappa(zeta, z, s, q)
+    return (res - kap * jnp.conj(res)) / (1.0 - jnp.real(kap * jnp.conj(kap)))
+
+
 def _scaled_residual(zeta: Array, z: Array, s: Array, q: Array) -> Array:
     """Lens-equation residual of each root (..., 5) over ``(1 + |κ|)·d_lens`` (``classify``'s image
     test, without its squared form), after one Newton step of the lens equation on every root.
@@ -198,11 +218,8 @@ def _scaled_residual(zeta: Array, z: Array, s: Array, q: Array) -> Array:
     no solution nearby and keeps its residual. A step longer than 1e-3 of the distance to the
     nearest other root is not taken (it could carry a false root next to another root's image).
     """
-    res, kap = _residual_kappa(zeta, z, s, q)
-    det = 1.0 - jnp.real(kap * jnp.conj(kap))
-    dz = (res - kap * jnp.conj(res)) / det
-    d = jnp.abs(z[..., :, None] - z[..., None, :])
-    sep = jnp.min(jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d), axis=-1)
+    dz = _newton_step(zeta, z, s, q)
+    sep = jnp.min(_root_distances(z), axis=-1)
     z = jnp.where(jnp.isfinite(dz) & (jnp.abs(dz) <= 1e-3 * sep), z + dz, z)
     res, kap = _residual_kappa(zeta, z, s, q)
     d_lens = jnp.minimum(jnp.abs(z - s[..., None]), jnp.abs(z))
@@ -229,20 +246,14 @@ def _images_expected(zeta: Array, z: Array, s: Array, q: Array, n_expect: Array)
 def _pair_discriminant(z: Array) -> Array:
     """``(z_a − z_b)²`` for the closest pair of roots (..., 5): analytic along the circle, with a
     simple zero where that pair merges, i.e. at a fold-caustic crossing."""
-    d = jnp.abs(z[..., :, None] - z[..., None, :])
-    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
-    flat = jnp.argmin(d.reshape(d.shape[:-2] + (25,)), axis=-1)
-    za = jnp.take_along_axis(z, (flat // 5)[..., None], -1)[..., 0]
-    zb = jnp.take_along_axis(z, (flat % 5)[..., None], -1)[..., 0]
+    za, zb = _closest_pair(z)
     return (za - zb) ** 2
 
 
 def _integrand(zeta: Array, z: Array, img: Array, e2: Array, s: Array, q: Array) -> Array:
     """F(θ) = Σ_images (1 + Re(κ·e^{−2iθ}))/|1 − |κ|²| with ``e2 = e^{−2iθ}`` (one lens-equation
     Newton polish of the images first), and the point-source magnification Σ 1/|1 − |κ|²|."""
-    res, kap = _residual_kappa(zeta, z, s, q)
-    det = 1.0 - jnp.real(kap * jnp.conj(kap))
-    dz = (res - kap * jnp.conj(res)) / det
+    dz = _newton_step(zeta, z, s, q)
     z = jnp.where(img & jnp.isfinite(dz), z + dz, z)
     _, kap = _residual_kappa(zeta, z, s, q)
     det = 1.0 - jnp.real(kap * jnp.conj(kap))
@@ -399,11 +410,7 @@ def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s
     fixed circle (solver frame), by the implicit function theorem on :func:`_crossing_system`
     started from the merging pair's midpoint (a few Newton steps first make the system consistent).
     ``good`` is False where Newton did not land on the located crossing."""
-    d = jnp.abs(z_cross[..., :, None] - z_cross[..., None, :])
-    d = jnp.where(jnp.eye(5, dtype=bool), jnp.inf, d)
-    flat = jnp.argmin(d.reshape(d.shape[:-2] + (25,)), axis=-1)
-    za = jnp.take_along_axis(z_cross, (flat // 5)[..., None], -1)[..., 0]
-    zb = jnp.take_along_axis(z_cross, (flat % 5)[..., None], -1)[..., 0]
+    za, zb = _closest_pair(z_cross)
     zm = 0.5 * (za + zb)
 
     def one(th, z, zc_, r_, s_, q_):

@@ -137,15 +137,17 @@ def _n_rows(x) -> int:
     return sizes.pop()
 
 
+def _differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
     """The trained posterior's weights, checked against a fresh initialization's tree."""
-    if post.config.to_dict() != config.to_dict():
-        a, b = post.config.to_dict(), config.to_dict()
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diff = _differing_keys(post.config.to_dict(), config.to_dict())
+    if diff:
         raise ValueError(f"init_from: network configuration differs from this run's at {diff}")
-    if post.space.to_dict() != space.to_dict():
-        a, b = post.space.to_dict(), space.to_dict()
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    diff = _differing_keys(post.space.to_dict(), space.to_dict())
+    if diff:
         raise ValueError(f"init_from: parameter space differs from this run's at {diff} (train on the same "
                          f"simulation folder)")
     want = jax.tree_util.tree_structure(params)
