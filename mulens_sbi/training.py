@@ -317,6 +317,11 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     tr = {k: v[:n - tc.val_size] for k, v in binned.items()}
     va = {k: v[n - tc.val_size:] for k, v in binned.items()}
     space = make_space(spec, tr["theta_net"], settings.preprocess)
+    init_post = None
+    if settings.init_from:
+        from mulens_sbi.npe.checkpoint import load_posterior
+        init_post = load_posterior(settings.init_from)
+        space = _warm_start_space(space, init_post.space, settings.init_from)
     sim = BinnedSimulator(tr, settings.preprocess)
     val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
                                                        np.random.default_rng([tc.seed, 7]))
@@ -343,10 +348,6 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     }
     if settings.stop:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log)
-    init_post = None
-    if settings.init_from:
-        from mulens_sbi.npe.checkpoint import load_posterior
-        init_post = load_posterior(settings.init_from)
     finished = True
     try:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
@@ -374,6 +375,19 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
         f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
     return summary
+
+
+def _warm_start_space(space: ParameterSpace, init_space: ParameterSpace, source: str) -> ParameterSpace:
+    """The parameter space of a warm start: the initial model's, whose standardization its network
+    was trained in (this run's training rows may differ, e.g. sparse rows left out, and would give a
+    slightly different one). Names, transforms and bounds must be this run's."""
+    mine, theirs = space.to_dict(), init_space.to_dict()
+    diff = sorted(k for k in set(mine) | set(theirs)
+                  if k not in ("loc", "scale") and mine.get(k) != theirs.get(k))
+    if diff:
+        raise ValueError(f"init_from {source}: parameter space differs from this run's at {diff} "
+                         f"(names, transforms and prior bounds must match)")
+    return init_space
 
 
 def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep,

@@ -164,6 +164,33 @@ def test_warm_start_continues_from_the_trained_model(trained, tmp_path):
         run_training(bad, log=lambda m: None)
 
 
+def test_warm_start_keeps_the_initial_models_standardization(trained, tmp_path):
+    """A warm start on other training rows (here one more shard held out, as when sparse rows are
+    left out) keeps the initial model's standardization, which its network was trained in, instead
+    of refusing; a space with other bounds is refused with the difference named."""
+    from mulens_sbi.training import _warm_start_space
+
+    d, _ = trained
+    s = dataclasses.replace(
+        _settings(d), out=str(tmp_path / "ft"), checkpoint_dir=str(tmp_path / "ck"), holdout_shards=2,
+        init_from=str(d / "model"),
+        train=dataclasses.replace(_settings(d).train, max_steps=20, learning_rate=1e-4, warmup_steps=5,
+                                  eval_every=10, checkpoint_every=10))
+    run_training(s, log=lambda m: None)
+    init_space = load_model(str(d / "model")).posterior.space
+    new_space = load_model(str(tmp_path / "ft")).posterior.space
+    assert new_space.to_dict() == init_space.to_dict()
+    # the space this run would have fitted on its own rows differs in loc (else the test shows nothing)
+    cfg = _settings(d).preprocess
+    one_shard = prepare_binned(shard_files(d / "sim")[:1], cfg, progress=False)["theta_net"]
+    own = init_space.standardized_from_samples(one_shard[: len(one_shard) - 256])
+    assert not np.allclose(own.to_dict()["loc"], init_space.to_dict()["loc"])
+    wider = init_space.to_dict()
+    wider["upper"] = [u * 2 for u in wider["upper"]]
+    with pytest.raises(ValueError, match=r"parameter space differs .*\['upper'\]"):
+        _warm_start_space(type(init_space).from_dict(wider), init_space, "m")
+
+
 def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
     """Rows that ``preprocess`` would refuse (too few points or filled cells) are left out of training,
     and the rows kept are exactly those ``preprocess`` accepts."""
