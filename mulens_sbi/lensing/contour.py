@@ -83,6 +83,9 @@ N_BISECT = 20
 NEAR_CROSSING = 1e-5
 #: secant steps on the pair discriminant that refine each bisected crossing to rounding level
 N_SECANT = 3
+#: crossings located together per circle of a chunk (the valid brackets are compacted: most circles
+#: sent to contour integration pass near a caustic without crossing it; more brackets → more batches)
+LOCATE_PER_CIRCLE = 1
 #: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
 N_WARM = 5
 #: panels per circle at each refinement level, and circles per chunk at that level
@@ -306,6 +309,65 @@ def _caustic_hints(zc: Array, r: Array, s: Array, q: Array, cau: Array | None = 
     return jnp.where(jnp.arange(N_HINT)[None, :] < n_hit[:, None], mid, pad)
 
 
+def _locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
+    """Bisection then secant refinement of P bracketed crossings, each with its own circle and lens
+    (all arrays flat over the brackets: angles (P,), roots (P, 5)). Returns the final bracket and its
+    roots, ``bad`` (an ambiguous bisection step while the bracket was still wide), the crossing
+    angle (secant-refined where that converged next to the bracket, else the bracket's midpoint) and
+    the roots there."""
+    width = jnp.maximum(hi - lo, 1e-6)  # the sample bracket, before bisection narrows it
+
+    def bisect(_, st):
+        lo, hi, z_lo, z_hi, bad, frozen = st
+        mid = 0.5 * (lo + hi)
+        zeta = zc + r * jnp.exp(1j * mid)
+        start = jnp.where((n_lo >= n_hi)[..., None], z_lo, z_hi)
+        z, cert = _solve_warm(zeta, s, q, start)
+        img, okc = _images(zeta, z, s, q)
+        okc = okc & cert
+        nm = jnp.sum(img, axis=-1)
+        clear = okc & ((nm == n_lo) | (nm == n_hi)) & ~frozen
+        # an ambiguous count (the new pair is barely resolved) ends the bisection of that crossing;
+        # it only matters while the bracket is still wide
+        bad = bad | (~clear & ~frozen & (hi - lo > 1e-4))
+        frozen = frozen | ~clear
+        low_side = clear & (nm == n_lo)
+        high_side = clear & (nm == n_hi)
+        lo = jnp.where(low_side, mid, lo)
+        hi = jnp.where(high_side, mid, hi)
+        z_lo = jnp.where(low_side[..., None], z, z_lo)
+        z_hi = jnp.where(high_side[..., None], z, z_hi)
+        return lo, hi, z_lo, z_hi, bad, frozen
+
+    lo, hi, z_lo, z_hi, bad, _ = jax.lax.fori_loop(
+        0, N_BISECT, bisect, (lo, hi, z_lo, z_hi, jnp.zeros(lo.shape, bool), jnp.zeros(lo.shape, bool)))
+
+    # The residual test behind the image counts cannot resolve a crossing closer than ~1e-7 θ_E in
+    # the source plane (1e-3 rad on a ρ = 1e-4 circle), which is far too coarse for the quadrature's
+    # endpoint substitution. Secant steps on the merging pair's discriminant D(θ) = (z_a − z_b)²,
+    # which has a simple zero at the crossing, locate it to rounding level.
+    def disc(th, start):
+        z, cert = _solve_warm(zc + r * jnp.exp(1j * th), s, q, start)
+        return _pair_discriminant(z), z, cert
+
+    d0, _, c0 = disc(jnp.stack([lo, hi]), jnp.stack([z_lo, z_hi]))
+
+    def secant(_, st):
+        t1, t2, d1, d2, good, _ = st
+        dd = d2 - d1
+        step = jnp.real(d2 * jnp.conj(dd)) / jnp.maximum(jnp.abs(dd) ** 2, 1e-300) * (t2 - t1)
+        t3 = t2 - jnp.where(jnp.isfinite(step), step, 0.0)
+        d3, z3, c3 = disc(t3, z_hi)
+        return t2, t3, d2, d3, good & c3, z3
+
+    t1, t2, _, _, sec_ok, z_sec = jax.lax.fori_loop(
+        0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1], z_hi))
+    # accept the refined crossing if it converged and stayed next to the bracket
+    refined = sec_ok & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(t2 - 0.5 * (lo + hi)) < width)
+    theta_c = jnp.where(refined, t2, 0.5 * (lo + hi))
+    return dict(lo=lo, hi=hi, z_lo=z_lo, z_hi=z_hi, bad=bad, theta_c=theta_c, z_sec=z_sec)
+
+
 def _crossings(zc, r, s, q, z_c, cau=None):
     """Stage 1 for K circles. Returns a dict of crossing angles, counts and warm-start candidates."""
     k = zc.shape[0]
@@ -324,72 +386,42 @@ def _crossings(zc, r, s, q, z_c, cau=None):
     idx = jax.vmap(lambda c: jnp.nonzero(c, size=MAX_CROSS, fill_value=0)[0])(change)  # (K, C)
     valid = jnp.arange(MAX_CROSS)[None, :] < ncross[:, None]
     rows = jnp.arange(k)[:, None]
-    lo = th0[rows, idx]
-    hi = th0[rows, nxt[idx]] + jnp.where(nxt[idx] == 0, 2.0 * jnp.pi, 0.0)
-    width = jnp.maximum(hi - lo, 1e-6)  # the sample bracket, before bisection narrows it
-    n_lo = n0[rows, idx]
-    n_hi = n0[rows, nxt[idx]]
-    z_lo = z0[rows, idx]
-    z_hi = z0[rows, nxt[idx]]
-    zc3, r3 = zc[:, None], r[:, None]
+    br = dict(lo=th0[rows, idx], hi=th0[rows, nxt[idx]] + jnp.where(nxt[idx] == 0, 2.0 * jnp.pi, 0.0),
+              z_lo=z0[rows, idx], z_hi=z0[rows, nxt[idx]], n_lo=n0[rows, idx], n_hi=n0[rows, nxt[idx]])
+    # Locate only the valid brackets (most circles sent here have none, most others two): they are
+    # compacted into batches of LOCATE_BATCH per circle of the chunk, located together, and scattered
+    # back into the (K, MAX_CROSS) slots. Empty slots keep their (unrefined) sample bracket.
+    n_slots = k * MAX_CROSS
+    batch = min(n_slots, max(k * LOCATE_PER_CIRCLE, 2 * MAX_CROSS))
+    n_batches = -(-n_slots // batch)
+    order = jnp.nonzero(valid.reshape(-1), size=n_batches * batch, fill_value=n_slots)[0]
+    n_valid = jnp.sum(valid)
+    flat = {key: v.reshape((n_slots,) + v.shape[2:]) for key, v in br.items()}
+    out0 = {key: flat[key] for key in ("lo", "hi", "z_lo", "z_hi")} | dict(
+        bad=jnp.zeros(n_slots, bool), theta_c=0.5 * (flat["lo"] + flat["hi"]), z_sec=flat["z_hi"])
 
-    def bisect(_, st):
-        lo, hi, z_lo, z_hi, bad, frozen = st
-        mid = 0.5 * (lo + hi)
-        zeta = zc3 + r3 * jnp.exp(1j * mid)
-        start = jnp.where((n_lo >= n_hi)[..., None], z_lo, z_hi)
-        z, cert = _solve_warm(zeta, s2, q2, start)
-        img, okc = _images(zeta, z, s2, q2)
-        okc = okc & cert
-        nm = jnp.sum(img, axis=-1)
-        clear = okc & ((nm == n_lo) | (nm == n_hi)) & ~frozen
-        # an ambiguous count (the new pair is barely resolved) ends the bisection of that crossing;
-        # it only matters while the bracket is still wide
-        bad = bad | (~clear & ~frozen & (hi - lo > 1e-4))
-        frozen = frozen | ~clear
-        low_side = clear & (nm == n_lo)
-        high_side = clear & (nm == n_hi)
-        lo = jnp.where(low_side, mid, lo)
-        hi = jnp.where(high_side, mid, hi)
-        z_lo = jnp.where(low_side[..., None], z, z_lo)
-        z_hi = jnp.where(high_side[..., None], z, z_hi)
-        return lo, hi, z_lo, z_hi, bad, frozen
+    def located(st):
+        b, out = st
+        sel = jax.lax.dynamic_slice(order, (b * batch,), (batch,))
+        take = lambda a: jnp.take(a, sel, axis=0, mode="clip")  # noqa: E731
+        circ = jnp.minimum(sel // MAX_CROSS, k - 1)
+        got = _locate(zc[circ], r[circ], s[circ], q[circ], *(take(flat[key]) for key in
+                      ("lo", "hi", "z_lo", "z_hi", "n_lo", "n_hi")))
+        out = {key: v.at[sel].set(got[key], mode="drop") for key, v in out.items()}
+        return b + 1, out
 
-    lo, hi, z_lo, z_hi, bad, _ = jax.lax.fori_loop(
-        0, N_BISECT, bisect, (lo, hi, z_lo, z_hi, jnp.zeros(lo.shape, bool), jnp.zeros(lo.shape, bool)))
+    _, out = jax.lax.while_loop(lambda st: st[0] * batch < n_valid, located, (jnp.int32(0), out0))
+    loc = {key: v.reshape((k, MAX_CROSS) + v.shape[1:]) for key, v in out.items()}
     # a failed bisection step (uncertified or odd image count) only costs location accuracy; the
     # quadrature nodes are checked on their own, so keep going but refuse the circle if it happened
-    ok = ok & ~jnp.any(bad & valid, axis=1)
-    # The residual test behind the image counts cannot resolve a crossing closer than ~1e-7 θ_E in
-    # the source plane (1e-3 rad on a ρ = 1e-4 circle), which is far too coarse for the quadrature's
-    # endpoint substitution. Secant steps on the merging pair's discriminant D(θ) = (z_a − z_b)²,
-    # which has a simple zero at the crossing, locate it to rounding level.
-    def disc(th, start):
-        z, cert = _solve_warm(zc3 + r3 * jnp.exp(1j * th), s2, q2, start)
-        return _pair_discriminant(z), z, cert
-
-    d0, _, c0 = disc(jnp.stack([lo, hi]), jnp.stack([z_lo, z_hi]))
-
-    def secant(_, st):
-        t1, t2, d1, d2, good, _ = st
-        dd = d2 - d1
-        step = jnp.real(d2 * jnp.conj(dd)) / jnp.maximum(jnp.abs(dd) ** 2, 1e-300) * (t2 - t1)
-        t3 = t2 - jnp.where(jnp.isfinite(step), step, 0.0)
-        d3, z3, c3 = disc(t3, z_hi)
-        return t2, t3, d2, d3, good & c3, z3
-
-    t1, t2, _, _, sec_ok, z_sec = jax.lax.fori_loop(
-        0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1], z_hi))
-    # accept the refined crossing if it converged and stayed next to the bracket
-    refined = sec_ok & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(t2 - 0.5 * (lo + hi)) < width)
-    theta_c = jnp.where(refined, t2, 0.5 * (lo + hi))
-    theta_c = jnp.where(valid, theta_c, 10.0 * jnp.pi)
+    ok = ok & ~jnp.any(loc["bad"] & valid, axis=1)
+    theta_c = jnp.where(valid, loc["theta_c"], 10.0 * jnp.pi)
     # image count on the arc that starts at each crossing
-    n_arc = jnp.where(valid, n_hi, n0[:, :1])
-    cand_th = jnp.concatenate([th0, lo, hi], 1)
-    cand_z = jnp.concatenate([z0, z_lo, z_hi], 1)
+    n_arc = jnp.where(valid, br["n_hi"], n0[:, :1])
+    cand_th = jnp.concatenate([th0, loc["lo"], loc["hi"]], 1)
+    cand_z = jnp.concatenate([z0, loc["z_lo"], loc["z_hi"]], 1)
     return dict(ok=ok, ncross=ncross, theta_c=theta_c, n_arc=n_arc, n_first=n0[:, 0],
-                cand_th=cand_th, cand_z=cand_z, z_cross=z_sec, valid=valid)
+                cand_th=cand_th, cand_z=cand_z, z_cross=loc["z_sec"], valid=valid)
 
 
 def _crossing_system(v: Array, sq: Array, zc: Array, r: Array) -> Array:
