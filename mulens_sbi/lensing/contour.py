@@ -97,7 +97,7 @@ N_WARM = 5
 #: each level
 LEVEL0_PANELS = 4
 N_SPLIT = 48
-LEVEL_CHUNK = (64, 16)
+LEVEL_CHUNK = (64, 8)
 #: certificate (as in point_source.solve_certified)
 #: with derivatives: their Kronrod–Gauss estimate must be below D_REL_TOL of s·∂A/∂s (q·∂A/∂q) plus
 #: REL_TOL of A; a circle is refined until both the value and the derivatives meet their targets,
