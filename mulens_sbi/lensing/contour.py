@@ -34,19 +34,18 @@ Method, per source circle:
    Gauss–Kronrod 7/15 pair. A circle without crossings is one periodic arc. The estimate
    ``Σ|K15 − G7|`` (an over-estimate of the K15 error on analytic integrands) must be below
    :data:`REL_TOL` of the result.
-3. *Levels.* The first level uses :data:`LEVEL0_PANELS` equal panels per circle, 64 circles at a
-   time; nearly all circles converge there. The others are recomputed, a few at a time, by an
-   adaptive rule (:func:`_adaptive_panels`): two panels per arc, then up to :data:`N_SPLIT` times
-   the panel with the largest ``|K15 − G7|`` is halved, so that a peak far narrower than the arc
-   (the circle passing near a cusp or a fold it does not cross, a small caustic inside the disc)
-   gets panels where it is. The adaptive value also counts as converged when it agrees within
-   :data:`REL_TOL` with the first level's (both from certified nodes). A circle that fails at the
+3. *Levels.* Circles that do not meet the target are recomputed with four times as many panels
+   (levels of :data:`LEVEL_PANELS`), compacted into narrower chunks. A refined value also counts as
+   converged when it agrees within :data:`REL_TOL` with the previous level's (both from certified
+   nodes): ``|K15 − G7|`` over-estimates the K15 error by orders of magnitude on these integrands,
+   and on some circles stops shrinking while the values agree. A circle that fails at the
    last level, has samples or nodes whose roots cannot be certified, more than
    :data:`MAX_CROSS` crossings, a crossing that bisection could not bracket cleanly, or a node whose
    residual test disagrees with its arc's image count away from the located crossings (a crossing
-   pair that no sample straddled), is returned with ``ok = False`` and NaN. Like every adaptive
-   rule, this one can be fooled by a peak that both rules of a panel miss: on the test draw one
-   certified uniform point is off by 7e-4 (target 1e-4; VBMicrolensing at RelTol 1e-5).
+   pair that no sample straddled), is returned with ``ok = False`` and NaN. The remaining refusals
+   are mostly circles that pass close to a caustic or a cusp without crossing it (or hold a whole
+   small caustic), where the integrand has a peak far narrower than the panels (an adaptive
+   quadrature with breakpoints at the closest approaches would be the next step).
 
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in
@@ -92,12 +91,9 @@ N_SECANT = 3
 LOCATE_PER_CIRCLE = 1
 #: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
 N_WARM = 5
-#: panels per circle at the first level (equal panels in u on each arc); the second level is
-#: adaptive (two panels per arc, then N_SPLIT halvings of the worst panel); circles per chunk at
-#: each level
-LEVEL0_PANELS = 4
-N_SPLIT = 48
-LEVEL_CHUNK = (64, 8)
+#: panels per circle at each refinement level, and circles per chunk at that level
+LEVEL_PANELS = (4, 16, 64)
+LEVEL_CHUNK = (64, 16, 4)
 #: certificate (as in point_source.solve_certified)
 #: with derivatives: their Kronrod–Gauss estimate must be below D_REL_TOL of s·∂A/∂s (q·∂A/∂q) plus
 #: REL_TOL of A; a circle is refined until both the value and the derivatives meet their targets,
@@ -470,46 +466,47 @@ def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s
     return fn(theta_c, zm, b(zc), b(r), b(s), b(q))
 
 
-def _uniform_panels(ncross, n_panels):
-    """Equal ``u`` panels, ``n_panels // n_arcs`` per arc: ``(u_lo, u_hi, arc, active)`` (K, P)."""
+def _nodes(theta_c, ncross, n_panels):
+    """Quadrature nodes θ (K, P, 15), weights w·dθ/du (K, P, 15), arc index (K, P), panel active."""
     p = n_panels
     n_arcs = jnp.maximum(ncross, 1)
     ppa = p // n_arcs  # panels per arc (0 → too many arcs for this level)
     kk = jnp.arange(p)[None, :]
     ppa_s = jnp.maximum(ppa, 1)[:, None]
     a = kk // ppa_s
-    j = (kk % ppa_s).astype(float)
+    j = kk % ppa_s
     active = (a < n_arcs[:, None]) & (ppa[:, None] > 0)
-    return j / ppa_s, (j + 1.0) / ppa_s, jnp.minimum(a, MAX_CROSS - 1), active
-
-
-def _panel_nodes(theta_c, ncross, u_lo, u_hi, arc):
-    """Quadrature nodes θ (K, P, 15) and weights ``dθ/du·du`` (without the GK weights) of panels
-    ``[u_lo, u_hi]`` (K, P) on arcs ``arc`` (K, P): on the arc from crossing ``θ_a`` to the next
-    ``θ_b``, ``θ = θ_a + (θ_b − θ_a)·(1 − cos πu)/2``; a circle without crossings is one periodic
-    arc, ``θ = 2πu``."""
-    ta = jnp.take_along_axis(theta_c, arc, 1)
-    a_n = jnp.where(arc + 1 < ncross[:, None], arc + 1, 0)
+    a_c = jnp.minimum(a, MAX_CROSS - 1)
+    ta = jnp.take_along_axis(theta_c, a_c, 1)
+    a_n = jnp.where(a + 1 < ncross[:, None], a + 1, 0)
     tb = jnp.take_along_axis(theta_c, jnp.minimum(a_n, MAX_CROSS - 1), 1)
-    tb = jnp.where(arc + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
-    du = 0.5 * (u_hi - u_lo)[..., None]
-    u = u_lo[..., None] + du * (jnp.asarray(GK_X) + 1.0)  # (K, P, 15)
+    tb = jnp.where(a + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
+    u = (j[..., None] + 0.5 * (jnp.asarray(GK_X) + 1.0)) / ppa_s[..., None]  # (K, P, 15)
+    du = 0.5 / ppa_s[..., None]
     crossing = (ncross > 0)[:, None, None]
     span = (tb - ta)[..., None]
     th_cos = ta[..., None] + span * 0.5 * (1.0 - jnp.cos(jnp.pi * u))
     jac_cos = span * 0.5 * jnp.pi * jnp.sin(jnp.pi * u)
     th = jnp.where(crossing, th_cos, 2.0 * jnp.pi * u)
     jac = jnp.where(crossing, jac_cos, 2.0 * jnp.pi) * du
-    return th, jac
+    return th, jac, a_c, active
 
 
-def _eval_panels(zc, r, s, q, cr, u_lo, u_hi, arc):
-    """Images and integrand at the nodes of panels (K, P): a dict of per-node arrays (K, P, 15):
-    ``th``, ``jac``, ``f`` (F(θ)), ``aps`` (point-source magnification), ``good`` (certified roots
-    whose residual test agrees with the arc's image count, or lies next to a located crossing), and
-    the roots ``z`` and image masks ``img`` (K, P, 15, 5)."""
-    k, p = u_lo.shape
-    th, jac = _panel_nodes(cr["theta_c"], cr["ncross"], u_lo, u_hi, arc)
+def _level(zc, r, s, q, z_c, level: int, derivs: bool = False, cau=None):
+    """Magnification of K circles at one refinement level.
+
+    Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
+    ``a_mean``, ``a_exp`` and, with ``derivs``, ``dA/ds``, ``dA/dq`` at a fixed solver-frame circle
+    (``d_sq`` (K, 2), and ``d_ok``). The derivatives differentiate the quadrature itself: in the
+    endpoint substitution the integrand is analytic in ``u`` *and* in the lens parameters, so the
+    exact derivative of the rule follows from the derivatives of the crossing angles
+    (:func:`_crossing_sensitivity`) and of the images at the nodes (one Newton step of the lens
+    equation about the converged roots gives the implicit-function derivative).
+    """
+    k = zc.shape[0]
+    cr = _crossings(zc, r, s, q, z_c, cau)
+    p = LEVEL_PANELS[level]
+    th, jac, arc, active = _nodes(cr["theta_c"], cr["ncross"], p)
     thf = th.reshape(k, p * 15)
     # warm start from the nearest candidate (samples and the two ends of every crossing bracket)
     d = jnp.abs(jnp.mod(thf[:, :, None] - cr["cand_th"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
@@ -526,100 +523,31 @@ def _eval_panels(zc, r, s, q, cr, u_lo, u_hi, arc):
     # _images_expected); elsewhere a disagreement is a crossing pair missed by the samples
     dth = jnp.abs(jnp.mod(thf[:, :, None] - cr["theta_c"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
     near = jnp.min(dth, axis=2) * r[:, None] < NEAR_CROSSING
-    f, aps = _integrand(zeta, z, img, jnp.exp(-2j * thf), s2, q2)
-    shp = (k, p, 15)
-    return dict(th=th, jac=jac, f=f.reshape(shp), aps=aps.reshape(shp),
-                good=(cert & (agrees | near)).reshape(shp), z=z.reshape(shp + (5,)),
-                img=img.reshape(shp + (5,)))
+    okc = agrees | near
+    good_node = (cert & okc).reshape(k, p, 15)
+    use = active[..., None] & good_node
+    wk, wg = jnp.asarray(GK_WK), jnp.asarray(GK_WG)
 
+    def rule(sl, ql, dth_c):
+        """(K15, G7) panel sums (K, P) and the point-source boundary terms, as functions of the lens
+        (and of the crossing angles through ``dth_c``, their linear change)."""
+        th_l, jac_l, _, _ = _nodes(cr["theta_c"] + dth_c, cr["ncross"], p)
+        th_l = th_l.reshape(k, p * 15)
+        zeta_l = zc[:, None] + r[:, None] * jnp.exp(1j * th_l)
+        f, aps = _integrand(zeta_l, z, img, jnp.exp(-2j * th_l), sl[:, None], ql[:, None])
+        fj = jnp.where(use, f.reshape(k, p, 15) * jac_l, 0.0)
+        return jnp.sum(fj * wk, axis=2), jnp.sum(fj * wg, axis=2), aps
 
-def _panel_sums(ev, active):
-    """Per-panel K15 and G7 sums (K, P) of F, over the certified nodes of active panels."""
-    use = active[..., None] & ev["good"]
-    fj = jnp.where(use, ev["f"] * ev["jac"], 0.0)
-    return jnp.sum(fj * jnp.asarray(GK_WK), axis=2), jnp.sum(fj * jnp.asarray(GK_WG), axis=2)
-
-
-def _adaptive_panels(zc, r, s, q, cr):
-    """Adaptive Gauss–Kronrod panels for K circles: two panels per arc, then :data:`N_SPLIT` times
-    the panel with the largest ``|K15 − G7|`` of each circle whose total is above the target is
-    halved (its 15 nodes re-evaluated on each half). Peaks far narrower than the arc (the circle
-    passing near a cusp or fold that it does not cross, a small caustic inside the disc) get panels
-    where they are instead of everywhere. Returns ``(u_lo, u_hi, arc, active, ev)``."""
-    k = zc.shape[0]
-    p0 = 2 * MAX_CROSS
-    pm = p0 + N_SPLIT
-    n_arcs = jnp.maximum(cr["ncross"], 1)
-    jj = jnp.arange(pm)[None, :]
-    active = jj < 2 * n_arcs[:, None]
-    arc = jnp.minimum(jj // 2, MAX_CROSS - 1) * jnp.ones((k, 1), int)
-    u_lo = jnp.broadcast_to(jnp.where(jj % 2 == 1, 0.5, 0.0), (k, pm))
-    u_hi = u_lo + 0.5
-    first = _eval_panels(zc, r, s, q, cr, u_lo[:, :p0], u_hi[:, :p0], arc[:, :p0])
-    ev = {key: jnp.concatenate([v, jnp.zeros((k, N_SPLIT) + v.shape[2:], v.dtype)], 1)
-          for key, v in first.items()}
-    rows = jnp.arange(k)
-
-    def worst(st):
-        _, u_lo, u_hi, arc, active, ev, n_used = st
-        ik, ig = _panel_sums(ev, active)
-        perr = jnp.where(active, jnp.abs(ik - ig), -1.0)
-        need = (jnp.sum(jnp.maximum(perr, 0.0), 1) > REL_TOL * jnp.abs(jnp.sum(ik, 1))) & (n_used < pm)
-        return need, jnp.argmax(perr, axis=1)
-
-    def split(st):
-        it, u_lo, u_hi, arc, active, ev, n_used = st
-        need, w = worst(st)
-        lo, hi, a = u_lo[rows, w], u_hi[rows, w], arc[rows, w]
-        mid = 0.5 * (lo + hi)
-        new_lo = jnp.stack([lo, mid], 1)
-        new_hi = jnp.stack([mid, hi], 1)
-        got = _eval_panels(zc, r, s, q, cr, new_lo, new_hi, jnp.stack([a, a], 1))
-        slot = jnp.stack([w, jnp.minimum(n_used, pm - 1)], 1)
-        slot = jnp.where(need[:, None], slot, pm)  # out of range: dropped
-        r2 = rows[:, None]
-        u_lo = u_lo.at[r2, slot].set(new_lo, mode="drop")
-        u_hi = u_hi.at[r2, slot].set(new_hi, mode="drop")
-        arc = arc.at[r2, slot].set(jnp.stack([a, a], 1), mode="drop")
-        active = active.at[r2, slot].set(True, mode="drop")
-        ev = {key: v.at[r2, slot].set(got[key], mode="drop") for key, v in ev.items()}
-        return it + 1, u_lo, u_hi, arc, active, ev, n_used + need
-
-    st = (jnp.int32(0), u_lo, u_hi, arc, active, ev, 2 * n_arcs)
-    _, u_lo, u_hi, arc, active, ev, _ = jax.lax.while_loop(
-        lambda st: (st[0] < N_SPLIT) & jnp.any(worst(st)[0]), split, st)
-    return u_lo, u_hi, arc, active, ev
-
-
-def _level(zc, r, s, q, z_c, level: int, derivs: bool = False, cau=None):
-    """Magnification of K circles at one refinement level (0: :data:`LEVEL0_PANELS` equal panels;
-    1: adaptive panels, :func:`_adaptive_panels`).
-
-    Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
-    ``a_mean``, ``a_exp``, ``good`` and, with ``derivs``, ``dA/ds``, ``dA/dq`` at a fixed
-    solver-frame circle (``d_sq`` (K, 2), and ``d_ok``). The derivatives differentiate the
-    quadrature itself: in the endpoint substitution the integrand is analytic in ``u`` *and* in the
-    lens parameters, so the exact derivative of the rule follows from the derivatives of the
-    crossing angles (:func:`_crossing_sensitivity`) and of the images at the nodes (one Newton step
-    of the lens equation about the converged roots gives the implicit-function derivative).
-    """
-    k = zc.shape[0]
-    cr = _crossings(zc, r, s, q, z_c, cau)
-    if level == 0:
-        u_lo, u_hi, arc, active = _uniform_panels(cr["ncross"], LEVEL0_PANELS)
-        ev = _eval_panels(zc, r, s, q, cr, u_lo, u_hi, arc)
-    else:
-        u_lo, u_hi, arc, active, ev = _adaptive_panels(zc, r, s, q, cr)
-    use = active[..., None] & ev["good"]
-    wk = jnp.asarray(GK_WK)
-    ik, ig = _panel_sums(ev, active)
+    zero = jnp.zeros_like(cr["theta_c"])
+    ik, ig, aps = rule(s, q, zero)
     mag = jnp.sum(ik, axis=1) / (2.0 * jnp.pi)
     # boundary means of the point-source magnification, for the derivatives (see contour_flat)
-    fa = jnp.where(use, ev["aps"] * ev["jac"], 0.0)
+    fa = jnp.where(use, aps.reshape(k, p, 15) * jac, 0.0)
     a_mean = jnp.sum(fa * wk, axis=(1, 2)) / (2.0 * jnp.pi)
-    a_exp = jnp.sum(fa * jnp.exp(1j * ev["th"]) * wk, axis=(1, 2)) / (2.0 * jnp.pi)
+    a_exp = jnp.sum(fa * jnp.exp(1j * th) * wk, axis=(1, 2)) / (2.0 * jnp.pi)
     err = jnp.sum(jnp.abs(ik - ig), axis=1) / (2.0 * jnp.pi)
-    good = jnp.all(ev["good"] | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.any(active, axis=1)
+    good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
+        jnp.any(active, axis=1, keepdims=True), axis=1)
     good = good & jnp.isfinite(mag) & (mag > 0)
     conv = good & (err <= REL_TOL * mag)
     # circles that cannot get better with more panels (bad samples, too many crossings, hidden
@@ -630,20 +558,10 @@ def _level(zc, r, s, q, z_c, level: int, derivs: bool = False, cau=None):
         sens, sens_ok = _crossing_sensitivity(cr["theta_c"], cr["z_cross"], zc, r, s, q)
         sens = jnp.where(cr["valid"][..., None], sens, 0.0)
         d_ok = jnp.all(sens_ok | ~cr["valid"], axis=1)
-        p = u_lo.shape[1]
-        z = ev["z"].reshape(k, p * 15, 5)
-        img = ev["img"].reshape(k, p * 15, 5)
 
         def mag_of(sl, ql):
-            """(K15, G7) sums as functions of the lens, the crossing angles moving with it."""
-            dth_c = sens[..., 0] * (sl - s)[:, None] + sens[..., 1] * (ql - q)[:, None]
-            th_l, jac_l = _panel_nodes(cr["theta_c"] + dth_c, cr["ncross"], u_lo, u_hi, arc)
-            th_l = th_l.reshape(k, p * 15)
-            zeta_l = zc[:, None] + r[:, None] * jnp.exp(1j * th_l)
-            f, _ = _integrand(zeta_l, z, img, jnp.exp(-2j * th_l), sl[:, None], ql[:, None])
-            fj = jnp.where(use, f.reshape(k, p, 15) * jac_l, 0.0)
-            return (jnp.sum(fj * wk, axis=(1, 2)) / (2.0 * jnp.pi),
-                    jnp.sum(fj * jnp.asarray(GK_WG), axis=(1, 2)) / (2.0 * jnp.pi))
+            ik, ig, _ = rule(sl, ql, sens[..., 0] * (sl - s)[:, None] + sens[..., 1] * (ql - q)[:, None])
+            return jnp.sum(ik, axis=1) / (2.0 * jnp.pi), jnp.sum(ig, axis=1) / (2.0 * jnp.pi)
 
         one, nil = jnp.ones_like(s), jnp.zeros_like(s)
         d_s, g_s = jax.jvp(mag_of, (s, q), (one, nil))[1]

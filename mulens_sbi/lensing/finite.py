@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from mulens_sbi.lensing import contour, point_source
@@ -50,40 +51,23 @@ FAR_DIST = 4.0
 FAR_QUAD = 2e-3
 #: caustic samples per branch (φ grid) for the routing test
 N_CAUSTIC = 256
-#: limb darkening: the radial integral in t (radius ρ·sin t) is split where the annulus radius equals
-#: the distance to the nearest caustic sample (the first kink of A(r)), and each of the two panels is
-#: integrated by the Gauss–Kronrod 7/15 pair (the contour module's table)
-N_LD_NODES = 15
+#: Gauss–Legendre nodes per panel of the limb-darkening radial integral; two panels in t, split where
+#: the annulus radius ρ·sin t equals the distance to the nearest caustic sample (the kink of A(r))
+N_LD_NODES = 6
 N_ANNULI = 2 * N_LD_NODES
-#: limb darkening: a point whose radial estimate ``Σ_panels |K15 − G7|`` (:func:`_radial_error`)
-#: exceeds this fraction of A is refused (a caustic inside the disc puts kinks in A(ρ sin t) wherever
-#: an annulus becomes tangent to a fold, which the two panels may not resolve). The estimate is the
-#: error of G7 and over-states K15's: on the test draw K15's error was at most half of it
-LD_RADIAL_TOL = 2e-3
+_GL_X, _GL_W = np.polynomial.legendre.leggauss(N_LD_NODES)
 
 
-def _annuli(rho: Array, d_caustic: Array) -> tuple[Array, Array, Array]:
-    """Radii fractions (P, N_ANNULI) and the Kronrod and Gauss weights ∫ sin³t dt (P, N_ANNULI)
-    (without 3Γ/2) of the LD annuli."""
+def _annuli(rho: Array, d_caustic: Array) -> tuple[Array, Array]:
+    """Radii fractions (P, N_ANNULI) and weights ∫ sin³t dt (without 3Γ/2) of the LD annuli."""
     ratio = d_caustic / rho
     t0 = jnp.where(ratio < 0.98, jnp.arcsin(jnp.clip(ratio, 0.0, 0.98)), jnp.pi / 3.0)
-    x = jnp.asarray(0.5 * (contour.GK_X + 1.0))
+    x = jnp.asarray(0.5 * (_GL_X + 1.0))
+    w = jnp.asarray(0.5 * _GL_W)
     t0_ = t0[:, None]
     t = jnp.concatenate([t0_ * x, t0_ + (0.5 * jnp.pi - t0_) * x], axis=1)
-    width = jnp.concatenate([t0_, 0.5 * jnp.pi - t0_], axis=1)  # (P, 2)
-    s3 = jnp.sin(t) ** 3
-
-    def weights(w):
-        w = jnp.asarray(0.5 * w)
-        return jnp.concatenate([width[:, :1] * w, width[:, 1:] * w], axis=1) * s3
-
-    return jnp.sin(t), weights(contour.GK_WK), weights(contour.GK_WG)
-
-
-def _radial_error(vals: Array, w_k: Array, w_g: Array, gamma: Array) -> Array:
-    """``(3Γ/2)·Σ_panels |K15 − G7|`` (P,) of the limb-darkening radial integral."""
-    d = (vals * (w_k - w_g)).reshape(vals.shape[0], 2, N_LD_NODES)
-    return 1.5 * jnp.abs(gamma) * jnp.sum(jnp.abs(jnp.sum(d, axis=2)), axis=1)
+    wt = jnp.concatenate([t0_ * w, (0.5 * jnp.pi - t0_) * w], axis=1) * jnp.sin(t) ** 3
+    return jnp.sin(t), wt
 
 
 # ---- far field ------------------------------------------------------------------------------------
@@ -198,7 +182,7 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
     a0, lap = _far_field(zeta, zs, img, s, q)
     ok0 = ok0 & okc & jnp.isfinite(a0) & jnp.isfinite(lap)
 
-    ann_frac, ann_w, ann_wg = _annuli(jax.lax.stop_gradient(rho), jax.lax.stop_gradient(dmin))
+    ann_frac, ann_w = _annuli(jax.lax.stop_gradient(rho), jax.lax.stop_gradient(dmin))
     frac = jnp.concatenate([jnp.ones((p, 1)), ann_frac], axis=1)  # (P, 1 + N_ANNULI)
     radii = rho[:, None] * frac
     wts = jnp.concatenate([(1.0 - gamma)[:, None], 1.5 * gamma[:, None] * ann_w], axis=1)
@@ -222,10 +206,6 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
     oks = oks.reshape(need.shape)
     mag = jnp.sum(jnp.where(used, vals * wts, 0.0), axis=1)
     ok = ok0 & jnp.all(oks | ~used, axis=1) & jnp.isfinite(mag)
-    # limb darkening: the radial rule must have resolved A(ρ sin t) (a caustic inside the disc puts
-    # kinks in it wherever an annulus becomes tangent to a fold); refuse where it has not
-    radial = _radial_error(jnp.where(used, vals, 0.0)[:, 1:], ann_w, ann_wg, jax.lax.stop_gradient(gamma))
-    ok = ok & (jax.lax.stop_gradient(radial) <= LD_RADIAL_TOL * jnp.abs(jax.lax.stop_gradient(mag)))
     return jnp.where(ok, mag, jnp.nan), ok
 
 
