@@ -347,7 +347,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         "network_names": list(NETWORK_NAMES), "spec_text": spec_text, "hardware": _hardware(),
     }
     if settings.stop:
-        return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log)
+        return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
+                                  init_post)
     finished = True
     try:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
@@ -391,12 +392,13 @@ def _warm_start_space(space: ParameterSpace, init_space: ParameterSpace, source:
 
 
 def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep,
-                       log) -> dict[str, Any]:
-    """Save the checkpoint's best parameters as the model without training further."""
+                       log, init_post=None) -> dict[str, Any]:
+    """Save the checkpoint's best parameters as the model without training further (a warm start's
+    initial model is recorded as in a trained model's metadata)."""
     from mulens_sbi.npe.checkpoint import load_train_state, versions
     from mulens_sbi.npe.model import init_params
     from mulens_sbi.npe.posterior import Posterior
-    from mulens_sbi.npe.train import _direction
+    from mulens_sbi.npe.train import _direction, warm_start_record
 
     _, params = init_params(config, space.dim, jax.tree_util.tree_map(lambda a: a[:1], val[1]),
                             jax.random.PRNGKey(0))
@@ -411,7 +413,8 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
                      "n_nonfinite_rows": rec["n_nonfinite"], "history": rec["history"],
                      "train_wall_s_total": acc["train_wall_s"], "sessions": acc["sessions"],
                      "prebin_s_last_session": t_prep, "device": str(jax.devices()[0].device_kind),
-                     "platform": jax.default_backend(), "versions": versions()},
+                     "platform": jax.default_backend(), "versions": versions(),
+                     "init_from": None if init_post is None else warm_start_record(init_post)},
         "provenance": provenance,
         "settings": settings.to_dict(),
     }

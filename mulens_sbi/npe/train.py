@@ -141,6 +141,13 @@ def _differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def warm_start_record(post: Posterior) -> dict[str, Any]:
+    """What the metadata records of a warm start's initial model: its folder, steps and time."""
+    tr = post.metadata.get("training", {})
+    return {"source": str(post.metadata.get("_loaded_from", {}).get("path", "in memory")),
+            "steps_done": tr.get("steps_done"), "train_wall_s_total": tr.get("train_wall_s_total")}
+
+
 def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
     """The trained posterior's weights, checked against a fresh initialization's tree."""
     diff = _differing_keys(post.config.to_dict(), config.to_dict())
@@ -242,9 +249,7 @@ def train(
     init_info = None
     if init_from is not None:
         params = _warm_start(params, init_from, config, space)
-        init_info = {"source": str(init_from.metadata.get("_loaded_from", {}).get("path", "in memory")),
-                     "steps_done": init_from.metadata.get("training", {}).get("steps_done"),
-                     "train_wall_s_total": init_from.metadata.get("training", {}).get("train_wall_s_total")}
+        init_info = warm_start_record(init_from)
         source = {**source, "init_from": init_info}
     opt_state = _direction().init(params)
     schedule = make_schedule(tc)
