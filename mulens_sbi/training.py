@@ -409,7 +409,8 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
     arrays, rec = loaded
     meta = {
         "training": {"train_config": tc.to_dict(), "steps_done": rec["step"], "best_step": rec["best_step"],
-                     "best_val_loss": rec["best_val"], "stopped_early": False, "stopped_by_user": True,
+                     "best_val_loss": rec["best_val"], "stopped_early": False,
+                     "stopped_by_user": rec["step"] < tc.max_steps,
                      "n_nonfinite_rows": rec["n_nonfinite"], "history": rec["history"],
                      "train_wall_s_total": acc["train_wall_s"], "sessions": acc["sessions"],
                      "prebin_s_last_session": t_prep, "device": str(jax.devices()[0].device_kind),
@@ -421,7 +422,8 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
     post = Posterior(config, space, jax.device_get(arrays["best_params"]), meta)
     out = Path(settings.out)
     save_posterior(post, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
-    summary = {"finished": True, "stopped_by_user": True, "out": str(out), "steps": rec["step"],
+    summary = {"finished": True, "stopped_by_user": rec["step"] < tc.max_steps, "out": str(out),
+               "steps": rec["step"],
                "best_step": rec["best_step"], "best_val_loss": rec["best_val"], "n_params": post.n_params,
                "train_wall_s_total": acc["train_wall_s"], "n_train_rows": provenance["n_train_rows"]}
     (out / "training.json").write_text(json.dumps({**summary, "history": rec["history"]}, indent=1))

@@ -35,7 +35,8 @@ def build(folder: Path, notes: str = "") -> str:
     # a warm start (``mulens-sbi train --init-from``): the earlier model's steps and time
     prior = tr.get("init_from") or tr.get("data_source", {}).get("init_from")
     if prior:
-        prior = {"steps": prior.get("steps_done") or 0, "wall_s": prior.get("train_wall_s_total") or 0.0}
+        prior = {"steps": prior.get("lineage_steps", prior.get("steps_done") or 0),
+                 "wall_s": prior.get("lineage_wall_s", prior.get("train_wall_s_total") or 0.0)}
     lines = [
         f"# Model card: `{folder.name}` — amortized posterior for {prov['survey']} binary-lens events",
         "",
@@ -64,8 +65,8 @@ def build(folder: Path, notes: str = "") -> str:
         f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
         f"{tr['best_step']} |",
         f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
-        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model it was "
-           f"warm-started from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all"
+        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model(s) it "
+           f"was warm-started from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all"
            if prior else "") + " |",
         f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
         "shared with other jobs)" + (" — **no GPU**" if hw.get("platform", "cpu") == "cpu" else "") + " |",

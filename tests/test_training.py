@@ -161,7 +161,8 @@ def test_warm_start_continues_from_the_trained_model(trained, tmp_path):
     # saving the checkpoint again (--stop) keeps the warm-start record
     run_training(dataclasses.replace(s, stop=True), log=lambda m: None)
     meta = load_model(str(tmp_path / "ft")).posterior.metadata["training"]
-    assert meta["stopped_by_user"] and meta["init_from"]["steps_done"] == 200
+    assert not meta["stopped_by_user"] and meta["init_from"]["steps_done"] == 200  # it had finished
+    assert meta["init_from"]["lineage_steps"] == 200
     bad = dataclasses.replace(s, out=str(tmp_path / "bad"), checkpoint_dir=str(tmp_path / "ck2"),
                               flow=FlowConfig(n_layers=2, hidden=(32, 32), n_bins=6))
     with pytest.raises(ValueError, match="network configuration differs"):

@@ -142,10 +142,15 @@ def _differing_keys(a: dict, b: dict) -> list[str]:
 
 
 def warm_start_record(post: Posterior) -> dict[str, Any]:
-    """What the metadata records of a warm start's initial model: its folder, steps and time."""
+    """What the metadata records of a warm start's initial model: its folder, steps and time, and
+    the steps and time of its whole lineage (itself plus the models it was warm-started from)."""
     tr = post.metadata.get("training", {})
+    steps, wall = tr.get("steps_done") or 0, tr.get("train_wall_s_total") or 0.0
+    before = tr.get("init_from") or {}
     return {"source": str(post.metadata.get("_loaded_from", {}).get("path", "in memory")),
-            "steps_done": tr.get("steps_done"), "train_wall_s_total": tr.get("train_wall_s_total")}
+            "steps_done": tr.get("steps_done"), "train_wall_s_total": tr.get("train_wall_s_total"),
+            "lineage_steps": steps + before.get("lineage_steps", before.get("steps_done") or 0),
+            "lineage_wall_s": wall + before.get("lineage_wall_s", before.get("train_wall_s_total") or 0.0)}
 
 
 def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
