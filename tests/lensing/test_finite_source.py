@@ -130,9 +130,10 @@ def test_limb_darkened_accuracy_vs_vbm(results):
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: on this draw about 7% of uniform and 20% of "
-                   "limb-darkened points are refused (ok=False, NaN), mostly circles that contain part "
-                   "of a caustic (a cusp, or several crossings on wide annuli), whose values move "
-                   "between refinement levels while the error estimate stays large")
+                   "limb-darkened points are refused (ok=False, NaN), mostly circles whose integrand "
+                   "has a peak far narrower than the panels (a near miss of a cusp or fold, part of a "
+                   "caustic inside the disc); an adaptive rule needs the peaks located first (see "
+                   "docs/benchmarks.md)")
 def test_certification_rate(results):
     _, ok, _, _ = results
     assert ok.mean() >= 0.98
