@@ -382,9 +382,9 @@ def _warm_start_space(space: ParameterSpace, init_space: ParameterSpace, source:
     """The parameter space of a warm start: the initial model's, whose standardization its network
     was trained in (this run's training rows may differ, e.g. sparse rows left out, and would give a
     slightly different one). Names, transforms and bounds must be this run's."""
-    mine, theirs = space.to_dict(), init_space.to_dict()
-    diff = sorted(k for k in set(mine) | set(theirs)
-                  if k not in ("loc", "scale") and mine.get(k) != theirs.get(k))
+    from mulens_sbi.npe.train import differing_keys
+
+    diff = differing_keys(space.to_dict(), init_space.to_dict(), ignore=("loc", "scale"))
     if diff:
         raise ValueError(f"init_from {source}: parameter space differs from this run's at {diff} "
                          f"(names, transforms and prior bounds must match)")

@@ -83,7 +83,7 @@ def vbm_reference(method: str, s, q, x, y, *extra, rel_tol: float | None = None)
         return ex.submit(_vbm_child, method, s, q, x, y, extra, rel_tol).result()
 
 
-def bench_point_source(args, vbm) -> dict:
+def bench_point_source(args) -> dict:
     rng = np.random.default_rng(args.seed)
     x, y, s, q = draw_curves(rng, args.curves, args.points)
     s_l, q_l = s.tolist(), q.tolist()
@@ -132,7 +132,7 @@ def caustic_crossing_curves(n_curves: int, n_points: int, seed: int):
     return np.array(xs), np.array(ys), np.array(ss), np.array(qs)
 
 
-def bench_finite_source(args, vbm) -> dict | None:
+def bench_finite_source(args) -> dict | None:
     try:
         from mulens_sbi.lensing import finite
     except ImportError:
@@ -172,7 +172,6 @@ def main() -> None:
 
     import VBMicrolensing
 
-    vbm = VBMicrolensing.VBMicrolensing()
     info = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'})",
@@ -181,14 +180,14 @@ def main() -> None:
         "VBMicrolensing": getattr(VBMicrolensing, "__version__", "?"),
     }
     print(json.dumps(info))
-    ps = bench_point_source(args, vbm)
+    ps = bench_point_source(args)
     print(
         f"point source: ours {ps['ours_batched_us']:.3f} us/pt batched ({args.curves} curves), "
         f"{ps['ours_single_curve_us']:.3f} us/pt single curve; VBMicrolensing BinaryMag0 "
         f"{ps['vbm_BinaryMag0_us']:.3f} us/pt; ratio {ps['speedup_batched']:.2f}x batched, "
         f"{ps['speedup_single_curve']:.2f}x single; max rel diff {ps['max_rel_diff']:.1e}"
     )
-    fs = bench_finite_source(args, vbm)
+    fs = bench_finite_source(args)
     if fs is not None:
         print(
             f"finite source rho=1e-3 (caustic crossings): ours {fs['ours_us']:.2f} us/pt; "

@@ -392,7 +392,7 @@ def _crossings(zc, r, s, q, z_c, cau=None):
     br = dict(lo=th0[rows, idx], hi=th0[rows, nxt[idx]] + jnp.where(nxt[idx] == 0, 2.0 * jnp.pi, 0.0),
               z_lo=z0[rows, idx], z_hi=z0[rows, nxt[idx]], n_lo=n0[rows, idx], n_hi=n0[rows, nxt[idx]])
     # Locate only the valid brackets (most circles sent here have none, most others two): they are
-    # compacted into batches of LOCATE_BATCH per circle of the chunk, located together, and scattered
+    # compacted into batches of LOCATE_PER_CIRCLE per circle of the chunk, located together, and scattered
     # back into the (K, MAX_CROSS) slots. Empty slots keep their (unrefined) sample bracket.
     n_slots = k * MAX_CROSS
     batch = min(n_slots, max(k * LOCATE_PER_CIRCLE, 2 * MAX_CROSS))

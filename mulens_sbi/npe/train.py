@@ -137,8 +137,9 @@ def _n_rows(x) -> int:
     return sizes.pop()
 
 
-def _differing_keys(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+def differing_keys(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Sorted keys (outside ``ignore``) whose values differ between the two dicts."""
+    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
 
 def warm_start_record(post: Posterior) -> dict[str, Any]:
@@ -155,10 +156,10 @@ def warm_start_record(post: Posterior) -> dict[str, Any]:
 
 def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
     """The trained posterior's weights, checked against a fresh initialization's tree."""
-    diff = _differing_keys(post.config.to_dict(), config.to_dict())
+    diff = differing_keys(post.config.to_dict(), config.to_dict())
     if diff:
         raise ValueError(f"init_from: network configuration differs from this run's at {diff}")
-    diff = _differing_keys(post.space.to_dict(), space.to_dict())
+    diff = differing_keys(post.space.to_dict(), space.to_dict())
     if diff:
         raise ValueError(f"init_from: parameter space differs from this run's at {diff} (train on the same "
                          f"simulation folder)")
