@@ -10,10 +10,9 @@ Two solvers share one image classifier:
 * :func:`magnification_points` — independent points (any order): a full Ehrlich–Aberth solve each.
 * :func:`magnification_trajectory` — ordered points along source trajectories: the roots at each
   point are predicted by quadratic extrapolation in arc length from the three previous points and
-  corrected by one Newton step; steps whose correction is not small against the distance between
-  roots, or whose roots collapse, are re-solved by Aberth. A final vectorized Newton step
-  *certifies* every point (last correction tiny against the root separation, 3 or 5 images);
-  uncertified points are solved again from scratch. Nothing unchecked is returned.
+  corrected by ``SCAN_NEWTON`` Newton steps, the last of which *certifies* the point (last
+  correction tiny against the root separation, no collapsed roots, 3 or 5 images); uncertified
+  points are solved again from scratch (Aberth). Nothing unchecked is returned.
 
 Every result comes with a boolean ``ok``: False means the magnification could not be certified and
 the value is NaN (never a silent wrong number).
@@ -42,6 +41,10 @@ STEP_TOL = 1e-5
 #: two root estimates closer than this (θ_E; relative to the distance to the nearest lens when that
 #: is below 1) are treated as a collapse and re-solved
 MIN_SEP = 1e-7
+#: Newton steps per point along a trajectory (the certificate is on the last); with 2, a quarter of
+#: the points of a sparse light curve (Δτ ≈ 0.02) failed the certificate although their roots were
+#: good, and their re-solve cost more than the third step costs everywhere
+SCAN_NEWTON = 3
 #: Newton steps for the second point of each warm-started segment (constant prediction)
 FIRST_STEP_NEWTON = 4
 
@@ -344,8 +347,8 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
     """Magnification along segments. ``zeta`` (M, L) (segment, step); ``s``, ``q`` shape (M,).
 
     The first point of each segment is solved in full (Aberth). Each later step predicts the roots
-    by quadratic extrapolation in arc length from the three previous steps, corrects them with one
-    Newton step, then polishes and *certifies* them with a second: the point is certified when that
+    by quadratic extrapolation in arc length from the three previous steps, corrects them with
+    Newton steps and *certifies* them on the last (``SCAN_NEWTON`` in all): the point is certified when that
     last correction is at most ``STEP_TOL`` times the distance to the nearest other root (error
     left about ``STEP_TOL²·sep``), no two roots are closer than ``MIN_SEP`` and there are 3 or 5
     images. Nothing is repaired inside the scan (a ``cond`` there costs more than it saves): a lane
@@ -361,7 +364,7 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
     mag0, _, ok0 = classify(zeta[:, 0], z_first, s, q)
     ok0 = ok0 & conv
 
-    def step(hist, zt, n_newton=2):
+    def step(hist, zt, n_newton=SCAN_NEWTON):
         x1, y1, x2, y2, x3, y3, p1, p2, p3 = hist
         cr, ci = _coeffs_t(zt, s, q)
         w1, w2, w3 = _extrapolation_weights(jnp.abs(zt - p1), jnp.abs(p1 - p2), jnp.abs(p2 - p3))
