@@ -19,21 +19,24 @@ from mulens_sbi.lensing.caustics import caustics
 
 TOL = 1e-3
 #: one compiled program for the whole module (compilation dominates its time): the light curves
-#: and their forward-mode derivatives, on arrays of shape (25, 24)
+#: and their reverse-mode derivatives (``jax.vjp``, what ``jax.grad`` runs), on arrays of shape
+#: (25, 24); it compiles in about the time the forward-mode program did
 SHAPE = (25, 24)
 
 
 @jax.jit
-def _mag_and_tangent(primals, tangents):
-    return jax.jvp(finite.binary_finite_trajectory, primals, tangents)
+def _mag_and_grad(primals, cotangent):
+    """Values, flags and the gradient of ``Σ cotangent·A`` with respect to every input."""
+    (a, ok), pull = jax.vjp(finite.binary_finite_trajectory, *primals)
+    return a, ok, pull((cotangent, np.zeros(ok.shape, dtype=jax.dtypes.float0)))
 
 
-def _run(x, y, s, q, rho, gamma, tangents=None):
+def _run(x, y, s, q, rho, gamma, cotangent=None):
     primals = tuple(jax.numpy.asarray(a, dtype=float) for a in (x, y, s, q, rho, gamma))
-    if tangents is None:
-        tangents = tuple(jax.numpy.zeros_like(a) for a in primals)
-    (a, ok), (da, _) = _mag_and_tangent(primals, tangents)
-    return np.asarray(a), np.asarray(ok), np.asarray(da)
+    if cotangent is None:
+        cotangent = np.zeros(SHAPE)
+    a, ok, grads = _mag_and_grad(primals, jax.numpy.asarray(cotangent, dtype=float))
+    return np.asarray(a), np.asarray(ok), tuple(np.asarray(g) for g in grads)
 
 
 def _draw(rng, n_rows, n_pts):
@@ -148,8 +151,8 @@ def _simpson_check(a, d, p0, delta):
 
 
 def test_contour_path_derivatives_match_finite_differences():
-    """Derivatives of contour-integrated values at a disc cut by a fold of the caustic, against
-    differences of values.
+    """Reverse-mode derivatives (``jax.vjp``, as ``jax.grad`` computes them) of contour-integrated
+    values at a disc cut by a fold of the caustic, against differences of values.
 
     Centre and radius (boundary means of the point-source magnification, see ``finite._contour``):
     central differences with step h = 2e-3·ρ; values are accurate to ~1e-6 relative, so the
@@ -180,16 +183,19 @@ def test_contour_path_derivatives_match_finite_differences():
     qq[9:14] = q * (1 + k * delta_q)
     ss[14:19] = s * (1 + k * delta)
     gg[14:19] = 0.6
-    dx, dy, ds, dq, dr, dg = (np.zeros(a.shape) for a in (x, y, ss, qq, rr, rr))
-    dx[0, 0], dy[0, 1], dr[1] = 1.0, 1.0, 1.0
-    ds[4:9], dq[9:14], ds[14:19] = 1.0, 1.0, 1.0
-    a, ok, da = _run(x, y, ss, qq, rr, gg, (dx, dy, ds, dq, dr, dg))
+    # reverse mode: one cotangent picks A[0, 0] (for x), A[0, 1] (for y) and A[i, 0] of rows 1-18;
+    # each picked value depends on its own point's x, y and its own row's s, q, ρ only, so each
+    # gradient entry below is one derivative (any coupling between points would show as a mismatch)
+    cot = np.zeros(SHAPE)
+    cot[0, 0], cot[0, 1], cot[1:19, 0] = 1.0, 1.0, 1.0
+    a, ok, (gx, gy, gs, gq, gr, _) = _run(x, y, ss, qq, rr, gg, cot)
     assert ok[:19, 0].all() and ok[0, :6].all()
     fd = np.array([a[0, 2] - a[0, 3], a[0, 4] - a[0, 5], a[2, 0] - a[3, 0]]) / (2 * h)
-    ad = np.array([da[0, 0], da[0, 1], da[1, 0]])
+    ad = np.array([gx[0, 0], gy[0, 1], gr[1]])
     assert np.all(np.abs(fd) > 1.0)  # the comparison is not trivial
     np.testing.assert_allclose(ad, fd, rtol=2e-2)
-    for rows, p0, dl in ((slice(4, 9), s, delta), (slice(9, 14), q, delta_q), (slice(14, 19), s, delta)):
-        diff, simpson = _simpson_check(a[rows, 0], da[rows, 0], p0, dl)
+    for rows, g, p0, dl in ((slice(4, 9), gs, s, delta), (slice(9, 14), gq, q, delta_q),
+                            (slice(14, 19), gs, s, delta)):
+        diff, simpson = _simpson_check(a[rows, 0], g[rows], p0, dl)
         assert abs(diff) > 2e-3 * a[rows, 0].mean()  # 20 times the values' 1e-4 tolerance
         assert abs(simpson - diff) <= 2e-3 * abs(diff), (rows, diff, simpson)
