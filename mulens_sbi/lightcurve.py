@@ -119,6 +119,9 @@ def magnification(
         limb_darkening: linear limb-darkening coefficient Γ in [0, 1] (needs ``rho``).
         return_ok: also return the per-point validity flag.
 
+    The times are padded to a bucket length (:func:`padded_length`, at most 25% more points) so
+    that calls with many different lengths share a few compiled programs.
+
     Raises:
         ValueError: a parameter is NaN, infinite or out of range (the message names it and the
             allowed range), or the binary parameters are only partly given.
@@ -140,9 +143,24 @@ def magnification(
     order = np.argsort(flat, kind="stable")
     params = {"t_0": t_0, "u_0": u_0, "t_E": t_E, "s": s, "q": q, "alpha": alpha, "rho": rho,
               "limb_darkening": limb_darkening}
-    mag, ok = magnification_batch(flat[order], {k: [v] for k, v in params.items() if v is not None})
+    n = flat.size
+    # padded to a bucket length by repeating the last time, so that calls with many different
+    # lengths share a few compiled programs (each new length otherwise compiles the solver anew,
+    # ~6 s for a binary lens); the repeated points are cheap for the warm-started solver
+    ts = np.pad(flat[order], (0, padded_length(n) - n), mode="edge") if n else flat
+    mag, ok = magnification_batch(ts, {k: [v] for k, v in params.items() if v is not None})
     inv = np.empty_like(order)
     inv[order] = np.arange(order.size)
-    mag = np.asarray(mag[0])[inv].reshape(shape)
-    ok = np.asarray(ok[0])[inv].reshape(shape)
+    mag = np.asarray(mag[0])[:n][inv].reshape(shape)
+    ok = np.asarray(ok[0])[:n][inv].reshape(shape)
     return (mag, ok) if return_ok else mag
+
+
+def padded_length(n: int) -> int:
+    """Smallest length ``m·2^k`` (m in 4…7, at least 32) that holds ``n`` points: at most 25% padding,
+    and about four compiled programs per doubling of the length."""
+    size = 32
+    while size < n:
+        k = size.bit_length() - 3  # size = m·2^k with m in 4..7
+        size += 1 << k
+    return size

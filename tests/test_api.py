@@ -83,6 +83,22 @@ def test_batch_masks_invalid_rows_only():
         np.testing.assert_allclose(mag[i], ref, rtol=1e-12)
 
 
+def test_lengths_share_one_compiled_program():
+    """``magnification`` pads the times to a bucket length (repeating the last time), so light curves
+    of many lengths share a few compiled programs; values are those of the same times in a longer
+    call, and the padding stays within 25%."""
+    from mulens_sbi.lightcurve import _batch_core, padded_length
+
+    ref = magnification(T, **GOOD)  # 64 points: a bucket length, no padding
+    before = _batch_core._cache_size()
+    for n in (57, 60, 63):  # all padded to 64
+        np.testing.assert_allclose(magnification(T[:n], **GOOD), ref[:n], rtol=1e-10)
+    assert _batch_core._cache_size() == before
+    sizes = np.array([padded_length(n) for n in range(33, 20000)])
+    assert np.all(sizes >= np.arange(33, 20000)) and np.all(sizes <= 1.25 * np.arange(33, 20000))
+    assert len(set(sizes.tolist())) < 40
+
+
 def test_public_names_resolve():
     for name in mulens_sbi.__all__:
         assert hasattr(mulens_sbi, name), name
