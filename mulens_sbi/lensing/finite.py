@@ -95,15 +95,19 @@ def _mag_from_images(xy: Array, z0: Array, mask: Array, s: Array, q: Array) -> A
 
 def _far_field_one(zeta: Array, z0: Array, mask: Array, s: Array, q: Array) -> tuple[Array, Array]:
     """``A0`` and the Laplacian ``∂²A/∂x² + ∂²A/∂y²`` at one source centre, by forward-over-forward
-    differentiation along x and y (the full ``jax.hessian``, forward-over-reverse, cost 8 µs a point)."""
+    differentiation along x and y (the full ``jax.hessian``, forward-over-reverse, cost 8 µs a point).
+    The nested JVP along x also returns ``A0`` itself."""
     xy = jnp.stack([zeta.real, zeta.imag])
     f = lambda v: _mag_from_images(v, z0, mask, s, q)  # noqa: E731
 
-    def second(e: Array) -> Array:
-        return jax.jvp(lambda v: jax.jvp(f, (v,), (e,))[1], (xy,), (e,))[1]
+    def second(e: Array) -> tuple[Array, Array]:
+        """``(A0, d²A/de²)``: the primal and the second directional derivative along ``e``."""
+        (a0, _), (_, d2) = jax.jvp(lambda v: jax.jvp(f, (v,), (e,)), (xy,), (e,))
+        return a0, d2
 
     eye = jnp.eye(2, dtype=xy.dtype)
-    return f(xy), second(eye[0]) + second(eye[1])
+    (a0, d2x), (_, d2y) = second(eye[0]), second(eye[1])
+    return a0, d2x + d2y
 
 
 _far_field = jax.vmap(_far_field_one)

@@ -287,17 +287,12 @@ def _far_field_images(x: Array, y: Array, s: Array, q: Array) -> tuple[Array, Ar
     return jnp.where(ok, mag, jnp.nan), ok
 
 
-def _far_mask(x: Array, y: Array, s: Array) -> Array:
-    """Points (centre-of-mass frame, θ_E) handled by the far-field images instead of the polynomial."""
-    return x * x + y * y > (FAR_BASE + FAR_PER_S * s) ** 2
-
-
 def _far_field(x: Array, y: Array, s: Array, q: Array, mag: Array, ok: Array) -> tuple[Array, Array]:
     """Replace the polynomial result by the far-field images beyond ``FAR_BASE + FAR_PER_S·s``.
 
     Skipped (``lax.cond``) when no point is that far, the common case for points near the peak,
     where it cost as much as the polynomial solve itself."""
-    far = _far_mask(x, y, s)
+    far = x * x + y * y > (FAR_BASE + FAR_PER_S * s) ** 2
 
     def replace(_):
         # evaluate the far-field formula at a harmless position where it is not used
@@ -449,12 +444,21 @@ def trajectory_roots(zeta: Array, s: Array, q: Array, segment: int | None = None
         ``(A, ok, roots)`` of shapes (M, L), (M, L), (M, L, 5); roots of uncertified points are NaN.
     """
     m, n = zeta.shape
+    mag, ok, roots = _trajectory_solve(*_to_segments(zeta, s, q, segment), want_roots=True)
+    return (mag.reshape(m, -1)[:, :n], ok.reshape(m, -1)[:, :n], roots.reshape(m, -1, 5)[:, :n])
+
+
+def _to_segments(zeta: Array, s: Array, q: Array, segment: int | None) -> tuple[Array, Array, Array]:
+    """Rows ``zeta`` (M, N) cut into warm-started segments of ``segment`` points (by default
+    :func:`default_segment`), the last padded by repeating the row's last point: returns the
+    segments (M·S, L) and their ``s``, ``q`` (M·S,). Row i's points are rows ``i·S … i·S+S−1``,
+    so ``a.reshape(M, -1)[:, :N]`` undoes it."""
+    m, n = zeta.shape
     segment = default_segment(m, n) if segment is None else segment
     segment = max(2, min(segment, n))
     n_seg = -(-n // segment)
     zp = jnp.pad(zeta, ((0, 0), (0, n_seg * segment - n)), mode="edge").reshape(m * n_seg, segment)
-    mag, ok, roots = _trajectory_solve(zp, jnp.repeat(s, n_seg), jnp.repeat(q, n_seg), want_roots=True)
-    return (mag.reshape(m, -1)[:, :n], ok.reshape(m, -1)[:, :n], roots.reshape(m, -1, 5)[:, :n])
+    return zp, jnp.repeat(s, n_seg), jnp.repeat(q, n_seg)
 
 
 @jax.custom_jvp
@@ -506,17 +510,7 @@ def magnification_trajectory(
     b, n = x.shape
     x, q_row = _lighter_companion(x, q[:, None])
     q = q_row[:, 0]
-    if segment is None:
-        segment = default_segment(b, n)
-    segment = max(2, min(segment, n))
-    n_seg = -(-n // segment)
-    pad = n_seg * segment - n
-    xp = jnp.pad(x, ((0, 0), (0, pad)), mode="edge")
-    yp = jnp.pad(y, ((0, 0), (0, pad)), mode="edge")
-    sp = jnp.repeat(s, n_seg)
-    qp = jnp.repeat(q, n_seg)
-    zeta = to_solver_frame(xp, yp, s[:, None], q[:, None]).reshape(b * n_seg, segment)
-    mag, ok = _magnification_segments(zeta, sp, qp)
-    mag = mag.reshape(b, n_seg * segment)[:, :n]
-    ok = ok.reshape(b, n_seg * segment)[:, :n]
+    zeta = to_solver_frame(x, y, s[:, None], q[:, None])
+    mag, ok = _magnification_segments(*_to_segments(zeta, s, q, segment))
+    mag, ok = mag.reshape(b, -1)[:, :n], ok.reshape(b, -1)[:, :n]
     return _far_field(x, y, s[:, None], q[:, None], mag, ok)
