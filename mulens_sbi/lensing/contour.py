@@ -92,6 +92,8 @@ N_SECANT = 3
 LOCATE_PER_CIRCLE = 1
 #: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
 N_WARM = 5
+#: further steps for the warm starts that fail the certificate, before a full solve
+N_WARM_MORE = 7
 #: panels per circle at each refinement level, and circles per chunk at that level
 LEVEL_PANELS = (4, 16, 64)
 LEVEL_CHUNK = (64, 16, 4)
@@ -159,9 +161,10 @@ def _certify(coeffs: Array, z: Array, step_tol: float = STEP_TOL, min_sep: float
 def _solve_warm(zeta: Array, s: Array, q: Array, z0: Array) -> tuple[Array, Array]:
     """Certified roots (..., 5) at ``zeta`` from nearby roots ``z0``; full solve where needed.
 
-    ``N_WARM`` Ehrlich–Aberth steps from ``z0`` then the certificate; the points that fail it are
-    solved from scratch by :func:`point_source.solve_certified`, a compacted chunk at a time. Returns
-    ``(roots, certified)``.
+    ``N_WARM`` Ehrlich–Aberth steps from ``z0`` then the certificate. The points that fail it are
+    compacted a chunk at a time and given ``N_WARM_MORE`` further steps (most had only not yet
+    converged: a root pair about to merge at a caustic converges slowly), and those that still fail
+    are solved from scratch by :func:`point_source.solve_points`. Returns ``(roots, certified)``.
     """
     shape = zeta.shape
     coeffs = lens_polynomial(zeta, s, q)
@@ -171,6 +174,7 @@ def _solve_warm(zeta: Array, s: Array, q: Array, z0: Array) -> tuple[Array, Arra
     z, cert = _certify(coeffs, z, NODE_STEP_TOL, NODE_MIN_SEP)
     zf = zeta.reshape(-1)
     sf, qf = jnp.broadcast_to(s, shape).reshape(-1), jnp.broadcast_to(q, shape).reshape(-1)
+    cf = coeffs.reshape(-1, 6)
     z, cert = z.reshape(-1, 5), cert.reshape(-1)
     n = zf.shape[0]
     chunk = min(n, max(16, n // 16))
@@ -179,11 +183,19 @@ def _solve_warm(zeta: Array, s: Array, q: Array, z0: Array) -> tuple[Array, Arra
         z, cert, todo = state
         idx = jnp.nonzero(todo, size=chunk, fill_value=n)[0]
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-        zt, st, qt = take(zf), take(sf), take(qf)
-        zn, _ = point_source.solve_points(zt, st, qt)
-        zn, cn = _certify(lens_polynomial(zt, st, qt), zn, NODE_STEP_TOL, NODE_MIN_SEP)
-        z = z.at[idx].set(zn, mode="drop")
-        cert = cert.at[idx].set(cn, mode="drop")
+        ct, zt = take(cf), take(z)
+        for _ in range(N_WARM_MORE):
+            zt, _ = aberth_step(ct, zt)
+        zt, ok = _certify(ct, zt, NODE_STEP_TOL, NODE_MIN_SEP)
+
+        def full(_):
+            zn, _ = point_source.solve_points(take(zf), take(sf), take(qf))
+            zn, cn = _certify(ct, zn, NODE_STEP_TOL, NODE_MIN_SEP)
+            return jnp.where(ok[:, None], zt, zn), ok | cn
+
+        zt, ok = jax.lax.cond(jnp.all(ok | (idx >= n)), lambda _: (zt, ok), full, None)
+        z = z.at[idx].set(zt, mode="drop")
+        cert = cert.at[idx].set(ok, mode="drop")
         return z, cert, todo.at[idx].set(False, mode="drop")
 
     z, cert, _ = jax.lax.while_loop(lambda st: jnp.any(st[2]), body, (z, cert, ~cert))
@@ -498,9 +510,24 @@ def _nodes(theta_c, ncross, n_panels):
     return th, jac, a_c, active
 
 
-def _level(zc, r, s, q, cr, level: int, derivs: bool = False):
+def _nearest_angle(cand: Array, th: Array) -> Array:
+    """Index (N,) of the candidate angle (C,) nearest to each angle ``th`` (N,) around the circle,
+    by binary search in the sorted candidates (the two neighbours, wrapping at 2π)."""
+    two_pi = 2.0 * jnp.pi
+    c = jnp.mod(cand, two_pi)
+    order = jnp.argsort(c)
+    cs = c[order]
+    t = jnp.mod(th, two_pi)
+    i = jnp.searchsorted(cs, t)
+    lo, hi = (i - 1) % c.shape[0], i % c.shape[0]
+    dist = lambda a: jnp.abs(jnp.mod(t - a + jnp.pi, two_pi) - jnp.pi)  # noqa: E731
+    return order[jnp.where(dist(cs[lo]) <= dist(cs[hi]), lo, hi)]
+
+
+def _level(zc, r, s, q, cr, level: int, derivs: bool = False, prev=None):
     """Magnification of K circles at one refinement level, from their crossings ``cr``
-    (:func:`_crossings`, computed once per circle and reused by every level).
+    (:func:`_crossings`, computed once per circle and reused by every level), and ``prev``, the
+    previous level's nodes (angles (K, n), certified roots (K, n, 5)) as extra warm starts.
 
     Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
     ``a_mean``, ``a_exp`` and, with ``derivs``, ``dA/ds``, ``dA/dq`` at a fixed solver-frame circle
@@ -514,10 +541,14 @@ def _level(zc, r, s, q, cr, level: int, derivs: bool = False):
     p = LEVEL_PANELS[level]
     th, jac, arc, active = _nodes(cr["theta_c"], cr["ncross"], p)
     thf = th.reshape(k, p * 15)
-    # warm start from the nearest candidate (samples and the two ends of every crossing bracket)
-    d = jnp.abs(jnp.mod(thf[:, :, None] - cr["cand_th"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
-    near = jnp.argmin(d, axis=2)
-    z0 = jnp.take_along_axis(cr["cand_z"], near[..., None], 1)
+    # warm start from the nearest candidate: the samples, the two ends of every crossing bracket
+    # and, from level 1 on, the previous level's nodes (denser next to the crossings)
+    cand_th, cand_z = cr["cand_th"], cr["cand_z"]
+    if prev is not None:
+        cand_th = jnp.concatenate([cand_th, prev[0]], 1)
+        cand_z = jnp.concatenate([cand_z, prev[1]], 1)
+    near = jax.vmap(_nearest_angle)(cand_th, thf)
+    z0 = jnp.take_along_axis(cand_z, near[..., None], 1)
     zeta = zc[:, None] + r[:, None] * jnp.exp(1j * thf)
     s2, q2 = s[:, None], q[:, None]
     z, cert = _solve_warm(zeta, s2, q2, z0)
@@ -559,7 +590,7 @@ def _level(zc, r, s, q, cr, level: int, derivs: bool = False):
     # circles that cannot get better with more panels (bad samples, too many crossings, hidden
     # crossings): stop refining them
     hopeless = ~cr["ok"]
-    extra = dict(a_mean=a_mean, a_exp=a_exp, good=good)
+    extra = dict(a_mean=a_mean, a_exp=a_exp, good=good, nodes=(thf, z))
     if derivs:
         sens, sens_ok = _crossing_sensitivity(cr["theta_c"], cr["z_cross"], zc, r, s, q)
         sens = jnp.where(cr["valid"][..., None], sens, 0.0)
@@ -623,19 +654,29 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
     # Circles that a level leaves unconverged wait, with their crossings, in that level's buffer
     # for the next level; a level runs when its buffer holds a full chunk (or nothing upstream is
     # left), deepest first. A level (l−1) chunk runs only while buffer l holds less than a chunk,
-    # so buffer l never holds more than chunks[l] − 1 + chunks[l−1] circles.
+    # so buffer l never holds more than chunks[l] − 1 + chunks[l−1] circles. With them wait the
+    # nodes of level l − 1 (``prev_th``, ``prev_z``), the nearest warm starts for level l's nodes.
     cr_like = jax.eval_shape(crossings_of, jnp.zeros(1, jnp.int32))
+    # the circles to do, in order, padded (with m: empty slots) to whole level-0 chunks
+    n_todo = jnp.sum(todo, dtype=jnp.int32)
+    order = jnp.nonzero(todo, size=-(-m // chunks[0]) * chunks[0], fill_value=m)[0].astype(jnp.int32)
     caps = [0] + [chunks[lv] - 1 + chunks[lv - 1] for lv in range(1, n_lv)]
-    bufs = [dict(idx=jnp.full(cap, m, jnp.int32),
-                 cr={key: jnp.zeros((cap,) + a.shape[1:], a.dtype) for key, a in cr_like.items()})
-            for cap in caps]
+    bufs = []
+    for lv, cap in enumerate(caps):
+        cr0 = {key: jnp.zeros((cap,) + a.shape[1:], a.dtype) for key, a in cr_like.items()}
+        if lv > 0:
+            n_prev = LEVEL_PANELS[lv - 1] * 15
+            cr0.update(prev_th=jnp.zeros((cap, n_prev)), prev_z=jnp.zeros((cap, n_prev, 5), complex))
+        bufs.append(dict(idx=jnp.full(cap, m, jnp.int32), cr=cr0))
     counts = jnp.zeros(n_lv, jnp.int32)
 
     def run_level(level, vals, idx, cr, live):
         """One chunk at ``level``: circles ``idx`` (m = empty slot), their crossings; returns the
-        updated values and which circles go on to the next level."""
+        updated values, which circles go on to the next level and this level's nodes."""
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-        a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), cr, level, derivs)
+        prev = (cr["prev_th"], cr["prev_z"]) if level > 0 else None
+        a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), cr, level, derivs, prev)
+        nodes = extra.pop("nodes")
         if level > 0:
             # two successive levels (4× the panels) that agree within REL_TOL also converge: the
             # Kronrod–Gauss difference over-estimates the error of K15 by orders of magnitude on
@@ -653,12 +694,15 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         vals = {key: v.at[idx].set(new[key], mode="drop") for key, v in vals.items()}
         # circles that cannot get better with more panels (bad samples, too many crossings, hidden
         # crossings) stop here
-        return vals, live & ~done & ~hopeless
+        return vals, live & ~done & ~hopeless, nodes
 
-    def push(bufs, counts, level, keep, idx, cr):
-        """Append the circles ``keep`` of a chunk to buffer ``level``."""
+    def push(bufs, counts, level, keep, idx, cr, nodes):
+        """Append the circles ``keep`` of a chunk, with the nodes of the level they come from, to
+        buffer ``level``."""
         if level >= n_lv:
             return bufs, counts
+        cr = {key: v for key, v in cr.items() if not key.startswith("prev_")}
+        cr.update(prev_th=nodes[0], prev_z=nodes[1])
         pos = jnp.where(keep, counts[level] + jnp.cumsum(keep) - 1, caps[level])
         put = lambda b, v: b.at[pos].set(v, mode="drop")  # noqa: E731
         bufs = list(bufs)
@@ -670,12 +714,12 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         chunk = chunks[level]
 
         def go(st):
-            vals, rem, bufs, counts = st
+            vals, done0, bufs, counts = st
             if level == 0:
-                idx = jnp.nonzero(rem, size=chunk, fill_value=m)[0]
+                idx = jax.lax.dynamic_slice(order, (done0,), (chunk,))
                 live = idx < m
                 cr = crossings_of(idx)
-                rem = rem.at[idx].set(False, mode="drop")
+                done0 = done0 + chunk
             else:
                 buf, n = bufs[level], counts[level]
                 live = jnp.arange(chunk) < n
@@ -687,16 +731,16 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
                 bufs = list(bufs)
                 bufs[level] = jax.tree.map(shift, buf)
                 counts = counts.at[level].add(-jnp.minimum(n, chunk))
-            vals, nxt = run_level(level, vals, idx, cr, live)
-            bufs, counts = push(bufs, counts, level + 1, nxt, idx, cr)
-            return vals, rem, bufs, counts
+            vals, nxt, nodes = run_level(level, vals, idx, cr, live)
+            bufs, counts = push(bufs, counts, level + 1, nxt, idx, cr, nodes)
+            return vals, done0, bufs, counts
 
         return go
 
     def which(st):
-        _, rem, _, counts = st
+        _, done0, _, counts = st
         level = jnp.int32(0)
-        upstream_empty = ~jnp.any(rem)
+        upstream_empty = done0 >= n_todo
         for lv in range(1, n_lv):
             ready = (counts[lv] >= chunks[lv]) | ((counts[lv] > 0) & upstream_empty)
             level = jnp.where(ready, lv, level)
@@ -706,8 +750,8 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
     def body(st):
         return jax.lax.switch(which(st), [branch(lv) for lv in range(n_lv)], st)
 
-    state0, _, _, _ = jax.lax.while_loop(lambda st: jnp.any(st[1]) | jnp.any(st[3] > 0), body,
-                                         (vals, todo, bufs, counts))
+    state0, _, _, _ = jax.lax.while_loop(lambda st: (st[1] < n_todo) | jnp.any(st[3] > 0), body,
+                                         (vals, jnp.int32(0), bufs, counts))
     ok = state0["ok"] & todo
     mag = jnp.where(ok | ~todo, jnp.where(todo, state0["mag"], 0.0), jnp.nan)
     out = (mag, ok, state0["a_mean"], state0["a_exp"])
