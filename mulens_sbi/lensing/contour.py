@@ -92,8 +92,9 @@ N_SECANT = 3
 LOCATE_PER_CIRCLE = 1
 #: Ehrlich–Aberth steps of a warm start (before the certifying Newton step)
 N_WARM = 5
-#: further steps for the warm starts that fail the certificate, before a full solve
-N_WARM_MORE = 7
+#: further steps for the warm starts that fail the certificate, before a full solve (15 leave no
+#: failing sample or node on the benchmark circles, 7 left most bisection steps to a full solve)
+N_WARM_MORE = 15
 #: panels per circle at each refinement level, and circles per chunk at that level
 LEVEL_PANELS = (4, 16, 64)
 LEVEL_CHUNK = (64, 16, 4)
