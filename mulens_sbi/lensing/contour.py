@@ -656,26 +656,27 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
     # for the next level; a level runs when its buffer holds a full chunk (or nothing upstream is
     # left), deepest first. A level (l−1) chunk runs only while buffer l holds less than a chunk,
     # so buffer l never holds more than chunks[l] − 1 + chunks[l−1] circles. With them wait the
-    # nodes of level l − 1 (``prev_th``, ``prev_z``), the nearest warm starts for level l's nodes.
+    # nodes of level l − 1 (``prev``: angles, roots), the nearest warm starts for level l's nodes.
     cr_like = jax.eval_shape(crossings_of, jnp.zeros(1, jnp.int32))
     # the circles to do, in order, padded (with m: empty slots) to whole level-0 chunks
     n_todo = jnp.sum(todo, dtype=jnp.int32)
     order = jnp.nonzero(todo, size=-(-m // chunks[0]) * chunks[0], fill_value=m)[0].astype(jnp.int32)
     caps = [0] + [chunks[lv] - 1 + chunks[lv - 1] for lv in range(1, n_lv)]
-    bufs = []
-    for lv, cap in enumerate(caps):
-        cr0 = {key: jnp.zeros((cap,) + a.shape[1:], a.dtype) for key, a in cr_like.items()}
-        if lv > 0:
-            n_prev = LEVEL_PANELS[lv - 1] * 15
-            cr0.update(prev_th=jnp.zeros((cap, n_prev)), prev_z=jnp.zeros((cap, n_prev, 5), complex))
-        bufs.append(dict(idx=jnp.full(cap, m, jnp.int32), cr=cr0))
+
+    def empty_buffer(lv: int) -> dict:
+        cap, n_prev = caps[lv], LEVEL_PANELS[lv - 1] * 15
+        return dict(idx=jnp.full(cap, m, jnp.int32),
+                    cr={key: jnp.zeros((cap,) + a.shape[1:], a.dtype) for key, a in cr_like.items()},
+                    prev=(jnp.zeros((cap, n_prev)), jnp.zeros((cap, n_prev, 5), complex)))
+
+    bufs = [None] + [empty_buffer(lv) for lv in range(1, n_lv)]
     counts = jnp.zeros(n_lv, jnp.int32)
 
-    def run_level(level, vals, idx, cr, live):
-        """One chunk at ``level``: circles ``idx`` (m = empty slot), their crossings; returns the
-        updated values, which circles go on to the next level and this level's nodes."""
+    def run_level(level, vals, idx, cr, prev, live):
+        """One chunk at ``level``: circles ``idx`` (m = empty slot), their crossings and the previous
+        level's nodes (None at level 0); returns the updated values, which circles go on to the next
+        level and this level's nodes."""
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-        prev = (cr["prev_th"], cr["prev_z"]) if level > 0 else None
         a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), cr, level, derivs, prev)
         nodes = extra.pop("nodes")
         if level > 0:
@@ -683,8 +684,8 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             # Kronrod–Gauss difference over-estimates the error of K15 by orders of magnitude on
             # these integrands, and fails to shrink where a few nodes sit in the rounding zone of
             # a located crossing
-            prev, prev_good = take(vals["mag"]), take(vals["good"])
-            conv = conv | (extra["good"] & prev_good & (jnp.abs(a - prev) <= REL_TOL * a))
+            before, before_good = take(vals["mag"]), take(vals["good"])
+            conv = conv | (extra["good"] & before_good & (jnp.abs(a - before) <= REL_TOL * a))
         done = conv & extra.pop("d_conv") if derivs else conv
         new = dict(mag=a, ok=conv, **extra)
         if level > 0 and derivs:
@@ -702,13 +703,10 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         buffer ``level``."""
         if level >= n_lv:
             return bufs, counts
-        cr = {key: v for key, v in cr.items() if not key.startswith("prev_")}
-        cr.update(prev_th=nodes[0], prev_z=nodes[1])
         pos = jnp.where(keep, counts[level] + jnp.cumsum(keep) - 1, caps[level])
         put = lambda b, v: b.at[pos].set(v, mode="drop")  # noqa: E731
         bufs = list(bufs)
-        bufs[level] = dict(idx=put(bufs[level]["idx"], idx.astype(jnp.int32)),
-                           cr=jax.tree.map(put, bufs[level]["cr"], cr))
+        bufs[level] = jax.tree.map(put, bufs[level], dict(idx=idx.astype(jnp.int32), cr=cr, prev=nodes))
         return bufs, counts.at[level].add(jnp.sum(keep, dtype=jnp.int32))
 
     def branch(level):
@@ -719,20 +717,20 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             if level == 0:
                 idx = jax.lax.dynamic_slice(order, (done0,), (chunk,))
                 live = idx < m
-                cr = crossings_of(idx)
+                cr, prev = crossings_of(idx), None
                 done0 = done0 + chunk
             else:
                 buf, n = bufs[level], counts[level]
                 live = jnp.arange(chunk) < n
                 idx = jnp.where(live, buf["idx"][:chunk], m)
                 # empty slots compute a copy of the first circle (dropped), not zeros
-                cr = jax.tree.map(lambda v: jnp.where(live.reshape((-1,) + (1,) * (v.ndim - 1)),
-                                                      v[:chunk], v[:1]), buf["cr"])
+                cr, prev = jax.tree.map(lambda v: jnp.where(live.reshape((-1,) + (1,) * (v.ndim - 1)),
+                                                            v[:chunk], v[:1]), (buf["cr"], buf["prev"]))
                 shift = lambda v: jnp.concatenate([v[chunk:], v[:chunk]])  # noqa: E731
                 bufs = list(bufs)
                 bufs[level] = jax.tree.map(shift, buf)
                 counts = counts.at[level].add(-jnp.minimum(n, chunk))
-            vals, nxt, nodes = run_level(level, vals, idx, cr, live)
+            vals, nxt, nodes = run_level(level, vals, idx, cr, prev, live)
             bufs, counts = push(bufs, counts, level + 1, nxt, idx, cr, nodes)
             return vals, done0, bufs, counts
 
