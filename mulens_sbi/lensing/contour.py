@@ -36,17 +36,21 @@ Method, per source circle:
    :data:`REL_TOL` of the result.
 3. *Levels.* Circles that do not meet the target are recomputed with four times as many panels
    (levels of :data:`LEVEL_PANELS`), compacted into narrower chunks; their crossings (step 1) are
-   found once and kept with them in a small buffer per level, not recomputed. A refined value also counts as
-   converged when it agrees within :data:`REL_TOL` with the previous level's (both from certified
-   nodes): ``|K15 − G7|`` over-estimates the K15 error by orders of magnitude on these integrands,
-   and on some circles stops shrinking while the values agree. A circle that fails at the
-   last level, has samples or nodes whose roots cannot be certified, more than
-   :data:`MAX_CROSS` crossings, a crossing that bisection could not bracket cleanly, or a node whose
-   residual test disagrees with its arc's image count away from the located crossings (a crossing
-   pair that no sample straddled), is returned with ``ok = False`` and NaN. The remaining refusals
-   are mostly circles that pass close to a caustic or a cusp without crossing it (or hold a whole
-   small caustic), where the integrand has a peak far narrower than the panels (an adaptive
-   quadrature with breakpoints at the closest approaches would be the next step).
+   found once and kept with them in a small buffer per level, not recomputed. A refined value also
+   counts as converged when it agrees within :data:`REL_TOL` with the previous level's (both from
+   certified nodes): ``|K15 − G7|`` over-estimates the K15 error by orders of magnitude on these
+   integrands, and on some circles stops shrinking while the values agree.
+4. *Adaptive rounds* (:func:`_adaptive`). At the last level, a circle that is still not converged
+   gets up to :data:`N_ADAPT` rounds, each cutting its :data:`N_SPLIT` panels with the largest
+   ``|K15 − G7|`` (or an uncertified node) into four: narrow peaks of the integrand (a circle
+   passing close to a cusp or a fold without crossing it, or holding a small caustic) are resolved
+   where they are. A panel next to a crossing is cut only if the crossing's angle was refined to
+   rounding level by the secant steps.
+
+A circle that fails after the last round, has samples or nodes whose roots cannot be certified,
+more than :data:`MAX_CROSS` crossings, a crossing that bisection could not bracket cleanly, or a node
+whose residual test disagrees with its arc's image count away from the located crossings (a crossing
+pair that no sample straddled), is returned with ``ok = False`` and NaN.
 
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in
@@ -98,6 +102,10 @@ N_WARM_MORE = 15
 #: panels per circle at each refinement level, and circles per chunk at that level
 LEVEL_PANELS = (4, 16, 64)
 LEVEL_CHUNK = (64, 16, 4)
+#: the last level then cuts the N_SPLIT panels with the largest error estimate of each unconverged
+#: circle into four, for up to N_ADAPT rounds (see _adaptive)
+N_SPLIT = 16
+N_ADAPT = 8
 #: certificate (as in point_source.solve_certified)
 #: with derivatives: their Kronrod–Gauss estimate must be below D_REL_TOL of s·∂A/∂s (q·∂A/∂q) plus
 #: REL_TOL of A; a circle is refined until both the value and the derivatives meet their targets,
@@ -375,19 +383,23 @@ def _locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
     d0, _, c0 = disc(jnp.stack([lo, hi]), jnp.stack([z_lo, z_hi]))
 
     def secant(_, st):
-        t1, t2, d1, d2, good, _ = st
+        t1, t2, d1, d2, _ = st
         dd = d2 - d1
         step = jnp.real(d2 * jnp.conj(dd)) / jnp.maximum(jnp.abs(dd) ** 2, 1e-300) * (t2 - t1)
         t3 = t2 - jnp.where(jnp.isfinite(step), step, 0.0)
-        d3, z3, c3 = disc(t3, z_hi)
-        return t2, t3, d2, d3, good & c3, z3
+        d3, z3, _ = disc(t3, z_hi)
+        return t2, t3, d2, d3, z3
 
-    t1, t2, _, _, sec_ok, z_sec = jax.lax.fori_loop(
-        0, N_SECANT, secant, (lo, hi, d0[0], d0[1], c0[0] & c0[1], z_hi))
-    # accept the refined crossing if it converged and stayed next to the bracket
-    refined = sec_ok & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(t2 - 0.5 * (lo + hi)) < width)
+    t1, t2, _, d2, z_sec = jax.lax.fori_loop(0, N_SECANT, secant, (lo, hi, d0[0], d0[1], z_hi))
+    # Accept the refined crossing if the bracket's ends were certified, the steps converged onto a
+    # zero of D and stayed next to the bracket. The roots at the iterates themselves cannot be
+    # certified: at the crossing the pair is a double root (the certificate's separation test
+    # fails by design), but D there is still computed to rounding level.
+    scale = jnp.abs(d0[0]) + jnp.abs(d0[1])
+    refined = (c0[0] & c0[1] & jnp.isfinite(t2) & (jnp.abs(t2 - t1) < 1e-9) & (jnp.abs(d2) <= 1e-3 * scale)
+               & (jnp.abs(t2 - 0.5 * (lo + hi)) < width))
     theta_c = jnp.where(refined, t2, 0.5 * (lo + hi))
-    return dict(lo=lo, hi=hi, z_lo=z_lo, z_hi=z_hi, bad=bad, theta_c=theta_c, z_sec=z_sec)
+    return dict(lo=lo, hi=hi, z_lo=z_lo, z_hi=z_hi, bad=bad, theta_c=theta_c, z_sec=z_sec, refined=refined)
 
 
 def _crossings(zc, r, s, q, z_c, cau=None):
@@ -420,7 +432,8 @@ def _crossings(zc, r, s, q, z_c, cau=None):
     n_valid = jnp.sum(valid)
     flat = {key: v.reshape((n_slots,) + v.shape[2:]) for key, v in br.items()}
     out0 = {key: flat[key] for key in ("lo", "hi", "z_lo", "z_hi")} | dict(
-        bad=jnp.zeros(n_slots, bool), theta_c=0.5 * (flat["lo"] + flat["hi"]), z_sec=flat["z_hi"])
+        bad=jnp.zeros(n_slots, bool), theta_c=0.5 * (flat["lo"] + flat["hi"]), z_sec=flat["z_hi"],
+        refined=jnp.zeros(n_slots, bool))
 
     def located(st):
         b, out = st
@@ -443,7 +456,8 @@ def _crossings(zc, r, s, q, z_c, cau=None):
     cand_th = jnp.concatenate([th0, loc["lo"], loc["hi"]], 1)
     cand_z = jnp.concatenate([z0, loc["z_lo"], loc["z_hi"]], 1)
     return dict(ok=ok, ncross=ncross, theta_c=theta_c, n_arc=n_arc, n_first=n0[:, 0],
-                cand_th=cand_th, cand_z=cand_z, z_cross=loc["z_sec"], valid=valid)
+                cand_th=cand_th, cand_z=cand_z, z_cross=loc["z_sec"], valid=valid,
+                refined=loc["refined"] & valid)
 
 
 def _crossing_system(v: Array, sq: Array, zc: Array, r: Array) -> Array:
@@ -485,8 +499,10 @@ def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s
     return fn(theta_c, zm, b(zc), b(r), b(s), b(q))
 
 
-def _nodes(theta_c, ncross, n_panels):
-    """Quadrature nodes θ (K, P, 15), weights w·dθ/du (K, P, 15), arc index (K, P), panel active."""
+def _uniform_panels(ncross: Array, n_panels: int) -> dict:
+    """``n_panels`` panels per circle shared equally by its arcs, each arc cut into equal ``u``
+    panels: arc index, ``u_lo``, ``width`` and ``active`` (K, P) (an arc gets no panel when there
+    are more arcs than panels: the circle is then not converged at this level)."""
     p = n_panels
     n_arcs = jnp.maximum(ncross, 1)
     ppa = p // n_arcs  # panels per arc (0 → too many arcs for this level)
@@ -495,20 +511,31 @@ def _nodes(theta_c, ncross, n_panels):
     a = kk // ppa_s
     j = kk % ppa_s
     active = (a < n_arcs[:, None]) & (ppa[:, None] > 0)
-    a_c = jnp.minimum(a, MAX_CROSS - 1)
-    ta = jnp.take_along_axis(theta_c, a_c, 1)
-    a_n = jnp.where(a + 1 < ncross[:, None], a + 1, 0)
+    width = jnp.broadcast_to(1.0 / ppa_s, a.shape)
+    return dict(arc=jnp.minimum(a, MAX_CROSS - 1), u_lo=j * width, width=width, active=active)
+
+
+def _nodes(theta_c: Array, ncross: Array, panels: dict) -> tuple[Array, Array]:
+    """Quadrature nodes θ (K, P, 15) and weights' factor w·dθ/du·du/dx (K, P, 15) of the panels.
+
+    Panel ``[u_lo, u_lo + width]`` of arc ``a`` (from crossing ``a`` to the next) in the endpoint
+    substitution ``θ = θ_a + (θ_b − θ_a)·(1 − cos πu)/2``; a circle without crossings is one
+    periodic arc ``θ = 2πu``.
+    """
+    arc, width = panels["arc"], panels["width"]
+    ta = jnp.take_along_axis(theta_c, arc, 1)
+    a_n = jnp.where(arc + 1 < ncross[:, None], arc + 1, 0)
     tb = jnp.take_along_axis(theta_c, jnp.minimum(a_n, MAX_CROSS - 1), 1)
-    tb = jnp.where(a + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
-    u = (j[..., None] + 0.5 * (jnp.asarray(GK_X) + 1.0)) / ppa_s[..., None]  # (K, P, 15)
-    du = 0.5 / ppa_s[..., None]
+    tb = jnp.where(arc + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
+    u = panels["u_lo"][..., None] + width[..., None] * (0.5 * (jnp.asarray(GK_X) + 1.0))  # (K, P, 15)
+    du = 0.5 * width[..., None]
     crossing = (ncross > 0)[:, None, None]
     span = (tb - ta)[..., None]
     th_cos = ta[..., None] + span * 0.5 * (1.0 - jnp.cos(jnp.pi * u))
     jac_cos = span * 0.5 * jnp.pi * jnp.sin(jnp.pi * u)
     th = jnp.where(crossing, th_cos, 2.0 * jnp.pi * u)
     jac = jnp.where(crossing, jac_cos, 2.0 * jnp.pi) * du
-    return th, jac, a_c, active
+    return th, jac
 
 
 def _nearest_angle(cand: Array, th: Array) -> Array:
@@ -525,25 +552,29 @@ def _nearest_angle(cand: Array, th: Array) -> Array:
     return order[jnp.where(dist(cs[lo]) <= dist(cs[hi]), lo, hi)]
 
 
-def _level(zc, r, s, q, cr, level: int, derivs: bool = False, prev=None):
-    """Magnification of K circles at one refinement level, from their crossings ``cr``
-    (:func:`_crossings`, computed once per circle and reused by every level), and ``prev``, the
-    previous level's nodes (angles (K, n), certified roots (K, n, 5)) as extra warm starts.
+def _panel_sums(zc, r, s, q, cr, panels: dict, derivs: bool = False, prev=None) -> dict:
+    """Quadrature sums per panel for K circles, from their crossings ``cr`` (:func:`_crossings`,
+    computed once per circle and reused by every level) and the panels (arc, ``u_lo``, ``width``,
+    ``active``, each (K, P); see :func:`_nodes`); ``prev``: earlier nodes (angles (K, n), certified
+    roots (K, n, 5)) as extra warm starts.
 
-    Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` holds the boundary means
-    ``a_mean``, ``a_exp`` and, with ``derivs``, ``dA/ds``, ``dA/dq`` at a fixed solver-frame circle
-    (``d_sq`` (K, 2), and ``d_ok``). The derivatives differentiate the quadrature itself: in the
-    endpoint substitution the integrand is analytic in ``u`` *and* in the lens parameters, so the
-    exact derivative of the rule follows from the derivatives of the crossing angles
+    Returns per panel (K, P): the Kronrod and Gauss sums ``ik``, ``ig`` of ``∫F dθ``, the panel's
+    share of the boundary means ``am``, ``ae`` (see :func:`contour_flat`), ``pgood`` (every node
+    certified and consistent with its arc's image count, or the panel inactive), ``nodes`` (angles
+    (K, 15P), roots (K, 15P, 5)) and, with ``derivs``, the s and q derivatives of the Kronrod and
+    Gauss sums (``dsk``, ``dsg``, ``dqk``, ``dqg``) and ``d_ok`` (K,) (every crossing's lens
+    sensitivity formed). The derivatives differentiate the quadrature itself: in the endpoint
+    substitution the integrand is analytic in ``u`` *and* in the lens parameters, so the exact
+    derivative of the rule follows from the derivatives of the crossing angles
     (:func:`_crossing_sensitivity`) and of the images at the nodes (one Newton step of the lens
     equation about the converged roots gives the implicit-function derivative).
     """
-    k = zc.shape[0]
-    p = LEVEL_PANELS[level]
-    th, jac, arc, active = _nodes(cr["theta_c"], cr["ncross"], p)
+    k, p = panels["arc"].shape
+    arc, active = panels["arc"], panels["active"]
+    th, jac = _nodes(cr["theta_c"], cr["ncross"], panels)
     thf = th.reshape(k, p * 15)
     # warm start from the nearest candidate: the samples, the two ends of every crossing bracket
-    # and, from level 1 on, the previous level's nodes (denser next to the crossings)
+    # and the earlier nodes (denser next to the crossings and the peaks)
     cand_th, cand_z = cr["cand_th"], cr["cand_z"]
     if prev is not None:
         cand_th = jnp.concatenate([cand_th, prev[0]], 1)
@@ -569,7 +600,7 @@ def _level(zc, r, s, q, cr, level: int, derivs: bool = False, prev=None):
     def rule(sl, ql, dth_c):
         """(K15, G7) panel sums (K, P) and the point-source boundary terms, as functions of the lens
         (and of the crossing angles through ``dth_c``, their linear change)."""
-        th_l, jac_l, _, _ = _nodes(cr["theta_c"] + dth_c, cr["ncross"], p)
+        th_l, jac_l = _nodes(cr["theta_c"] + dth_c, cr["ncross"], panels)
         th_l = th_l.reshape(k, p * 15)
         zeta_l = zc[:, None] + r[:, None] * jnp.exp(1j * th_l)
         f, aps = _integrand(zeta_l, z, img, jnp.exp(-2j * th_l), sl[:, None], ql[:, None])
@@ -578,40 +609,174 @@ def _level(zc, r, s, q, cr, level: int, derivs: bool = False, prev=None):
 
     zero = jnp.zeros_like(cr["theta_c"])
     ik, ig, aps = rule(s, q, zero)
-    mag = jnp.sum(ik, axis=1) / (2.0 * jnp.pi)
     # boundary means of the point-source magnification, for the derivatives (see contour_flat)
     fa = jnp.where(use, aps.reshape(k, p, 15) * jac, 0.0)
-    a_mean = jnp.sum(fa * wk, axis=(1, 2)) / (2.0 * jnp.pi)
-    a_exp = jnp.sum(fa * jnp.exp(1j * th) * wk, axis=(1, 2)) / (2.0 * jnp.pi)
-    err = jnp.sum(jnp.abs(ik - ig), axis=1) / (2.0 * jnp.pi)
-    good = jnp.all(good_node | ~active[..., None], axis=(1, 2)) & cr["ok"] & jnp.all(
-        jnp.any(active, axis=1, keepdims=True), axis=1)
-    good = good & jnp.isfinite(mag) & (mag > 0)
-    conv = good & (err <= REL_TOL * mag)
-    # circles that cannot get better with more panels (bad samples, too many crossings, hidden
-    # crossings): stop refining them
-    hopeless = ~cr["ok"]
-    extra = dict(a_mean=a_mean, a_exp=a_exp, good=good, nodes=(thf, z))
+    out = dict(ik=ik, ig=ig, am=jnp.sum(fa * wk, axis=2) / (2.0 * jnp.pi),
+               ae=jnp.sum(fa * jnp.exp(1j * th) * wk, axis=2) / (2.0 * jnp.pi),
+               pgood=jnp.all(good_node | ~active[..., None], axis=2), nodes=(thf, z))
     if derivs:
         sens, sens_ok = _crossing_sensitivity(cr["theta_c"], cr["z_cross"], zc, r, s, q)
         sens = jnp.where(cr["valid"][..., None], sens, 0.0)
-        d_ok = jnp.all(sens_ok | ~cr["valid"], axis=1)
 
-        def mag_of(sl, ql):
-            ik, ig, _ = rule(sl, ql, sens[..., 0] * (sl - s)[:, None] + sens[..., 1] * (ql - q)[:, None])
-            return jnp.sum(ik, axis=1) / (2.0 * jnp.pi), jnp.sum(ig, axis=1) / (2.0 * jnp.pi)
+        def panel_of(sl, ql):
+            return rule(sl, ql, sens[..., 0] * (sl - s)[:, None] + sens[..., 1] * (ql - q)[:, None])[:2]
 
         one, nil = jnp.ones_like(s), jnp.zeros_like(s)
-        d_s, g_s = jax.jvp(mag_of, (s, q), (one, nil))[1]
-        d_q, g_q = jax.jvp(mag_of, (s, q), (nil, one))[1]
+        out["dsk"], out["dsg"] = jax.jvp(panel_of, (s, q), (one, nil))[1]
+        out["dqk"], out["dqg"] = jax.jvp(panel_of, (s, q), (nil, one))[1]
+        out["d_ok"] = jnp.all(sens_ok | ~cr["valid"], axis=1)
+    return out
+
+
+def _totals(ps: dict, active: Array, cr: dict, s: Array, q: Array, derivs: bool
+            ) -> tuple[Array, Array, Array, dict]:
+    """Sum the panels (:func:`_panel_sums`) of K circles: ``(A, converged, rel_err, extra)``;
+    ``extra`` holds the boundary means ``a_mean``, ``a_exp``, ``good`` and, with ``derivs``,
+    ``d_sq`` (K, 2) (``dA/ds``, ``dA/dq`` at a fixed solver-frame circle), ``d_ok`` and ``d_conv``.
+    """
+    two_pi = 2.0 * jnp.pi
+    mag = jnp.sum(ps["ik"], axis=1) / two_pi
+    err = jnp.sum(jnp.abs(ps["ik"] - ps["ig"]), axis=1) / two_pi
+    good = jnp.all(ps["pgood"], axis=1) & cr["ok"] & jnp.any(active, axis=1)
+    good = good & jnp.isfinite(mag) & (mag > 0)
+    conv = good & (err <= REL_TOL * mag)
+    extra = dict(a_mean=jnp.sum(ps["am"], axis=1), a_exp=jnp.sum(ps["ae"], axis=1), good=good)
+    if derivs:
+        d_s, g_s, d_q, g_q = (jnp.sum(ps[key], axis=1) / two_pi for key in ("dsk", "dsg", "dqk", "dqg"))
         # the derivative's own Kronrod–Gauss estimate, on s·∂A/∂s and q·∂A/∂q
         e_s, e_q = jnp.abs(s * (d_s - g_s)), jnp.abs(q * (d_q - g_q))
         tol_s = D_REL_TOL * jnp.abs(s * d_s) + REL_TOL * mag
         tol_q = D_REL_TOL * jnp.abs(q * d_q) + REL_TOL * mag
         d_conv = (e_s <= tol_s) & (e_q <= tol_q)
-        d_ok = d_ok & jnp.isfinite(d_s) & jnp.isfinite(d_q) & (e_s <= 10 * tol_s) & (e_q <= 10 * tol_q)
-        extra.update(d_sq=jnp.stack([d_s, d_q], axis=-1), d_ok=d_ok, d_conv=d_conv)
-    return mag, conv, hopeless, err / mag, extra
+        d_ok = ps["d_ok"] & jnp.isfinite(d_s) & jnp.isfinite(d_q) & (e_s <= 10 * tol_s) & (e_q <= 10 * tol_q)
+        extra.update(d_sq=jnp.stack([d_s, d_q], axis=-1), d_ok=d_ok, d_conv=d_conv, tol_sq=(tol_s, tol_q))
+    return mag, conv, err / mag, extra
+
+
+def _level(zc, r, s, q, cr, level: int, derivs: bool = False, prev=None):
+    """Magnification of K circles at one uniform refinement level (``LEVEL_PANELS[level]`` panels
+    shared by the arcs), from their crossings ``cr`` and ``prev``, the previous level's nodes.
+
+    Returns ``(A, converged, hopeless, rel_err, extra)``; ``extra`` as in :func:`_totals`, plus the
+    ``nodes``.
+    """
+    panels = _uniform_panels(cr["ncross"], LEVEL_PANELS[level])
+    ps = _panel_sums(zc, r, s, q, cr, panels, derivs, prev)
+    mag, conv, rel, extra = _totals(ps, panels["active"], cr, s, q, derivs)
+    extra.pop("tol_sq", None)
+    # circles that cannot get better with more panels (bad samples, too many crossings, hidden
+    # crossings): stop refining them
+    return mag, conv, ~cr["ok"], rel, dict(extra, nodes=ps["nodes"])
+
+
+def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: Array):
+    """The last level: ``LEVEL_PANELS[-1]`` uniform panels, then up to :data:`N_ADAPT` rounds that
+    each cut the :data:`N_SPLIT` panels with the largest Kronrod–Gauss difference (or an uncertified
+    node) of each unconverged circle into four.
+
+    Narrow peaks of the integrand (a circle passing close to a cusp or a fold without crossing it,
+    or holding a small caustic) are thereby resolved where they are, at the cost of one more
+    evaluation of a uniform level's size per round. Converged as in :func:`_totals`, or when a
+    round changes the value by at most :data:`REL_TOL` (the uniform panels' value is compared with
+    the previous level's, ``before``). The uniform panels are evaluated as round 0 of the same
+    loop (one traced evaluation). Returns what :func:`_level` returns.
+    """
+    k = zc.shape[0]
+    p0 = LEVEL_PANELS[-1]
+    n_new = 4 * N_SPLIT
+    assert p0 == n_new, "the uniform panels are evaluated as one round of the loop"
+    uniform = _uniform_panels(cr["ncross"], p0)
+    hopeless = ~cr["ok"]
+    cap = p0 + 3 * N_SPLIT * N_ADAPT
+    # the panel table: empty slots are inactive and add nothing
+    zeros = lambda dtype: jnp.zeros((k, cap), dtype)  # noqa: E731
+    table = dict(arc=zeros(uniform["arc"].dtype), u_lo=zeros(float), width=zeros(float), active=zeros(bool),
+                 ik=zeros(float), ig=zeros(float), am=zeros(float), ae=zeros(complex),
+                 pgood=jnp.ones((k, cap), bool))
+    res = dict(mag=before, conv=jnp.zeros(k, bool), rel=jnp.full(k, jnp.inf), a_mean=jnp.zeros(k),
+               a_exp=jnp.zeros(k, complex), good=before_good)
+    if derivs:
+        table.update({key: zeros(float) for key in ("dsk", "dsg", "dqk", "dqg")})
+        res.update(d_sq=jnp.zeros((k, 2)), d_ok=jnp.zeros(k, bool), d_conv=jnp.zeros(k, bool),
+                   tol_sq=(jnp.ones(k), jnp.ones(k)))
+    # the nodes so far per slot, as warm starts (before any are computed: the previous level's)
+    reps = -(-(cap * 15) // prev[0].shape[1])
+    nth = jnp.concatenate([prev[0]] * reps, axis=1)[:, :cap * 15].reshape(k, cap, 15)
+    nz = jnp.concatenate([prev[1]] * reps, axis=1)[:, :cap * 15].reshape(k, cap, 15, 5)
+    rows = jnp.arange(k)[:, None]
+    quarter = jnp.arange(4)
+
+    def is_done(res):
+        return (res["conv"] & res["d_conv"] if derivs else res["conv"]) | hopeless
+
+    def split(it, table, res):
+        """The children of the panels cut in round ``it`` ≥ 1 (K, 4S) and their slots."""
+        scale = REL_TOL * jnp.where(jnp.isfinite(res["mag"]) & (res["mag"] > 0), res["mag"], 1.0)
+        prio = jnp.abs(table["ik"] - table["ig"]) / (2.0 * jnp.pi * scale[:, None])
+        if derivs:
+            tol_s, tol_q = (jnp.where(jnp.isfinite(t) & (t > 0), t, 1.0) for t in res["tol_sq"])
+            e_s = jnp.abs(s[:, None] * (table["dsk"] - table["dsg"])) / tol_s[:, None]
+            e_q = jnp.abs(q[:, None] * (table["dqk"] - table["dqg"])) / tol_q[:, None]
+            prio = prio + (e_s + e_q) / (2.0 * jnp.pi)
+        prio = jnp.where(table["pgood"] & jnp.isfinite(prio), prio, jnp.inf)
+        # a panel at an end of an arc is cut only if that crossing's angle was refined to rounding
+        # level: otherwise its children's nodes would come closer to the crossing than the angle's
+        # error (a node on the wrong side takes the merging pair's false roots as images)
+        arc = table["arc"]
+        nxt = jnp.where(arc + 1 < cr["ncross"][:, None], arc + 1, 0)
+        sharp_a = jnp.take_along_axis(cr["refined"], arc, 1)
+        sharp_b = jnp.take_along_axis(cr["refined"], jnp.minimum(nxt, MAX_CROSS - 1), 1)
+        last = table["u_lo"] + table["width"] >= 1.0 - 1e-12
+        at_end = (cr["ncross"] > 0)[:, None] & (((table["u_lo"] <= 0.0) & ~sharp_a) | (last & ~sharp_b))
+        prio = jnp.where(table["active"] & ~at_end, prio, -1.0)
+        top, parent = jax.lax.top_k(prio, N_SPLIT)  # (K, S)
+        pick = lambda key: jnp.take_along_axis(table[key], parent, 1)[..., None]  # noqa: E731
+        width = pick("width") / 4.0
+        child = dict(arc=jnp.broadcast_to(pick("arc"), (k, N_SPLIT, 4)),
+                     u_lo=pick("u_lo") + quarter * width,
+                     width=jnp.broadcast_to(width, (k, N_SPLIT, 4)),
+                     active=jnp.broadcast_to(pick("active"), (k, N_SPLIT, 4)))
+        # the first quarter takes its parent's slot, the other three new slots
+        new_slot = p0 + 3 * N_SPLIT * (it - 1) + 3 * jnp.arange(N_SPLIT)[:, None] + quarter - 1
+        slot = jnp.where(quarter == 0, parent[..., None], new_slot)
+        slot = jnp.where((top >= 0.0)[..., None], slot, cap)
+        return {key: v.reshape(k, n_new) for key, v in child.items()}, slot.reshape(k, n_new)
+
+    def body(st):
+        it, table, nth, nz, res = st
+        live = ~is_done(res)
+        child, slot = split(it, table, res)
+        child = jax.tree.map(lambda u, c: jnp.where(it == 0, u, c), uniform, child)
+        slot = jnp.where(it == 0, jnp.arange(p0)[None, :], slot)
+        slot = jnp.where(live[:, None], slot, cap)
+        got = _panel_sums(zc, r, s, q, cr, child, derivs, (nth.reshape(k, -1), nz.reshape(k, -1, 5)))
+        g_th, g_z = got.pop("nodes")
+        d_ok = got.pop("d_ok", None)
+        table = {key: v.at[rows, slot].set(dict(child, **got)[key], mode="drop") for key, v in table.items()}
+        nth = nth.at[rows, slot].set(g_th.reshape(k, n_new, 15), mode="drop")
+        nz = nz.at[rows, slot].set(g_z.reshape(k, n_new, 15, 5), mode="drop")
+        mag, conv, rel, extra = _totals(dict(table, d_ok=d_ok), table["active"], cr, s, q, derivs)
+        # two successive evaluations that agree within REL_TOL also converge: the Kronrod–Gauss
+        # difference over-estimates the error of K15 by orders of magnitude on these integrands
+        conv = conv | (extra["good"] & res["good"] & (jnp.abs(mag - res["mag"]) <= REL_TOL * mag))
+        new = dict(extra, mag=mag, conv=conv, rel=rel)
+        # a circle whose value has converged keeps it while its derivatives are refined
+        value_keys = ("mag", "conv", "rel", "a_mean", "a_exp", "good")
+        keep_v = ~live | res["conv"]
+
+        def update(key, old, upd):
+            keep = keep_v if key in value_keys else ~live
+            return jax.tree.map(lambda o, u: jnp.where(keep.reshape((-1,) + (1,) * (o.ndim - 1)), o, u),
+                                old, upd)
+
+        res = {key: update(key, res[key], new[key]) for key in res}
+        return it + 1, table, nth, nz, res
+
+    _, _, _, _, res = jax.lax.while_loop(lambda st: (st[0] <= N_ADAPT) & jnp.any(~is_done(st[4])), body,
+                                         (jnp.int32(0), table, nth, nz, res))
+    res.pop("tol_sq", None)
+    mag, conv, rel = res.pop("mag"), res.pop("conv"), res.pop("rel")
+    return mag, conv, hopeless, rel, dict(res, nodes=prev)
 
 
 def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array,
@@ -677,9 +842,14 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         level's nodes (None at level 0); returns the updated values, which circles go on to the next
         level and this level's nodes."""
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-        a, conv, hopeless, _, extra = _level(take(zc), take(r), take(s), take(q), cr, level, derivs, prev)
+        args = (take(zc), take(r), take(s), take(q), cr)
+        if level == n_lv - 1:
+            before = (take(vals["mag"]), take(vals["good"]))
+            a, conv, hopeless, _, extra = _adaptive(*args, derivs, prev, *before)
+        else:
+            a, conv, hopeless, _, extra = _level(*args, level, derivs, prev)
         nodes = extra.pop("nodes")
-        if level > 0:
+        if 0 < level < n_lv - 1:
             # two successive levels (4× the panels) that agree within REL_TOL also converge: the
             # Kronrod–Gauss difference over-estimates the error of K15 by orders of magnitude on
             # these integrands, and fails to shrink where a few nodes sit in the rounding zone of
