@@ -101,7 +101,7 @@ N_WARM = 5
 N_WARM_MORE = 15
 #: panels per circle at each refinement level, and circles per chunk at that level
 LEVEL_PANELS = (4, 16, 64)
-LEVEL_CHUNK = (64, 16, 4)
+LEVEL_CHUNK = (64, 16, 1)
 #: the last level then cuts the N_SPLIT panels with the largest error estimate of each unconverged
 #: circle into four, for up to N_ADAPT rounds (see _adaptive)
 N_SPLIT = 16
@@ -699,17 +699,16 @@ def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: A
         table.update({key: zeros(float) for key in ("dsk", "dsg", "dqk", "dqg")})
         res.update(d_sq=jnp.zeros((k, 2)), d_ok=jnp.zeros(k, bool), d_conv=jnp.zeros(k, bool),
                    tol_sq=(jnp.ones(k), jnp.ones(k)))
-    # the nodes so far per slot, as warm starts (before any are computed: the previous level's)
-    reps = -(-(cap * 15) // prev[0].shape[1])
-    nth = jnp.concatenate([prev[0]] * reps, axis=1)[:, :cap * 15].reshape(k, cap, 15)
-    nz = jnp.concatenate([prev[1]] * reps, axis=1)[:, :cap * 15].reshape(k, cap, 15, 5)
+    assert prev[0].shape[1] == N_SPLIT * 15, "round 0 takes the previous level's nodes as warm starts"
+    # the nodes of each slot, the warm starts of its children
+    nth, nz = jnp.zeros((k, cap, 15)), jnp.zeros((k, cap, 15, 5), complex)
     rows = jnp.arange(k)[:, None]
     quarter = jnp.arange(4)
 
     def is_done(res):
         return (res["conv"] & res["d_conv"] if derivs else res["conv"]) | hopeless
 
-    def split(it, table, res):
+    def split(it, table, nth, nz, res):
         """The children of the panels cut in round ``it`` ≥ 1 (K, 4S) and their slots."""
         scale = REL_TOL * jnp.where(jnp.isfinite(res["mag"]) & (res["mag"] > 0), res["mag"], 1.0)
         prio = jnp.abs(table["ik"] - table["ig"]) / (2.0 * jnp.pi * scale[:, None])
@@ -740,16 +739,20 @@ def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: A
         new_slot = p0 + 3 * N_SPLIT * (it - 1) + 3 * jnp.arange(N_SPLIT)[:, None] + quarter - 1
         slot = jnp.where(quarter == 0, parent[..., None], new_slot)
         slot = jnp.where((top >= 0.0)[..., None], slot, cap)
-        return {key: v.reshape(k, n_new) for key, v in child.items()}, slot.reshape(k, n_new)
+        # warm starts: the parents' nodes (every child lies inside its parent)
+        near = (jnp.take_along_axis(nth, parent[..., None], 1).reshape(k, N_SPLIT * 15),
+                jnp.take_along_axis(nz, parent[..., None, None], 1).reshape(k, N_SPLIT * 15, 5))
+        return {key: v.reshape(k, n_new) for key, v in child.items()}, slot.reshape(k, n_new), near
 
     def body(st):
         it, table, nth, nz, res = st
         live = ~is_done(res)
-        child, slot = split(it, table, res)
-        child = jax.tree.map(lambda u, c: jnp.where(it == 0, u, c), uniform, child)
+        child, slot, near = split(it, table, nth, nz, res)
+        # round 0: the uniform panels, warm-started from the previous level's nodes
+        child, near = jax.tree.map(lambda u, c: jnp.where(it == 0, u, c), (uniform, prev), (child, near))
         slot = jnp.where(it == 0, jnp.arange(p0)[None, :], slot)
         slot = jnp.where(live[:, None], slot, cap)
-        got = _panel_sums(zc, r, s, q, cr, child, derivs, (nth.reshape(k, -1), nz.reshape(k, -1, 5)))
+        got = _panel_sums(zc, r, s, q, cr, child, derivs, near)
         g_th, g_z = got.pop("nodes")
         d_ok = got.pop("d_ok", None)
         table = {key: v.at[rows, slot].set(dict(child, **got)[key], mode="drop") for key, v in table.items()}
