@@ -55,7 +55,9 @@ pair that no sample straddled), is returned with ``ok = False`` and NaN.
 Every root used is certified: after one further Newton step the correction is at most 1e-5 times
 the distance to the nearest other root and no two roots are closer than 1e-7 (as in
 :func:`mulens_sbi.lensing.point_source.solve_certified`, which is the fallback for roots that the
-warm start does not certify).
+warm start does not certify). The one exception: nodes closer than :data:`NEAR_DOUBLE` to a
+crossing located to rounding level, whose merging pair is a near-double root (finite, accurate to
+~eps/separation, and of negligible weight).
 
 The computation is forward-only (``stop_gradient``); it also returns the boundary means of the
 point-source magnification that give the exact derivatives with respect to the source centre and
@@ -89,6 +91,10 @@ N_BISECT = 20
 #: source-plane distance (θ_E) from a located crossing within which the residual test's image count
 #: may disagree with the arc's (false roots of the merging pair pass it there)
 NEAR_CROSSING = 1e-5
+#: source-plane distance (θ_E) from a crossing located to rounding level within which a node's roots
+#: (a near-double pair, accurate to ~eps/separation) need not pass the certificate: its weight in
+#: the integral is ~1e-9 of the arc's, and only the adaptive rounds put nodes that close
+NEAR_DOUBLE = 1e-12
 #: secant steps on the pair discriminant that refine each bisected crossing to rounding level
 N_SECANT = 3
 #: crossings located together per circle of a chunk (the valid brackets are compacted: most circles
@@ -593,7 +599,11 @@ def _panel_sums(zc, r, s, q, cr, panels: dict, derivs: bool = False, prev=None) 
     dth = jnp.abs(jnp.mod(thf[:, :, None] - cr["theta_c"][:, None, :] + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
     near = jnp.min(dth, axis=2) * r[:, None] < NEAR_CROSSING
     okc = agrees | near
-    good_node = (cert & okc).reshape(k, p, 15)
+    # a node closer than NEAR_DOUBLE to a crossing located to rounding level has a near-double root
+    # that no certificate can pass; its roots are finite and its weight negligible, so it counts
+    dth_sharp = jnp.where(cr["refined"][:, None, :], dth, jnp.inf)
+    tight = (jnp.min(dth_sharp, axis=2) * r[:, None] < NEAR_DOUBLE) & jnp.all(jnp.isfinite(z), axis=-1)
+    good_node = ((cert & okc) | tight).reshape(k, p, 15)
     use = active[..., None] & good_node
     wk, wg = jnp.asarray(GK_WK), jnp.asarray(GK_WG)
 
