@@ -521,6 +521,17 @@ def _uniform_panels(ncross: Array, n_panels: int) -> dict:
     return dict(arc=jnp.minimum(a, MAX_CROSS - 1), u_lo=j * width, width=width, active=active)
 
 
+def _arc_end(arc: Array, ncross: Array) -> Array:
+    """Index of the crossing that ends each arc (the next one; the last arc wraps to crossing 0)."""
+    return jnp.minimum(jnp.where(arc + 1 < ncross[:, None], arc + 1, 0), MAX_CROSS - 1)
+
+
+def _agree(mag: Array, good: Array, before: Array, before_good: Array) -> Array:
+    """Two successive evaluations (both from certified nodes) that agree within REL_TOL: counted as
+    converged, since ``|K15 − G7|`` over-estimates the K15 error by orders of magnitude here."""
+    return good & before_good & (jnp.abs(mag - before) <= REL_TOL * mag)
+
+
 def _nodes(theta_c: Array, ncross: Array, panels: dict) -> tuple[Array, Array]:
     """Quadrature nodes θ (K, P, 15) and weights' factor w·dθ/du·du/dx (K, P, 15) of the panels.
 
@@ -530,8 +541,7 @@ def _nodes(theta_c: Array, ncross: Array, panels: dict) -> tuple[Array, Array]:
     """
     arc, width = panels["arc"], panels["width"]
     ta = jnp.take_along_axis(theta_c, arc, 1)
-    a_n = jnp.where(arc + 1 < ncross[:, None], arc + 1, 0)
-    tb = jnp.take_along_axis(theta_c, jnp.minimum(a_n, MAX_CROSS - 1), 1)
+    tb = jnp.take_along_axis(theta_c, _arc_end(arc, ncross), 1)
     tb = jnp.where(arc + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
     u = panels["u_lo"][..., None] + width[..., None] * (0.5 * (jnp.asarray(GK_X) + 1.0))  # (K, P, 15)
     du = 0.5 * width[..., None]
@@ -732,9 +742,8 @@ def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: A
         # level: otherwise its children's nodes would come closer to the crossing than the angle's
         # error (a node on the wrong side takes the merging pair's false roots as images)
         arc = table["arc"]
-        nxt = jnp.where(arc + 1 < cr["ncross"][:, None], arc + 1, 0)
         sharp_a = jnp.take_along_axis(cr["refined"], arc, 1)
-        sharp_b = jnp.take_along_axis(cr["refined"], jnp.minimum(nxt, MAX_CROSS - 1), 1)
+        sharp_b = jnp.take_along_axis(cr["refined"], _arc_end(arc, cr["ncross"]), 1)
         last = table["u_lo"] + table["width"] >= 1.0 - 1e-12
         at_end = (cr["ncross"] > 0)[:, None] & (((table["u_lo"] <= 0.0) & ~sharp_a) | (last & ~sharp_b))
         prio = jnp.where(table["active"] & ~at_end, prio, -1.0)
@@ -771,7 +780,7 @@ def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: A
         mag, conv, rel, extra = _totals(dict(table, d_ok=d_ok), table["active"], cr, s, q, derivs)
         # two successive evaluations that agree within REL_TOL also converge: the Kronrod–Gauss
         # difference over-estimates the error of K15 by orders of magnitude on these integrands
-        conv = conv | (extra["good"] & res["good"] & (jnp.abs(mag - res["mag"]) <= REL_TOL * mag))
+        conv = conv | _agree(mag, extra["good"], res["mag"], res["good"])
         new = dict(extra, mag=mag, conv=conv, rel=rel)
         # a circle whose value has converged keeps it while its derivatives are refined
         value_keys = ("mag", "conv", "rel", "a_mean", "a_exp", "good")
@@ -868,7 +877,7 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             # these integrands, and fails to shrink where a few nodes sit in the rounding zone of
             # a located crossing
             before, before_good = take(vals["mag"]), take(vals["good"])
-            conv = conv | (extra["good"] & before_good & (jnp.abs(a - before) <= REL_TOL * a))
+            conv = conv | _agree(a, extra["good"], before, before_good)
         done = conv & extra.pop("d_conv") if derivs else conv
         new = dict(mag=a, ok=conv, **extra)
         if level > 0 and derivs:
