@@ -802,13 +802,16 @@ def _adaptive(zc, r, s, q, cr, derivs: bool, prev, before: Array, before_good: A
 
 
 def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array,
-                 derivs: bool = False, cau: Array | None = None, row: Array | None = None
-                 ) -> tuple[Array, ...]:
+                 derivs: bool = False, cau: Array | None = None, row: Array | None = None,
+                 src: Array | None = None) -> tuple[Array, ...]:
     """Uniform-disc magnification for the circles of flat arrays (M,) where ``todo`` is True.
 
     Args:
         zc: complex centres (solver frame); r: radii (θ_E); s, q: lens; z_c: certified point-source
             roots at the centres (M, 5) (warm starts); todo: which circles to compute.
+        src: optional (M,) index of each circle's row in ``zc``, ``s``, ``q``, ``z_c`` and ``row``,
+            which then hold one row per source centre (P,) (circles of one centre with several
+            radii, the limb-darkening annuli, share them); ``r`` and ``todo`` stay per circle.
         derivs: also return the derivatives with respect to ``s`` and ``q`` at a fixed solver-frame
             circle (about three times the cost of the value).
         cau, row: optional caustics table (R, 4, N_CAUSTIC) (centre-of-mass frame, from
@@ -826,7 +829,7 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
     """
     sg = jax.lax.stop_gradient
     zc, r, s, q, z_c = sg(zc), sg(r), sg(s), sg(q), sg(z_c)
-    m = zc.shape[0]
+    m = r.shape[0]
     vals = dict(mag=jnp.zeros(m), ok=jnp.zeros(m, bool), a_mean=jnp.zeros(m),
                 a_exp=jnp.zeros(m, complex), good=jnp.zeros(m, bool))
     if derivs:
@@ -834,10 +837,14 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
     n_lv = len(LEVEL_PANELS)
     chunks = [min(c, m) for c in LEVEL_CHUNK]
 
+    def at_point(idx: Array) -> Array:
+        """Rows of the point-level arrays (``zc``, ``s``, ``q``, ``z_c``, ``row``) of circles ``idx``."""
+        return idx if src is None else jnp.take(src, idx, mode="clip")
+
     def crossings_of(idx):
-        take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
+        take = lambda a: jnp.take(a, at_point(idx), axis=0, mode="clip")  # noqa: E731
         cau_k = None if cau is None else jnp.take(cau, take(row), axis=0, mode="clip")
-        return _crossings(take(zc), take(r), take(s), take(q), take(z_c), cau_k)
+        return _crossings(take(zc), jnp.take(r, idx, mode="clip"), take(s), take(q), take(z_c), cau_k)
 
     # Circles that a level leaves unconverged wait, with their crossings, in that level's buffer
     # for the next level; a level runs when its buffer holds a full chunk (or nothing upstream is
@@ -864,7 +871,8 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         level's nodes (None at level 0); returns the updated values, which circles go on to the next
         level and this level's nodes."""
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
-        args = (take(zc), take(r), take(s), take(q), cr)
+        pt = lambda a: jnp.take(a, at_point(idx), axis=0, mode="clip")  # noqa: E731
+        args = (pt(zc), take(r), pt(s), pt(q), cr)
         if level == n_lv - 1:
             before = (take(vals["mag"]), take(vals["good"]))
             a, conv, hopeless, _, extra = _adaptive(*args, derivs, prev, *before)
@@ -885,10 +893,9 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
             kept = take(vals["ok"])
             for key in ("mag", "ok", "a_mean", "a_exp", "good"):
                 new[key] = jnp.where(kept, take(vals[key]), new[key])
-        vals = {key: v.at[idx].set(new[key], mode="drop") for key, v in vals.items()}
         # circles that cannot get better with more panels (bad samples, too many crossings, hidden
         # crossings) stop here
-        return vals, live & ~done & ~hopeless, nodes
+        return new, live & ~done & ~hopeless, nodes
 
     def push(bufs, counts, level, keep, idx, cr, nodes):
         """Append the circles ``keep`` of a chunk, with the nodes of the level they come from, to
@@ -922,9 +929,15 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
                 bufs = list(bufs)
                 bufs[level] = jax.tree.map(shift, buf)
                 counts = counts.at[level].add(-jnp.minimum(n, chunk))
-            vals, nxt, nodes = run_level(level, vals, idx, cr, prev, live)
+            new, nxt, nodes = run_level(level, vals, idx, cr, prev, live)
             bufs, counts = push(bufs, counts, level + 1, nxt, idx, cr, nodes)
-            return vals, done0, bufs, counts
+            # the chunk's results, padded to the widest chunk, are scattered into the values after
+            # the switch: updated inside a branch, the (M,) values were copied on every iteration
+            # (3 µs a point when M counts every limb-darkening annulus slot)
+            fill = chunks[0] - chunk
+            idx = jnp.concatenate([idx, jnp.full(fill, m, idx.dtype)])
+            new = jax.tree.map(lambda v: jnp.concatenate([v, jnp.zeros((fill,) + v.shape[1:], v.dtype)]), new)
+            return (idx, new), done0, bufs, counts
 
         return go
 
@@ -939,7 +952,10 @@ def contour_flat(zc: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Arra
         return level
 
     def body(st):
-        return jax.lax.switch(which(st), [branch(lv) for lv in range(n_lv)], st)
+        vals = st[0]
+        (idx, new), done0, bufs, counts = jax.lax.switch(which(st), [branch(lv) for lv in range(n_lv)], st)
+        vals = {key: v.at[idx].set(new[key], mode="drop") for key, v in vals.items()}
+        return vals, done0, bufs, counts
 
     state0, _, _, _ = jax.lax.while_loop(lambda st: (st[1] < n_todo) | jnp.any(st[3] > 0), body,
                                          (vals, jnp.int32(0), bufs, counts))

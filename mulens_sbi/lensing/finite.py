@@ -150,8 +150,12 @@ def _caustic_lower_bound(zc: Array, s: Array, q: Array) -> tuple[Array, Array, A
 
 @jax.custom_jvp
 def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array, cau: Array | None,
-             row: Array | None) -> Array:
+             row: Array | None, src: Array) -> Array:
     """Contour-integrated uniform-disc values (M,) where ``todo`` (NaN where not certified, 0 elsewhere).
+
+    ``r``, ``todo`` and ``src`` are per circle (M,); ``zeta``, ``s``, ``q``, ``z_c`` and ``row`` per
+    source centre (P,), circle ``i`` having centre ``src[i]`` (see
+    :func:`mulens_sbi.lensing.contour.contour_flat`).
 
     Derivatives (the JVP rule below): ``A = (1/πr²)∬_disc A_ps`` gives ``∂A/∂c_x + i·∂A/∂c_y =
     (2/r)·a_exp`` and ``∂A/∂r = (2/r)(a_mean − A)`` from the boundary means of the point-source
@@ -160,23 +164,25 @@ def _contour(zeta: Array, r: Array, s: Array, q: Array, z_c: Array, todo: Array,
     only done when the lens tangents are not zero. The rule is linear in the tangents, so
     ``jax.grad`` works too.
     """
-    return contour.contour_flat(zeta, r, s, q, z_c, todo, cau=cau, row=row)[0]
+    return contour.contour_flat(zeta, r, s, q, z_c, todo, cau=cau, row=row, src=src)[0]
 
 
 def _contour_jvp(primals, tangents):
-    zeta, r, s, q, z_c, todo, cau, row = primals
+    zeta, r, s, q, z_c, todo, cau, row, src = primals
     dzeta, dr, ds, dq = tangents[:4]
     zero = jax.custom_derivatives.SymbolicZero
     lens = not (isinstance(ds, zero) and isinstance(dq, zero))
-    out = contour.contour_flat(zeta, r, s, q, z_c, todo, derivs=lens, cau=cau, row=row)
+    out = contour.contour_flat(zeta, r, s, q, z_c, todo, derivs=lens, cau=cau, row=row, src=src)
     value, _, a_mean, a_exp = out[:4]
+    # tangents per circle (the centre's ones for its centre-level arguments)
     dense = lambda t, like: jnp.zeros_like(like) if isinstance(t, zero) else t  # noqa: E731
-    dzeta, dr = dense(dzeta, zeta), dense(dr, r)
+    per_circle = lambda t, like: jnp.take(dense(t, like), src, axis=0)  # noqa: E731
+    dzeta, dr = per_circle(dzeta, zeta), dense(dr, r)
     g = 2.0 / jnp.where(r > 0, r, 1.0)
     d = g * (jnp.real(a_exp) * jnp.real(dzeta) + jnp.imag(a_exp) * jnp.imag(dzeta) + (a_mean - value) * dr)
     if lens:
         d_sq = out[4]
-        d = d + d_sq[:, 0] * dense(ds, s) + d_sq[:, 1] * dense(dq, q)
+        d = d + d_sq[:, 0] * per_circle(ds, s) + d_sq[:, 1] * per_circle(dq, q)
     return value, jnp.where(todo, d, 0.0)
 
 
@@ -206,12 +212,11 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
     need = (lb_ < FAR_DIST * radii) | (jnp.abs(quad) > FAR_QUAD * jnp.abs(a0[:, None]))
     need = jax.lax.stop_gradient(need & used & ok0[:, None])
 
-    n_rad = need.shape[1]
-    rep = lambda a: jnp.repeat(a, n_rad)  # noqa: E731
+    # circles (P·(1 + N_ANNULI),): each annulus slot refers to its point's centre, lens and roots
+    src = jnp.repeat(jnp.arange(p), need.shape[1])
     flat_need = need.reshape(-1)
-    mag_c = _contour(rep(zeta), radii.reshape(-1), rep(s), rep(q), jnp.repeat(zs, n_rad, axis=0),
-                     flat_need, None if cau is None else jax.lax.stop_gradient(cau),
-                     None if row is None else rep(row))
+    mag_c = _contour(zeta, radii.reshape(-1), s, q, zs, flat_need,
+                     None if cau is None else jax.lax.stop_gradient(cau), row, src)
     ok_c = jnp.isfinite(mag_c)
     vals = jnp.where(flat_need, mag_c, far.reshape(-1))
     oks = jnp.where(flat_need, ok_c, True)
