@@ -429,23 +429,35 @@ def _locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
                 refined=refined | polished)
 
 
+def _fold_solve(th: Array, z: Array, zc: Array, r: Array, sq: Array, steps: int) -> tuple[Array, Array]:
+    """``steps`` Newton steps on the fold conditions (:func:`_crossing_system`) of one circle from
+    ``v = (θ, Re z, Im z)``: returns the final ``v`` (3,) and the last step (3,)."""
+    v = jnp.stack([th, jnp.real(z), jnp.imag(z)])
+    f = lambda v: _crossing_system(v, sq, zc, r)  # noqa: E731
+    step = jnp.zeros(3, dtype=v.dtype)
+    for _ in range(steps):
+        step = jnp.linalg.solve(jax.jacfwd(f)(v), f(v))
+        v = v - step
+    return v, step
+
+
+def _pair_midpoint(z: Array) -> Array:
+    """Midpoint (...,) of the closest pair of the roots ``z`` (..., 5): next to the critical point
+    where that pair merges."""
+    za, zb = _closest_pair(z)
+    return 0.5 * (za + zb)
+
+
 def _fold_newton(th: Array, z: Array, zc: Array, r: Array, s: Array, q: Array) -> tuple[Array, Array]:
     """Newton's method on the fold conditions (:func:`_crossing_system`) from angles ``th`` (P,) and
     the midpoint of the closest pair of the roots ``z`` (P, 5) there. Returns the crossing angles
     and the size of the last angle step (rad; rounding level once converged)."""
-    za, zb = _closest_pair(z)
-    zm = 0.5 * (za + zb)
 
     def one(th_, z_, zc_, r_, s_, q_):
-        v = jnp.stack([th_, jnp.real(z_), jnp.imag(z_)])
-        f = lambda v: _crossing_system(v, jnp.stack([s_, q_]), zc_, r_)  # noqa: E731
-        step = jnp.zeros(3)
-        for _ in range(N_FOLD_NEWTON):
-            step = jnp.linalg.solve(jax.jacfwd(f)(v), f(v))
-            v = v - step
+        v, step = _fold_solve(th_, z_, zc_, r_, jnp.stack([s_, q_]), N_FOLD_NEWTON)
         return v[0], jnp.abs(step[0])
 
-    return jax.vmap(one)(th, zm, zc, r, s, q)
+    return jax.vmap(one)(th, _pair_midpoint(z), zc, r, s, q)
 
 
 def _crossings(zc, r, s, q, z_c, cau=None):
@@ -535,16 +547,10 @@ def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s
     fixed circle (solver frame), by the implicit function theorem on :func:`_crossing_system`
     started from the merging pair's midpoint (a few Newton steps first make the system consistent).
     ``good`` is False where Newton did not land on the located crossing."""
-    za, zb = _closest_pair(z_cross)
-    zm = 0.5 * (za + zb)
-
     def one(th, z, zc_, r_, s_, q_):
-        v = jnp.stack([th, jnp.real(z), jnp.imag(z)])
         sq = jnp.stack([s_, q_])
-        f = lambda v: _crossing_system(v, sq, zc_, r_)  # noqa: E731
-        for _ in range(4):
-            v = v - jnp.linalg.solve(jax.jacfwd(f)(v), f(v))
-        jv = jax.jacfwd(f)(v)
+        v, _ = _fold_solve(th, z, zc_, r_, sq, 4)
+        jv = jax.jacfwd(lambda v: _crossing_system(v, sq, zc_, r_))(v)
         jp = jax.jacfwd(lambda sq: _crossing_system(v, sq, zc_, r_))(sq)
         dv = -jnp.linalg.solve(jv, jp)
         moved = jnp.abs(jnp.mod(v[0] - th + jnp.pi, 2.0 * jnp.pi) - jnp.pi)
@@ -553,7 +559,7 @@ def _crossing_sensitivity(theta_c: Array, z_cross: Array, zc: Array, r: Array, s
 
     b = lambda a: jnp.broadcast_to(a[:, None], theta_c.shape)  # noqa: E731
     fn = jax.vmap(jax.vmap(one))
-    return fn(theta_c, zm, b(zc), b(r), b(s), b(q))
+    return fn(theta_c, _pair_midpoint(z_cross), b(zc), b(r), b(s), b(q))
 
 
 def _uniform_panels(ncross: Array, n_panels: int) -> dict:
