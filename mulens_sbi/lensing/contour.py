@@ -509,12 +509,11 @@ def _crossings(zc, r, s, q, z_c, cau=None):
     # quadrature nodes are checked on their own, so keep going but refuse the circle if it happened
     ok = ok & ~jnp.any(loc["bad"] & valid, axis=1)
     theta_c = jnp.where(valid, loc["theta_c"], 10.0 * jnp.pi)
-    # the located crossings must keep the order of their brackets, strictly (a polish that landed on
-    # a neighbouring crossing of a cusp's pair would leave an arc of zero length)
-    later = jnp.concatenate([theta_c[:, 1:], theta_c[:, :1] + 2.0 * jnp.pi], axis=1)
-    follows = jnp.arange(MAX_CROSS)[None, :] < (ncross - 1)[:, None]
-    ok = ok & ~jnp.any(follows & ~(later - theta_c > 0.0), axis=1)
-    ok = ok & ~jnp.any((ncross > 0)[:, None] & valid & ~(theta_c[:, :1] + 2.0 * jnp.pi > theta_c), axis=1)
+    # the located crossings must keep the order of their brackets, strictly: every arc (crossing a
+    # to the next) must end after it starts (a polish that landed on a neighbouring crossing of a
+    # cusp's pair would leave an arc of zero length)
+    ta, tb = _arc_bounds(theta_c, jnp.broadcast_to(jnp.arange(MAX_CROSS), theta_c.shape), ncross)
+    ok = ok & ~jnp.any(valid & ~(tb > ta), axis=1)
     # a crossing that neither the secant steps nor the fold polish located to rounding level is
     # known only to the residual test's resolution (~1e-7 θ_E in the source plane, up to 1e-3 rad
     # on a small circle): next to it the endpoint substitution misplaces the square-root
@@ -583,6 +582,14 @@ def _arc_end(arc: Array, ncross: Array) -> Array:
     return jnp.minimum(jnp.where(arc + 1 < ncross[:, None], arc + 1, 0), MAX_CROSS - 1)
 
 
+def _arc_bounds(theta_c: Array, arc: Array, ncross: Array) -> tuple[Array, Array]:
+    """Start and end angles ``(θ_a, θ_b)`` (K, …) of the arcs ``arc``: from crossing ``a`` to the
+    next, the last arc ending at crossing 0 plus 2π."""
+    ta = jnp.take_along_axis(theta_c, arc, 1)
+    tb = jnp.take_along_axis(theta_c, _arc_end(arc, ncross), 1)
+    return ta, jnp.where(arc + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
+
+
 def _agree(mag: Array, good: Array, before: Array, before_good: Array) -> Array:
     """Two successive evaluations (both from certified nodes) that agree within REL_TOL: counted as
     converged, since ``|K15 − G7|`` over-estimates the K15 error by orders of magnitude here."""
@@ -597,9 +604,7 @@ def _nodes(theta_c: Array, ncross: Array, panels: dict) -> tuple[Array, Array]:
     periodic arc ``θ = 2πu``.
     """
     arc, width = panels["arc"], panels["width"]
-    ta = jnp.take_along_axis(theta_c, arc, 1)
-    tb = jnp.take_along_axis(theta_c, _arc_end(arc, ncross), 1)
-    tb = jnp.where(arc + 1 < ncross[:, None], tb, tb + 2.0 * jnp.pi)
+    ta, tb = _arc_bounds(theta_c, arc, ncross)
     u = panels["u_lo"][..., None] + width[..., None] * (0.5 * (jnp.asarray(GK_X) + 1.0))  # (K, P, 15)
     du = 0.5 * width[..., None]
     crossing = (ncross > 0)[:, None, None]
