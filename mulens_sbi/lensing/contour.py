@@ -23,15 +23,19 @@ Method, per source circle:
    between the circle's intersections with the sampled caustic polyline (so that a crossing pair
    closer together than the uniform spacing, e.g. a cusp poking in, is still straddled), give the
    number of images per sample (roots warm-started from the point-source roots at the centre by
-   Ehrlich–Aberth steps, each certified — see :func:`_solve_warm`). Each change of the count
-   brackets a caustic crossing, which is bisected and then located to rounding level by secant
-   steps on the merging pair's discriminant ``(z_a − z_b)²`` (the residual test behind the counts
-   cannot resolve a crossing closer than ~1e-7 θ_E in the source plane). Where rounding noise in
+   Newton and Ehrlich–Aberth steps, each certified — see :func:`_solve_warm`). Each change of the
+   count brackets a caustic crossing. Newton's method on the fold conditions from the bracket
+   (:func:`_fold_locate`) locates most of them directly; the others are bisected and then located
+   to rounding level by secant steps on the merging pair's discriminant ``(z_a − z_b)²`` (the
+   residual test behind the counts cannot resolve a crossing closer than ~1e-7 θ_E in the source
+   plane). Where rounding noise in
    the ill-conditioned polynomial keeps the secant from converging, Newton's method on the fold
    conditions of the lens equation (:func:`_fold_newton`) polishes the crossing instead; a circle
    with a crossing located by neither, or whose crossings lose their order, is refused. On each
    arc the image count is then known, and the images at a node are the roots with the smallest
    residuals.
+   A circle without crossings first tries the trapezoid rule on its uniform samples
+   (:func:`_trapezoid`); only the circles it cannot certify go on to the quadrature below.
 2. *Quadrature.* Between consecutive crossings ``θ_a < θ_b`` the substitution
    ``θ = θ_a + (θ_b − θ_a)·(1 − cos πu)/2`` makes the integrand analytic in ``u`` (the square-root
    singularities become regular), and each arc is split into equal ``u`` panels integrated with the
