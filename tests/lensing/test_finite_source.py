@@ -210,3 +210,47 @@ def test_contour_path_derivatives_match_finite_differences():
         diff, simpson = _simpson_check(a[rows, 0], g[rows], p0, dl)
         assert abs(diff) > 2e-3 * a[rows, 0].mean()  # 20 times the values' 1e-4 tolerance
         assert abs(simpson - diff) <= 2e-3 * abs(diff), (rows, diff, simpson)
+
+
+def test_trapezoid_stage_against_gauss_kronrod_and_differences():
+    """Circles without crossings that the trapezoid stage accepts (``contour._trapezoid``): the value
+    against 64 Gauss–Kronrod panels on the same circle (an independent rule; tolerance 1e-7
+    relative, the stage's own test asks 1e-5 between its rules), and the s and q derivatives of the
+    rule against central differences of the Gauss–Kronrod value (step 1e-5 relative; tolerance 1e-3
+    relative, the derivatives' own target). Circles at 1.3–3 radii from a caustic sample of a
+    planetary lens, r = 1e-3, fixed seed; circles 0.02·r from it are left to the levels (by the
+    convergence test here; the clearance condition is what regression row 51 above checks).
+    Loosening the stage's tolerance to 1e-2 fails the value check (2e-5)."""
+    s, q, r = 1.1, 1e-3, 1e-3
+    rng = np.random.default_rng(11)
+    cau = np.asarray(caustics(s, q, 256)).ravel()
+    c = cau[rng.integers(cau.size, size=24)]
+    dist = np.concatenate([np.full(4, 1.02), rng.uniform(1.3, 3.0, 20)]) * r
+    zc_com = c + dist * np.exp(2j * np.pi * rng.uniform(size=24))
+    zc = zc_com + s / (1.0 + q)  # solver frame
+    k = zc.size
+    jnp = jax.numpy
+    zc, ss, qq, rr = jnp.asarray(zc), jnp.full(k, s), jnp.full(k, q), jnp.full(k, r)
+    from mulens_sbi.lensing import point_source
+
+    z_c, conv = jax.jit(point_source.solve_points)(zc, ss, qq)
+    assert np.all(conv)
+    cr = jax.jit(contour._crossings)(zc, rr, ss, qq, z_c)
+    trap = jax.jit(functools.partial(contour._trapezoid, derivs=True))
+    value, ok, extra = trap(zc, rr, ss, qq, cr)
+    value, ok = np.asarray(value), np.asarray(ok)
+    level = jax.jit(lambda s_, q_: contour._level(zc, rr, s_, q_, cr, 2)[0])
+    gk = lambda s_, q_: np.asarray(level(s_, q_))  # noqa: E731
+    ref = gk(ss, qq)
+    assert ok[4:].sum() >= 10, ok
+    assert not ok[:4].any(), "circles 0.02 r from the caustic must go on to the Gauss–Kronrod levels"
+    assert np.max(np.abs(value[ok] / ref[ok] - 1.0)) < 1e-7
+    d_ok = ok & np.asarray(extra["d_conv"])
+    assert d_ok.sum() >= 5
+    for j, (x, h) in enumerate(((ss, 1e-5 * s), (qq, 1e-5 * q))):
+        up = gk(ss + h, qq) if j == 0 else gk(ss, qq + h)
+        down = gk(ss - h, qq) if j == 0 else gk(ss, qq - h)
+        fd = (up - down) / (2 * h)
+        ad = np.asarray(extra["d_sq"])[:, j]
+        scale = np.abs(fd) + 1e-4 * ref / np.asarray(x)  # the value's tolerance, carried over
+        assert np.max(np.abs(ad - fd)[d_ok] / scale[d_ok]) < 1e-3
