@@ -470,11 +470,11 @@ def _locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
     # residual test behind the bisection can sit ~1e-5 rad off the crossing: the crossing is then
     # polished by Newton's method on the fold conditions of the lens equation itself
     # (:func:`_crossing_system`), which are well conditioned there.
-    theta_n, moved = _fold_newton(t2, z_sec, zc, r, s, q)
-    polished = (c0[0] & c0[1] & jnp.isfinite(theta_n) & (moved * r <= FOLD_STEP * (1.0 + jnp.abs(zc)))
-                & (jnp.abs(theta_n - mid) < width))
+    z_mid = _pair_midpoint(z_sec)
+    theta_n, _, converged = _fold_newton(t2, z_mid, zc, r, s, q, N_FOLD_NEWTON)
+    polished = c0[0] & c0[1] & converged & (jnp.abs(theta_n - mid) < width)
     theta_c = jnp.where(refined, t2, jnp.where(polished, theta_n, mid))
-    return dict(lo=lo, hi=hi, z_lo=z_lo, z_hi=z_hi, bad=bad, theta_c=theta_c, z_cross=_pair_midpoint(z_sec),
+    return dict(lo=lo, hi=hi, z_lo=z_lo, z_hi=z_hi, bad=bad, theta_c=theta_c, z_cross=z_mid,
                 refined=refined | polished)
 
 
@@ -497,16 +497,19 @@ def _pair_midpoint(z: Array) -> Array:
     return 0.5 * (za + zb)
 
 
-def _fold_newton(th: Array, z: Array, zc: Array, r: Array, s: Array, q: Array) -> tuple[Array, Array]:
-    """Newton's method on the fold conditions (:func:`_crossing_system`) from angles ``th`` (P,) and
-    the midpoint of the closest pair of the roots ``z`` (P, 5) there. Returns the crossing angles
-    and the size of the last angle step (rad; rounding level once converged)."""
+def _fold_newton(th: Array, z: Array, zc: Array, r: Array, s: Array, q: Array, steps: int
+                 ) -> tuple[Array, Array, Array]:
+    """``steps`` Newton steps on the fold conditions (:func:`_crossing_system`) of P circles from
+    angles ``th`` (P,) and points ``z`` (P,) next to the critical point (solver frame). Returns the
+    crossing angles, the critical points and ``converged``: the angle is finite and its last step,
+    in the source plane, at most ``FOLD_STEP·(1 + |centre|)`` (rounding level)."""
 
     def one(th_, z_, zc_, r_, s_, q_):
-        v, step = _fold_solve(th_, z_, zc_, r_, jnp.stack([s_, q_]), N_FOLD_NEWTON)
-        return v[0], jnp.abs(step[0])
+        v, step = _fold_solve(th_, z_, zc_, r_, jnp.stack([s_, q_]), steps)
+        return v[0], v[1] + 1j * v[2], jnp.abs(step[0])
 
-    return jax.vmap(one)(th, _pair_midpoint(z), zc, r, s, q)
+    th, zcrit, moved = jax.vmap(one)(th, z, zc, r, s, q)
+    return th, zcrit, jnp.isfinite(th) & (moved * r <= FOLD_STEP * (1.0 + jnp.abs(zc)))
 
 
 def _fold_locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
@@ -519,23 +522,16 @@ def _fold_locate(zc, r, s, q, lo, hi, z_lo, z_hi, n_lo, n_hi):
     critical points and ``refined``; the others are left to the bisection (:func:`_locate`)."""
     mid = 0.5 * (lo + hi)
     more = (n_lo >= n_hi)[:, None]
-    best = None
-    for start in (jnp.where(more, z_lo, z_hi), jnp.where(more, z_hi, z_lo)):
 
-        def one(th_, z_, zc_, r_, s_, q_):
-            v, step = _fold_solve(th_, z_, zc_, r_, jnp.stack([s_, q_]), N_FOLD_LOCATE)
-            return v[0], v[1] + 1j * v[2], jnp.abs(step[0])
+    def attempt(z_end):
+        th, zcrit, converged = _fold_newton(mid, _pair_midpoint(z_end), zc, r, s, q, N_FOLD_LOCATE)
+        return th, zcrit, converged & jnp.isfinite(zcrit) & (th > lo) & (th < hi)
 
-        th, zcrit, moved = jax.vmap(one)(mid, _pair_midpoint(start), zc, r, s, q)
-        ok = (jnp.isfinite(th) & jnp.isfinite(zcrit) & (moved * r <= FOLD_STEP * (1.0 + jnp.abs(zc)))
-              & (th > lo) & (th < hi))
-        if best is None:
-            best = (th, zcrit, ok)
-        else:
-            keep = best[2]
-            best = (jnp.where(keep, best[0], th), jnp.where(keep, best[1], zcrit), keep | ok)
-    th, zcrit, ok = best
-    return dict(theta_c=jnp.where(ok, th, mid), z_cross=zcrit, refined=ok)
+    th1, z1, ok1 = attempt(jnp.where(more, z_lo, z_hi))
+    th2, z2, ok2 = attempt(jnp.where(more, z_hi, z_lo))
+    ok = ok1 | ok2
+    th = jnp.where(ok1, th1, th2)
+    return dict(theta_c=jnp.where(ok, th, mid), z_cross=jnp.where(ok1, z1, z2), refined=ok)
 
 
 def _crossings(zc, r, s, q, z_c, cau=None):
