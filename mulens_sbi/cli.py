@@ -71,6 +71,16 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
         "--overwrite", action="store_true", help="delete an existing simulation in --out and start again"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--condition",
+        choices=("caustic-crossing",),
+        default=None,
+        help="draw from the prior conditioned on an event class: 'caustic-crossing' = q < --q-max and >= 1 "
+        "data point with the source inside a caustic (exact rejection with a geometric pre-filter; the "
+        "acceptance, i.e. the class probability, is recorded in the shards)",
+    )
+    p.add_argument("--q-max", type=float, default=0.01,
+                   help="mass-ratio bound with --condition (default 0.01)")
 
 
 def _simulate_run(args: argparse.Namespace) -> int:
@@ -85,6 +95,8 @@ def _simulate_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        condition=args.condition,
+        q_max=args.q_max,
     )
     s = run_simulation(settings)
     print(
@@ -92,6 +104,15 @@ def _simulate_run(args: argparse.Namespace) -> int:
         f"({s.shards_made} made, {s.shards_reused} reused) in {s.wall_s:.1f} s, "
         f"peak memory {s.peak_rss_mb:.0f} MiB, {s.n_unsolved_points} unsolved points"
     )
+    if args.condition:
+        from mulens_sbi.simulate import condition_stats
+
+        c = condition_stats(s.out)
+        print(
+            f"condition {c['condition']} (q < {c['q_max']}): {c['n_accepted']} of {c['n_candidates']} prior "
+            f"candidates ({c['n_prefiltered']} simulated after the pre-filter); class probability "
+            f"{c['probability']:.5f} ± {c['probability_se']:.5f}"
+        )
     return 0
 
 
@@ -139,6 +160,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-from", default=None, metavar="MODEL",
                    help="warm start (fine-tune) from this model folder's weights with a fresh schedule; the "
                         "network and the simulation folder must be the same")
+    p.add_argument("--enrich", default=None, metavar="DIR",
+                   help="a `mulens-sbi simulate --condition` folder of the same spec: rows of that rare "
+                        "class make up --enrich-fraction of each batch, weighted back to the prior (the "
+                        "target posterior is unchanged)")
+    p.add_argument("--enrich-fraction", type=float, default=0.25,
+                   help="share of each batch drawn from --enrich (default 0.25; in (0, 1))")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -158,6 +185,8 @@ def _train_run(args: argparse.Namespace) -> int:
         stop=args.stop,
         overwrite=args.overwrite,
         init_from=args.init_from,
+        enrich=args.enrich,
+        enrich_fraction=args.enrich_fraction,
         progress=not args.no_progress,
     )
     try:
@@ -180,6 +209,10 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=_positive_int, default=1000, help="number of events (default 1000)")
     p.add_argument("--n-samples", type=_positive_int, default=500, help="posterior samples per event")
     p.add_argument("--holdout-shards", type=_positive_int, default=5, help="held-out shards in --data")
+    p.add_argument("--caustic-data", default=None, metavar="DIR",
+                   help="a `mulens-sbi simulate --condition caustic-crossing` folder (not used in training): "
+                        "the caustic-crossing figure is measured on its events instead of on the few "
+                        "caustic crossings among the --n events")
     p.add_argument("--out", default=None, help="output folder (default: the model folder)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling / simulation seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing validation outputs")
@@ -191,7 +224,8 @@ def _validate_run(args: argparse.Namespace) -> int:
 
     settings = ValidateSettings(model=args.model, data=args.data, n=args.n, n_samples=args.n_samples,
                                 out=args.out, seed=args.seed, holdout_shards=args.holdout_shards,
-                                overwrite=args.overwrite, progress=not args.no_progress)
+                                caustic_data=args.caustic_data, overwrite=args.overwrite,
+                                progress=not args.no_progress)
     try:
         run_validation(settings)
     except FileExistsError as exc:

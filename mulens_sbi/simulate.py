@@ -51,7 +51,7 @@ _SERIES_TYPES = {
     "site": pa.int8(),
 }
 #: settings that must match for a resume
-_RESUME_KEYS = ("format_version", "spec_sha256", "seed", "n", "shard_size", "batch_size")
+_RESUME_KEYS = ("format_version", "spec_sha256", "seed", "n", "shard_size", "batch_size", "condition")
 
 
 class OutputExistsError(RuntimeError):
@@ -70,6 +70,11 @@ class SimulateSettings:
     batch_size: int = 128
     overwrite: bool = False
     progress: bool = True
+    #: draw from the prior conditioned on an event class (see :mod:`mulens_sbi.conditioned`);
+    #: None: plain prior draws
+    condition: str | None = None
+    #: mass-ratio bound of the planetary class (with ``condition``)
+    q_max: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -194,9 +199,21 @@ def shard_rows(n: int, shard_size: int, index: int) -> int:
     return min(shard_size, n - index * shard_size)
 
 
-def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, batch_size: int) -> pa.Table:
-    """Simulate shard ``index`` and return it as an arrow table (one row per light curve)."""
-    data = simulate_lightcurves(survey, shard_rng(seed, index), n_rows, batch_size=batch_size)
+def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, batch_size: int,
+               condition: dict | None = None) -> pa.Table:
+    """Simulate shard ``index`` and return it as an arrow table (one row per light curve).
+
+    With ``condition`` (``{"condition": name, "q_max": float}``) the rows are prior draws conditioned
+    on that event class (:func:`mulens_sbi.conditioned.simulate_conditioned`), and the table's
+    schema metadata holds the shard's candidate / pre-filter / acceptance counts."""
+    stats = None
+    if condition is None:
+        data = simulate_lightcurves(survey, shard_rng(seed, index), n_rows, batch_size=batch_size)
+    else:
+        from mulens_sbi.conditioned import simulate_conditioned
+        data, stats = simulate_conditioned(survey, shard_rng(seed, index), n_rows,
+                                           condition=condition["condition"], q_max=condition["q_max"],
+                                           batch_size=batch_size)
     cols: dict[str, pa.Array] = {
         "index": pa.array(np.arange(first_index, first_index + n_rows, dtype=np.int64))
     }
@@ -209,7 +226,34 @@ def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, bat
             cols[key] = pa.FixedSizeListArray.from_arrays(flat, n_pts)
         else:
             cols[key] = pa.array(val)
-    return pa.table(cols)
+    table = pa.table(cols)
+    if stats is not None:
+        table = table.replace_schema_metadata({"condition_stats": json.dumps(asdict(stats))})
+    return table
+
+
+def condition_stats(out: str | Path) -> dict | None:
+    """The summed condition counts of a conditioned simulation folder (None for a plain one):
+    ``n_candidates``, ``n_prefiltered``, ``n_accepted``, ``probability`` (accepted / candidates, the
+    class probability under the prior) and its standard error (lenses as clusters, see
+    :func:`mulens_sbi.conditioned.probability_se`)."""
+    out = Path(out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    if not manifest.get("condition"):
+        return None
+    tot = {"n_candidates": 0, "n_prefiltered": 0, "n_accepted": 0, "n_lenses": 0, "sum_sq_per_lens": 0}
+    for f in sorted(out.glob(SHARD_GLOB)):
+        meta = pq.read_schema(f).metadata or {}
+        if b"condition_stats" not in meta:
+            raise ValueError(f"{f}: a shard of a conditioned simulation without its condition_stats")
+        for k, v in json.loads(meta[b"condition_stats"]).items():
+            tot[k] = tot.get(k, 0) + int(v)
+    from mulens_sbi.conditioned import probability_se
+
+    p = tot["n_accepted"] / max(tot["n_candidates"], 1)
+    se = probability_se(tot["n_candidates"], tot["n_accepted"], tot["n_lenses"], tot["sum_sq_per_lens"])
+    return {**tot, "condition": manifest["condition"], "q_max": manifest.get("q_max"), "probability": p,
+            "probability_se": se}
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -291,6 +335,17 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
     t_start = time.perf_counter()
     survey = Survey.load(settings.survey)
     spec = survey.spec
+    cond = None
+    if settings.condition is not None:
+        from mulens_sbi.conditioned import CONDITIONS
+        if settings.condition not in CONDITIONS:
+            raise ValueError(f"condition must be one of {CONDITIONS}, got {settings.condition!r}")
+        if spec.model.lens != "binary":
+            raise ValueError(f"{spec.path}: --condition {settings.condition} needs a binary-lens spec "
+                             f"(model.lens = 'binary'), got {spec.model.lens!r}")
+        if not 0.0 < settings.q_max <= 1.0:
+            raise ValueError(f"q_max must be in (0, 1], got {settings.q_max}")
+        cond = {"condition": settings.condition, "q_max": settings.q_max}
     out = Path(settings.out)
     n_shards = -(-settings.n // settings.shard_size)
     manifest = {
@@ -306,6 +361,8 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
         "batch_size": settings.batch_size,
         "n_shards": n_shards,
         "n_points": survey.n_points,
+        "condition": settings.condition,
+        "q_max": settings.q_max if settings.condition else None,
         "parameters": list(spec.sampled_parameters()),
         "versions": {
             "mulens_sbi": __version__,
@@ -344,7 +401,8 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
     ) as bar:
         for i in todo:
             rows = shard_rows(settings.n, settings.shard_size, i)
-            table = make_shard(survey, settings.seed, i, rows, i * settings.shard_size, settings.batch_size)
+            table = make_shard(survey, settings.seed, i, rows, i * settings.shard_size, settings.batch_size,
+                               cond)
             n_unsolved += int(np.asarray(table["n_unsolved"]).sum())
             _write_atomic(out / shard_name(i), lambda p, tb=table: pq.write_table(tb, p, compression="zstd"))
             bar.update(rows)

@@ -79,6 +79,10 @@ class TrainSettings:
         overwrite: replace an existing model in ``out`` / restart the checkpoint.
         init_from: warm start from this model folder's weights (fine-tuning with a fresh schedule;
             same network and simulation folder); None trains from a random initialization.
+        enrich: a ``mulens-sbi simulate --condition`` folder of the same spec (rare-event class,
+            e.g. caustic crossings): each training row comes from it with probability
+            ``enrich_fraction`` and is weighted back to the prior (see :class:`MixtureSimulator`).
+        enrich_fraction: the mixture weight λ of the enrichment rows (0 < λ < 1).
         progress: show progress bars.
     """
 
@@ -100,6 +104,8 @@ class TrainSettings:
     stop: bool = False
     overwrite: bool = False
     init_from: str | None = None
+    enrich: str | None = None
+    enrich_fraction: float = 0.25
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,11 +204,17 @@ def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path |
 # noise on the fly
 
 
-def accepted_rows(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> tuple[dict[str, np.ndarray], int]:
-    """The pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept (at least
-    ``min_points`` points in the view and ``min_cells`` filled cells), and how many were dropped."""
+def accepted_mask(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
+    """(rows,) bool: the pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept
+    (at least ``min_points`` points in the view and ``min_cells`` filled cells)."""
     cnt = binned["count"]
-    keep = (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
+    return (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
+
+
+def accepted_rows(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> tuple[dict[str, np.ndarray], int]:
+    """The pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept (see
+    :func:`accepted_mask`), and how many were dropped."""
+    keep = accepted_mask(binned, cfg)
     n_drop = int((~keep).sum())
     if not n_drop:
         return binned, 0
@@ -243,6 +255,79 @@ class BinnedSimulator:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(self), size=n)
         return self.rows(idx, rng)
+
+
+class MixtureSimulator:
+    """Rows of a prior set (probability ``1 − λ``) and of a class-conditioned set (``λ``), with the
+    loss weights that make the mixture's expected loss the prior's.
+
+    The training distribution is ``p_mix = (1 − λ)·p + λ·p(·|C)``, with ``p(·|C) = p·1_C / P(C)``,
+    so the density ratio of a row is ``w = p / p_mix = 1 / ((1 − λ) + λ·1_C / P(C))``: it needs the
+    class flag ``1_C`` of every prior row (prior rows that happen to be in the class get the class
+    weight) and the class probability ``P(C)`` (the conditioned simulation's acceptance). Under the
+    mixture ``E[w] = 1`` and ``E[w·ℓ] = E_p[ℓ]``: the objective, hence the posterior it targets, is
+    unchanged; what changes is that the class is seen in ``λ`` of the rows (many distinct light
+    curves, each with a small weight) instead of in ``P(C)`` of them (a few, seen many times).
+    """
+
+    def __init__(self, base: BinnedSimulator, base_in_class: np.ndarray, enrich: BinnedSimulator,
+                 fraction: float, p_class: float):
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"enrich_fraction must be in (0, 1), got {fraction}")
+        if not 0.0 < p_class < 1.0:
+            raise ValueError(f"the class probability must be in (0, 1), got {p_class}")
+        self.base, self.enrich, self.fraction, self.p_class = base, enrich, fraction, p_class
+        self.w_class = 1.0 / ((1.0 - fraction) + fraction / p_class)
+        self.w_other = 1.0 / (1.0 - fraction)
+        self.w_base = np.where(np.asarray(base_in_class, bool), self.w_class, self.w_other).astype(np.float32)
+
+    def __call__(self, key, n: int):
+        seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                          else key).astype(np.uint32).tolist()
+        rng = np.random.default_rng(seed)
+        from_enrich = rng.random(n) < self.fraction
+        i_base = rng.integers(0, len(self.base), size=n)
+        i_enr = rng.integers(0, len(self.enrich), size=n)
+        e = from_enrich[:, None]
+        theta = np.where(e, self.enrich.theta[i_enr], self.base.theta[i_base])
+        mean = np.where(e, self.enrich.mean[i_enr], self.base.mean[i_base])
+        err = np.where(e, self.enrich.err[i_enr], self.base.err[i_base])
+        count = np.where(e, self.enrich.count[i_enr], self.base.count[i_base])
+        noise = rng.standard_normal(mean.shape, dtype=np.float32)
+        x = self.base._net(_noisy(mean, err, noise), err, count)
+        w = np.where(from_enrich, self.w_class, self.w_base[i_base]).astype(np.float32)
+        return jnp.asarray(theta), x, jnp.asarray(w)
+
+
+def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Path | None = None,
+                progress: bool = True) -> np.ndarray:
+    """(rows,) bool: which rows of the shards are in the class (for ``caustic-crossing``: q < q_max
+    and >= 1 used data point with the source inside a caustic), cached like the pre-binned set."""
+    from mulens_sbi.validation import caustic_crossing
+
+    if condition != "caustic-crossing":
+        raise ValueError(f"unknown condition {condition!r}")
+    key = hashlib.sha256(json.dumps({"condition": condition, "q_max": q_max, "files": [f.name for f in files],
+                                     "sizes": [f.stat().st_size for f in files]}, sort_keys=True
+                                    ).encode()).hexdigest()[:16]
+    if cache is not None and Path(cache).exists():
+        z = np.load(cache)
+        if str(z["key"]) == key:
+            return z["flags"]
+    parts = []
+    for f in tqdm(files, desc=f"{condition} flags", disable=not progress):
+        d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
+        flag = np.zeros(d["t"].shape[0], bool)
+        sel = np.flatnonzero(d["q"] < q_max)
+        if sel.size:
+            flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel], {k: d[k][sel] for k in PHYSICAL_NAMES})
+        parts.append(flag)
+    flags = np.concatenate(parts)
+    if cache is not None:
+        tmp = Path(str(cache) + ".tmp.npz")
+        np.savez(tmp, key=np.array(key), flags=flags)
+        tmp.rename(cache)
+    return flags
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,6 +384,10 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     cache = settings.binned_cache or str(ckdir / "binned_train.npz")
     t0 = time.perf_counter()
     binned = prepare_binned(train_files, settings.preprocess, cache, settings.progress)
+    enrich = None
+    if settings.enrich:
+        enrich = _enrichment(settings, spec, manifest, train_files, ckdir)
+        binned["in_class"] = enrich["base_flags"]
     # train only on light curves that inference would accept (preprocess refuses fewer than
     # min_points points in the view or fewer than min_cells filled cells): otherwise the network
     # spends capacity on inputs it is never given (7% of a KMTNet set)
@@ -323,6 +412,22 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         init_post = load_posterior(settings.init_from)
         space = _warm_start_space(space, init_post.space, settings.init_from)
     sim = BinnedSimulator(tr, settings.preprocess)
+    data_info = None
+    if enrich is not None:
+        # the class probability among the rows inference accepts (both sets are filtered alike)
+        p_acc_base = n / (n + n_refused)
+        p_class = enrich["stats"]["probability"] * enrich["accepted_frac"] / p_acc_base
+        sim = MixtureSimulator(sim, tr["in_class"], BinnedSimulator(enrich["binned"], settings.preprocess),
+                               settings.enrich_fraction, p_class)
+        data_info = {"enrich": str(settings.enrich), "enrich_fraction": settings.enrich_fraction,
+                     "condition": enrich["stats"], "p_class_accepted_rows": p_class,
+                     "n_enrich_rows": int(enrich["binned"]["theta_net"].shape[0]),
+                     "n_base_rows_in_class": int(tr["in_class"].sum()),
+                     "weight_class": sim.w_class, "weight_other": sim.w_other}
+        log(f"enrichment: {data_info['n_enrich_rows']} {enrich['stats']['condition']} rows from "
+            f"{settings.enrich} in {settings.enrich_fraction:.0%} of each batch; class probability "
+            f"{p_class:.5f} ({data_info['n_base_rows_in_class']} of {len(sim.base)} prior rows); weights "
+            f"{sim.w_class:.4f} (class) and {sim.w_other:.4f} (other)")
     val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
                                                        np.random.default_rng([tc.seed, 7]))
     config = NPEConfig(flow=settings.flow, embedding=settings.embedding)
@@ -346,6 +451,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         "preprocess": settings.preprocess.to_dict(), "physical_names": list(PHYSICAL_NAMES),
         "network_names": list(NETWORK_NAMES), "spec_text": spec_text, "hardware": _hardware(),
     }
+    if data_info is not None:
+        provenance["enrichment"] = data_info
     if settings.stop:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
                                   init_post)
@@ -354,7 +461,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
                         resume=not settings.overwrite, overwrite=settings.overwrite,
                         progress=settings.progress, provenance=provenance, on_step=on_step,
-                        init_from=init_post)
+                        init_from=init_post, data_info=data_info)
     except _TimeUp:
         finished = False
     session = time.perf_counter() - start
@@ -376,6 +483,35 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
         f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
     return summary
+
+
+def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list[Path], ckdir: Path
+                ) -> dict[str, Any]:
+    """Read and check an enrichment folder: its pre-binned accepted rows, its condition counts, the
+    class flags of the prior training rows, and the fraction of its rows inference accepts."""
+    from mulens_sbi.simulate import condition_stats
+
+    epath = Path(settings.enrich) / "manifest.json"
+    if not epath.exists():
+        raise FileNotFoundError(f"{epath} not found (--enrich must be a mulens-sbi simulate --condition "
+                                f"folder)")
+    em = json.loads(epath.read_text())
+    if not em.get("condition"):
+        raise ValueError(f"{settings.enrich}: not a conditioned simulation (made without --condition)")
+    if not em.get("complete"):
+        raise ValueError(f"{settings.enrich}: the simulation is not complete (run its command again)")
+    if em.get("spec_sha256") != manifest.get("spec_sha256"):
+        raise ValueError(f"{settings.enrich}: simulated with another survey spec (sha256 "
+                         f"{str(em.get('spec_sha256'))[:12]}… vs {str(manifest.get('spec_sha256'))[:12]}… of "
+                         f"{settings.data})")
+    stats = condition_stats(settings.enrich)
+    files = shard_files(settings.enrich)
+    eb = prepare_binned(files, settings.preprocess, ckdir / "binned_enrich.npz", settings.progress)
+    keep = accepted_mask(eb, settings.preprocess)
+    flags = class_flags(train_files, stats["condition"], float(stats["q_max"]), ckdir / "class_flags.npz",
+                        settings.progress)
+    return {"binned": {k: v[keep] for k, v in eb.items()}, "stats": stats,
+            "accepted_frac": float(keep.mean()), "base_flags": flags}
 
 
 def _warm_start_space(space: ParameterSpace, init_space: ParameterSpace, source: str) -> ParameterSpace:

@@ -89,7 +89,9 @@ def _rows_finite(theta_z, x):
     return ok
 
 
-def _loss(params, theta, x, config: NPEConfig, space: ParameterSpace):
+def _loss(params, theta, x, config: NPEConfig, space: ParameterSpace, weights=None):
+    """Mean of ``-weights · log q(theta | x)`` over the finite rows (weights 1 when None; with an
+    enriched training mixture they are prior / mixture density ratios, mean 1 under the mixture)."""
     model = NPEModel(config, space.dim)
     z = space.to_network(theta)
     ok = _rows_finite(z, x)
@@ -97,6 +99,8 @@ def _loss(params, theta, x, config: NPEConfig, space: ParameterSpace):
     x = jax.tree_util.tree_map(
         lambda a: jnp.where(ok.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype)), x)
     lp = model.apply(params, z, x).astype(jnp.result_type(float))
+    if weights is not None:
+        lp = lp * weights.astype(lp.dtype)
     n_ok = jnp.sum(ok)
     loss = -jnp.sum(jnp.where(ok, lp, 0.0)) / jnp.maximum(n_ok, 1)
     return loss, (n_ok, ok.shape[0] - n_ok)
@@ -106,9 +110,11 @@ def _loss(params, theta, x, config: NPEConfig, space: ParameterSpace):
 # settings share one compilation.
 @functools.partial(jax.jit, static_argnames=("config", "space"))
 def _train_step(params, opt_state, theta, x, lr, clip_norm, weight_decay, config: NPEConfig,
-                space: ParameterSpace):
-    """One AdamW step: clip by global norm, Adam direction, decoupled weight decay, step size lr."""
-    (loss, (_, n_bad)), grads = jax.value_and_grad(_loss, has_aux=True)(params, theta, x, config, space)
+                space: ParameterSpace, weights=None):
+    """One AdamW step: clip by global norm, Adam direction, decoupled weight decay, step size lr
+    (``weights``: per-row loss weights, None for 1)."""
+    (loss, (_, n_bad)), grads = jax.value_and_grad(_loss, has_aux=True)(params, theta, x, config, space,
+                                                                        weights)
     grads, _ = optax.clip_by_global_norm(clip_norm).update(grads, optax.EmptyState())
     direction, opt_state = _direction().update(grads, opt_state, params)
     params = jax.tree_util.tree_map(lambda p, d: p - lr * (d + weight_decay * p).astype(p.dtype),
@@ -188,13 +194,15 @@ def train(
     provenance: dict | None = None,
     on_step: Callable[[int, float], None] | None = None,
     init_from: Posterior | None = None,
+    data_info: dict | None = None,
 ) -> TrainResult:
     """Train q(theta | x); return the posterior with the best validation parameters.
 
     Args:
         space: parameter space (theta from the data is physical; the loss is in network space).
         config: network configuration; train_config: loop settings.
-        simulate: ``simulate(key, n) -> (theta (n, D), x)``; exactly one of simulate / data.
+        simulate: ``simulate(key, n) -> (theta (n, D), x)`` or ``(theta, x, weights (n,))`` (per-row
+            loss weights, e.g. for an enriched mixture); exactly one of simulate / data.
         data: ``(theta (N, D), x)`` arrays; ``val_size`` rows (seeded shuffle) are held out.
         validation_data: with ``simulate``: a fixed ``(theta, x)`` validation set (e.g. rows held out of
             a stored training set) used instead of ``simulate(k_val, val_size)``; its first ``val_size``
@@ -210,6 +218,8 @@ def train(
         init_from: warm start (fine-tuning): begin from this trained posterior's weights instead of a
             random initialization, with a fresh optimizer and schedule. Its network configuration and
             parameter space must equal ``config`` and ``space`` (an error names the first difference).
+        data_info: JSON-able description of the training data beyond its kind (e.g. an enrichment
+            mixture); part of the checkpoint fingerprint, so a resume with other data is refused.
     """
     if (simulate is None) == (data is None):
         raise ValueError("give exactly one of simulate= or data=")
@@ -247,6 +257,8 @@ def train(
         theta_tr, x_tr = theta_all[tr_idx], _take(x_all, tr_idx)
         n_train = int(tr_idx.shape[0])
         source = {"kind": "arrays", "n_rows": n_all, "val_size": tc.val_size}
+    if data_info:
+        source = {**source, "data": data_info}
     theta_val = jnp.asarray(theta_val)
     x_val = jax.tree_util.tree_map(jnp.asarray, x_val)
 
@@ -322,10 +334,11 @@ def train(
     try:
         while not st["finished"] and st["step"] < tc.max_steps:
             step = st["step"]
-            theta_b, x_b = batch(step)
+            theta_b, x_b, *w_b = batch(step)
             params, opt_state, loss, n_bad = _train_step(
                 params, opt_state, jnp.asarray(theta_b), x_b, jnp.float32(schedule(step)),
-                jnp.float32(tc.clip_norm), jnp.float32(tc.weight_decay), config, space)
+                jnp.float32(tc.clip_norm), jnp.float32(tc.weight_decay), config, space,
+                jnp.asarray(w_b[0], jnp.float32) if w_b else None)
             loss_f = float(loss)
             st["step"] = step + 1
             st["loss_sum"] += loss_f
