@@ -224,3 +224,40 @@ def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
         except ValueError:
             accepted = False
         assert accepted == bool(ok_rule[i]), i
+
+
+def test_training_with_an_enriched_mixture(trained, tmp_path):
+    """``enrich``: a conditioned folder of the same spec joins the batches with the mixture weights
+    (recorded in the model's metadata, with the class probability and the prior rows in the class);
+    a plain folder or one of another spec is refused with the reason."""
+    d, _ = trained
+    spec = str(d / "tiny.toml")
+    simulate_mod.run_simulation(simulate_mod.SimulateSettings(
+        survey=spec, n=40, out=str(tmp_path / "cross"), seed=4, shard_size=40, batch_size=128,
+        progress=False, condition="caustic-crossing"), log=lambda m: None)
+    s = dataclasses.replace(
+        _settings(d), out=str(tmp_path / "enr"), checkpoint_dir=str(tmp_path / "ck"),
+        init_from=str(d / "model"), enrich=str(tmp_path / "cross"), enrich_fraction=0.3,
+        train=dataclasses.replace(_settings(d).train, max_steps=30, learning_rate=1e-4, warmup_steps=5,
+                                  eval_every=15, checkpoint_every=15))
+    out = run_training(s, log=lambda m: None)
+    assert out["finished"] and out["steps"] == 30
+    enr = load_model(str(tmp_path / "enr")).posterior.metadata["provenance"]["enrichment"]
+    cond = simulate_mod.condition_stats(tmp_path / "cross")
+    assert enr["n_enrich_rows"] == 40 and enr["enrich_fraction"] == 0.3
+    assert enr["condition"]["n_accepted"] == cond["n_accepted"] >= 40
+    lam, p = 0.3, enr["p_class_accepted_rows"]
+    assert p == pytest.approx(cond["probability"], rel=0.1)
+    assert enr["weight_class"] == pytest.approx(1 / ((1 - lam) + lam / p))
+    assert enr["weight_other"] == pytest.approx(1 / (1 - lam))
+    with pytest.raises(ValueError, match="not a conditioned simulation"):
+        run_training(dataclasses.replace(s, out=str(tmp_path / "x"), checkpoint_dir=str(tmp_path / "ck2"),
+                                         enrich=str(d / "sim")), log=lambda m: None)
+    other = tmp_path / "other.toml"
+    other.write_text((d / "tiny.toml").read_text() + "\n# another spec\n")
+    simulate_mod.run_simulation(simulate_mod.SimulateSettings(
+        survey=str(other), n=5, out=str(tmp_path / "cross2"), seed=4, shard_size=5, batch_size=128,
+        progress=False, condition="caustic-crossing"), log=lambda m: None)
+    with pytest.raises(ValueError, match="another survey spec"):
+        run_training(dataclasses.replace(s, out=str(tmp_path / "y"), checkpoint_dir=str(tmp_path / "ck3"),
+                                         enrich=str(tmp_path / "cross2")), log=lambda m: None)
