@@ -166,6 +166,15 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                         "target posterior is unchanged)")
     p.add_argument("--enrich-fraction", type=float, default=0.25,
                    help="share of each batch drawn from --enrich (default 0.25; in (0, 1))")
+    p.add_argument("--sharp-weight", type=float, default=1.0,
+                   help="loss weight of light curves with a sharp feature (caustic crossing, cusp "
+                        "approach): a function of the data only, so the target posterior is unchanged "
+                        "(default 1 = off)")
+    p.add_argument("--sharp-threshold", type=float, default=8.0,
+                   help="sharp-feature statistic threshold, in noise units (default 8)")
+    p.add_argument("--patience", type=_nonneg_int, default=10,
+                   help="early stopping after this many evaluations without improvement (0 = off; "
+                        "default 10)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -180,13 +189,16 @@ def _train_run(args: argparse.Namespace) -> int:
         checkpoint_dir=args.checkpoint_dir,
         holdout_shards=args.holdout_shards,
         train=dataclasses.replace(base.train, max_steps=args.max_steps, batch_size=args.batch_size,
-                                  learning_rate=args.learning_rate, seed=args.seed),
+                                  learning_rate=args.learning_rate, seed=args.seed,
+                                  patience=args.patience),
         max_minutes=args.max_minutes,
         stop=args.stop,
         overwrite=args.overwrite,
         init_from=args.init_from,
         enrich=args.enrich,
         enrich_fraction=args.enrich_fraction,
+        sharp_weight=args.sharp_weight,
+        sharp_threshold=args.sharp_threshold,
         progress=not args.no_progress,
     )
     try:

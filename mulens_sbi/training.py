@@ -83,6 +83,10 @@ class TrainSettings:
             e.g. caustic crossings): each training row comes from it with probability
             ``enrich_fraction`` and is weighted back to the prior (see :class:`MixtureSimulator`).
         enrich_fraction: the mixture weight λ of the enrichment rows (0 < λ < 1).
+        sharp_weight: loss weight H >= 1 of light curves with a sharp feature (see
+            :func:`sharp_feature`; a function of the network input only, so the posterior the loss
+            targets is unchanged); 1 = off.
+        sharp_threshold: the feature statistic's threshold (in units of its noise).
         progress: show progress bars.
     """
 
@@ -106,6 +110,8 @@ class TrainSettings:
     init_from: str | None = None
     enrich: str | None = None
     enrich_fraction: float = 0.25
+    sharp_weight: float = 1.0
+    sharp_threshold: float = 8.0
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +261,48 @@ class BinnedSimulator:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(self), size=n)
         return self.rows(idx, rng)
+
+
+@jax.jit
+def sharp_feature(x):
+    """(B,) the largest second difference of the normalized binned flux over three consecutive
+    filled cells, in units of its own noise: ``max |f[i+1] − 2f[i] + f[i−1]| / sqrt(e[i+1]² + 4e[i]² +
+    e[i−1]²)`` on the network input ``x`` (B, n_bins, 4). Pure noise gives ~N(0, 1) per triple;
+    caustic crossings and cusp approaches give tens to thousands. A function of the observed light
+    curve only."""
+    f, e, has = x[..., 1], x[..., 2], x[..., 3] > 0
+    d2 = f[..., 2:] - 2.0 * f[..., 1:-1] + f[..., :-2]
+    v = e[..., 2:] ** 2 + 4.0 * e[..., 1:-1] ** 2 + e[..., :-2] ** 2
+    ok = has[..., 2:] & has[..., 1:-1] & has[..., :-2]
+    z = jnp.where(ok, jnp.abs(d2) / jnp.sqrt(jnp.maximum(v, 1e-30)), 0.0)
+    return jnp.max(z, axis=-1)
+
+
+class SharpEmphasis:
+    """Wraps a simulator: rows whose light curve has a sharp feature (:func:`sharp_feature` above
+    ``threshold``) get loss weight ``weight`` (H), the others 1 (times the wrapped simulator's own
+    weights, if any).
+
+    Why this leaves the posterior unchanged: the loss becomes ``E_p[h(x)·(−log q(θ|x))]`` with
+    ``h > 0`` a function of the data ``x`` alone; for every ``x`` its minimizer over ``q(·|x)`` is
+    still ``p(θ|x)``. What changes is where a finite network spends its capacity: on Roman, 9% of
+    the prior's light curves (binary caustic crossings, cusp approaches, sharp high-magnification
+    peaks) and 84% of the caustic-crossing planetary ones pass the default threshold of 8."""
+
+    def __init__(self, sim, weight: float, threshold: float):
+        if not weight >= 1.0:
+            raise ValueError(f"sharp_weight must be >= 1, got {weight}")
+        if not threshold > 0.0:
+            raise ValueError(f"sharp_threshold must be > 0, got {threshold}")
+        self.sim, self.weight, self.threshold = sim, float(weight), float(threshold)
+
+    def __len__(self) -> int:
+        return len(self.sim)
+
+    def __call__(self, key, n: int):
+        theta, x, *w = self.sim(key, n)
+        h = jnp.where(sharp_feature(x) > self.threshold, self.weight, 1.0).astype(jnp.float32)
+        return theta, x, (w[0] * h if w else h)
 
 
 class MixtureSimulator:
@@ -428,6 +476,12 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
             f"{settings.enrich} in {settings.enrich_fraction:.0%} of each batch; class probability "
             f"{p_class:.5f} ({data_info['n_base_rows_in_class']} of {len(sim.base)} prior rows); weights "
             f"{sim.w_class:.4f} (class) and {sim.w_other:.4f} (other)")
+    if settings.sharp_weight != 1.0:
+        sim = SharpEmphasis(sim, settings.sharp_weight, settings.sharp_threshold)
+        data_info = {**(data_info or {}), "sharp_weight": settings.sharp_weight,
+                     "sharp_threshold": settings.sharp_threshold}
+        log(f"sharp-feature emphasis: light curves with sharp_feature > {settings.sharp_threshold:g} "
+            f"weighted {settings.sharp_weight:g}")
     val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
                                                        np.random.default_rng([tc.seed, 7]))
     config = NPEConfig(flow=settings.flow, embedding=settings.embedding)

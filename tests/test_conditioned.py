@@ -209,3 +209,67 @@ def test_simulate_cli_condition_records_and_refuses_a_mixed_resume(spec_path, tm
     with pytest.raises(SystemExit):
         main(["simulate", "--survey", str(spec_path), "--n", "4", "--out", str(tmp_path / "x"),
               "--condition", "binary"])
+
+
+def test_weights_that_depend_on_the_data_only_leave_the_posterior_unchanged():
+    """The principle behind ``SharpEmphasis``, on a conjugate model with an analytic posterior:
+    theta ~ N(0, 1), x = theta + N(0, 1), so p(theta | x) = N(x/2, 1/2). A Gaussian q(theta | x) =
+    N(a·x + b, v) fitted by weighted maximum likelihood (weighted least squares) recovers a = 1/2,
+    b = 0, v = 1/2 with weights h(x) (20 where |x| > 1.5), and does not with weights h(theta)."""
+    rng = np.random.default_rng(0)
+    n = 400_000
+    theta = rng.normal(size=n)
+    x = theta + rng.normal(size=n)
+
+    def fit(w):
+        A = np.stack([x, np.ones(n)], axis=1)
+        coef = np.linalg.solve(A.T @ (w[:, None] * A), A.T @ (w * theta))
+        v = np.sum(w * (theta - A @ coef) ** 2) / np.sum(w)
+        return coef[0], coef[1], v
+
+    for w in (np.ones(n), np.where(np.abs(x) > 1.5, 20.0, 1.0)):
+        a, b, v = fit(w)
+        assert a == pytest.approx(0.5, abs=0.01) and abs(b) < 0.01 and v == pytest.approx(0.5, abs=0.01)
+    a, b, v = fit(np.where(np.abs(theta) > 1.5, 20.0, 1.0))   # a function of theta: biased
+    assert abs(a - 0.5) > 0.1 or abs(v - 0.5) > 0.1
+
+
+def test_sharp_feature_statistic_and_emphasis_weights():
+    from mulens_sbi.training import SharpEmphasis, sharp_feature
+
+    rng = np.random.default_rng(3)
+    n_bins, b = 512, 200
+    err = np.full((b, n_bins), 0.01)
+    flat = 0.3 + err * rng.normal(size=(b, n_bins))
+    has = np.ones((b, n_bins))
+    has[:, ::7] = 0.0          # empty cells are skipped, not read
+    flat[:, ::7] = 50.0
+
+    def net(f):
+        m = f.shape[0]
+        return jnp.asarray(np.stack([np.zeros_like(f), f, err[:m], has[:m]], axis=-1), jnp.float32)
+
+    z = np.asarray(sharp_feature(net(flat)))
+    # noise only: the maximum of ~300 |N(0, 1)| values (third-order neighbours correlated)
+    assert np.all(z < 6.0) and 2.0 < np.median(z) < 4.5
+    # a smooth curve (curvature well under the noise) stays low; a jump of 0.5 (z ≈ 20) is found
+    tt = np.linspace(-1, 1, n_bins)
+    smooth = flat + 0.5 * np.exp(-tt ** 2 / 0.1)
+    assert np.all(np.asarray(sharp_feature(net(smooth))) < 6.5)
+    jump = flat.copy()
+    jump[:, 300:] += 0.5
+    zj = np.asarray(sharp_feature(net(jump)))
+    assert np.all(zj > 8.0)
+
+    class Fixed:
+        def __len__(self):
+            return b
+
+        def __call__(self, key, n):
+            x = net(np.concatenate([flat[: n // 2], jump[: n - n // 2]]))
+            return jnp.zeros((n, 6)), x, jnp.full((n,), 0.5, jnp.float32)
+
+    theta, x, w = SharpEmphasis(Fixed(), 20.0, 8.0)(jax.random.PRNGKey(0), 40)
+    np.testing.assert_allclose(np.asarray(w), np.r_[np.full(20, 0.5), np.full(20, 10.0)])
+    with pytest.raises(ValueError, match="sharp_weight"):
+        SharpEmphasis(Fixed(), 0.5, 8.0)
