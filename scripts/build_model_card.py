@@ -54,6 +54,23 @@ def build(folder: Path, notes: str = "") -> str:
         f"{prov['simulation']['seed']}`), {prov['n_val_rows']:,} more rows for early stopping; held out: "
         f"{', '.join(prov['holdout_shards'])} |",
         "| noise | redrawn every step at the binned level (exact in distribution) |",
+    ]
+    enr = prov.get("enrichment")
+    if enr and enr.get("enrich"):
+        c = enr["condition"]
+        lines.append(
+            f"| enrichment (`--enrich`) | {enr['n_enrich_rows']:,} {c['condition']} planetary light curves "
+            f"(q < {c['q_max']}; `mulens-sbi simulate --condition {c['condition']}`, {c['n_accepted']:,} of "
+            f"{c['n_candidates']:,} prior candidates: class probability {c['probability']:.5f}) in "
+            f"{enr['enrich_fraction']:.0%} of each batch, weighted back to the prior (class rows "
+            f"{enr['weight_class']:.4f}, others {enr['weight_other']:.4f}; "
+            f"{enr['n_base_rows_in_class']} prior training rows are in the class) |")
+    if enr and enr.get("sharp_weight", 1.0) != 1.0:
+        lines.append(
+            f"| emphasis (`--sharp-weight`) | light curves whose sharp-feature statistic exceeds "
+            f"{enr['sharp_threshold']:g} weighted {enr['sharp_weight']:g} (a function of the data only: the "
+            "target posterior is unchanged) |")
+    lines += [
         f"| steps | {tr['steps_done']} of {tc['max_steps']} planned (batch {tc['batch_size']}, "
         f"{tr['steps_done'] * tc['batch_size']:,} light curves seen ≈ "
         f"{tr['steps_done'] * tc['batch_size'] / prov['n_train_rows']:.1f} epochs)"
@@ -125,6 +142,20 @@ def build(folder: Path, notes: str = "") -> str:
                       f"**{f95:.3f}**" + (f"; inside the 68% region: {f68:.3f}." if f68 is not None else ".")
                       + (" Target 0.90: " + ("met." if f95 is not None and f95 >= 0.9 else "**missed**.")
                          if f95 is not None else "")]
+        cs = val.get("caustic_crossing_planetary_set")
+        if cs and cs["n_events"]:
+            f95 = cs["frac_truth_in_95_hpd_logs_logq"]
+            cond = cs.get("condition") or {}
+            lines += ["", f"**Caustic-crossing planetary events, dedicated set**: {cs['n_events']} events of "
+                      f"`mulens-sbi simulate --condition caustic-crossing --seed {cs.get('seed')}` (drawn "
+                      "exactly from the prior conditioned on the class, not used in training; "
+                      f"{cs['n_preprocess_failed']} refused by preprocessing). True (log s, log q) inside "
+                      f"the 95% HPD region: **{f95:.3f}** ± {cs['binomial_se_95']:.3f}; 90%: "
+                      f"{cs['frac_truth_in_90_hpd_logs_logq']:.3f}; 68%: "
+                      f"{cs['frac_truth_in_68_hpd_logs_logq']:.3f}; 50%: "
+                      f"{cs['frac_truth_in_50_hpd_logs_logq']:.3f}. Target 0.90 at 95%: "
+                      + ("met." if f95 >= 0.9 else "**missed**.")
+                      + (f" (Class probability under the prior: {cond['probability']:.5f}.)" if cond else "")]
         lines += ["", "Figures: `coverage.png` (expected coverage per parameter, joint HPD), `recovery.png` "
                   "(posterior median and 68% interval vs truth), `sbc.png` (rank histograms).", "",
                   "![coverage](coverage.png)", "", "![recovery](recovery.png)", ""]
