@@ -111,7 +111,7 @@ def _simulate_run(args: argparse.Namespace) -> int:
         print(
             f"condition {c['condition']} (q < {c['q_max']}): {c['n_accepted']} of {c['n_candidates']} prior "
             f"candidates ({c['n_prefiltered']} simulated after the pre-filter); class probability "
-            f"{c['probability']:.5f} ± {c['probability_se']:.5f}"
+            f"{c['probability']:.5f}" + (f" ± {c['probability_se']:.5f}" if c["probability_se"] else "")
         )
     return 0
 

@@ -252,6 +252,7 @@ def condition_stats(out: str | Path) -> dict | None:
 
     p = tot["n_accepted"] / max(tot["n_candidates"], 1)
     se = probability_se(tot["n_candidates"], tot["n_accepted"], tot["n_lenses"], tot["sum_sq_per_lens"])
+    se = None if not np.isfinite(se) else se  # shards without per-lens counts: unknown (JSON null)
     return {**tot, "condition": manifest["condition"], "q_max": manifest.get("q_max"), "probability": p,
             "probability_se": se}
 
