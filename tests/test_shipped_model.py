@@ -60,3 +60,27 @@ def test_calibration_on_fresh_simulations(model):
             if abs(cov[j] - a) > tol:
                 bad.append(f"{n} at {a}: {cov[j]:.3f} (tolerance ±{tol:.3f})")
     assert not bad, "miscalibrated: " + "; ".join(bad)
+
+
+def test_caustic_crossing_figure_of_the_model_card_reproduces(model):
+    """The caustic-crossing figure the model card reports (``caustic_crossing_planetary_set`` of
+    validation.json: the fraction of caustic-crossing planetary events whose true (log s, log q) lies
+    in the 95% HPD region) is reproduced on FRESH conditioned events (another seed) within 3 binomial
+    standard deviations."""
+    import json
+    from pathlib import Path
+
+    from mulens_sbi.conditioned import simulate_conditioned
+    from mulens_sbi.survey import Survey
+    from mulens_sbi.validation import crossing_coverage
+
+    card = json.loads((Path(model.path) / "validation.json").read_text())["caustic_crossing_planetary_set"]
+    f_card = card["frac_truth_in_95_hpd_logs_logq"]
+    assert card["n_events"] >= 500
+    n = 80
+    d, _ = simulate_conditioned(Survey.load(model.survey_name), np.random.default_rng(20261129), n)
+    rep = crossing_coverage(model, d, n_samples=300, seed=2)
+    m = rep["n_events"]
+    assert m >= n - rep["n_preprocess_failed"] and rep["n_preprocess_failed"] <= 0.15 * n
+    f = rep["frac_truth_in_95_hpd_logs_logq"]
+    assert abs(f - f_card) <= 3 * math.sqrt(f_card * (1 - f_card) / m), (f, f_card, m)
