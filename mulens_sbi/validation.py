@@ -341,14 +341,11 @@ def _figures(rep: dict, out: Path, title: str) -> list[str]:
     return files
 
 
-def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
-    """Caustic-crossing figures on a conditioned simulation folder (checked: conditioned, complete,
-    the model's spec)."""
+def _check_crossing_folder(model, folder: Path) -> dict:
+    """The manifest of a ``--caustic-data`` folder, checked: a complete caustic-crossing simulation
+    (q_max 0.01) of the spec the model was trained on."""
     import hashlib
 
-    from mulens_sbi.simulate import condition_stats, read_simulation
-
-    folder = Path(settings.caustic_data)
     mpath = folder / "manifest.json"
     if not mpath.exists():
         raise FileNotFoundError(f"{mpath} not found (--caustic-data must be a mulens-sbi simulate "
@@ -360,6 +357,15 @@ def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
     spec_text = model.metadata.get("provenance", {}).get("spec_text")
     if spec_text and hashlib.sha256(spec_text.encode()).hexdigest() != man.get("spec_sha256"):
         raise ValueError(f"{folder}: simulated with another survey spec than the model was trained on")
+    return man
+
+
+def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
+    """Caustic-crossing figures on a conditioned simulation folder."""
+    from mulens_sbi.simulate import condition_stats, read_simulation
+
+    folder = Path(settings.caustic_data)
+    man = _check_crossing_folder(model, folder)
     d = read_simulation(folder)
     res = crossing_coverage(model, d, settings.n_samples, settings.seed, settings.progress)
     res.pop("_levels")
@@ -377,6 +383,8 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
     existing = [p for p in targets if p.exists()]
     if existing and not settings.overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace the validation outputs")
+    if settings.caustic_data:
+        _check_crossing_folder(model, Path(settings.caustic_data))  # before the long work
     t0 = time.perf_counter()
     if settings.data:
         d = _holdout(settings.data, settings.holdout_shards, settings.n)

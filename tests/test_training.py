@@ -261,3 +261,14 @@ def test_training_with_an_enriched_mixture(trained, tmp_path):
     with pytest.raises(ValueError, match="another survey spec"):
         run_training(dataclasses.replace(s, out=str(tmp_path / "y"), checkpoint_dir=str(tmp_path / "ck3"),
                                          enrich=str(tmp_path / "cross2")), log=lambda m: None)
+
+
+def test_validate_caustic_data_refuses_a_plain_folder(trained, tmp_path):
+    """``--caustic-data`` must be a conditioned (caustic-crossing) folder: a plain simulation is
+    refused with the reason, before any output is written."""
+    d, _ = trained
+    with pytest.raises(ValueError, match="not a --condition caustic-crossing simulation"):
+        run_validation(ValidateSettings(model=str(d / "model"), data=str(d / "sim"), n=20, n_samples=16,
+                                        out=str(tmp_path / "v"), holdout_shards=1, caustic_subset=False,
+                                        caustic_data=str(d / "sim"), progress=False), log=lambda m: None)
+    assert not (tmp_path / "v" / "validation.json").exists()
