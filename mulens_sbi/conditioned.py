@@ -1,16 +1,16 @@
 """Light curves drawn from the prior *conditioned* on a rare event class, by exact rejection.
 
 Caustic-crossing planetary events (q < ``q_max`` and at least one used data point with the source
-inside a caustic, i.e. 5 images) are about 0.8% of a Roman prior draw. A training or test set of
-them straight from the prior costs ~125 simulations per event; this module draws them about 30×
-cheaper and still exactly from ``p(θ, data | class)``:
+inside a caustic, i.e. 5 images) are 0.7% of Roman prior draws. A training or test set of them
+straight from the prior costs ~145 simulations per event; this module needs ~1.4, still drawing
+exactly from ``p(θ, data | class)``:
 
 1. **Lenses.** ``(s, q)`` pairs are drawn from the prior; those with ``q >= q_max`` are rejected at
    once. Each kept lens gets ``per_lens`` trajectories: the other parameters (``t_0``, ``u_0``,
    ``t_E``, ``alpha``, fluxes) are fresh prior draws. The priors are independent per parameter, so
    every candidate is a prior draw (candidates that share a lens are dependent, not biased).
 2. **Geometric pre-filter** (a necessary condition, so nothing of the class is lost): the caustics
-   of the lens are sampled at ``n_caustic`` points per branch (:func:`mulens_sbi.lensing.caustics`);
+   of the lens are sampled at ``_N_CAUSTIC`` points per branch (:func:`mulens_sbi.lensing.caustics`);
    a trajectory whose straight segment over the event window ``t_0 ± half_width(t_E)`` keeps farther
    than the longest caustic edge from every caustic point cannot cross an edge of the caustic
    polygon, so it cannot have a data point inside a caustic.
@@ -20,7 +20,8 @@ cheaper and still exactly from ``p(θ, data | class)``:
    says so. That is the same definition the validation uses for its caustic-crossing subset.
 
 The acceptance ``accepted / candidates`` is an unbiased estimate of the class probability
-``P(class)`` under the prior, reported with its binomial error; training with an enriched mixture
+``P(class)`` under the prior, reported with a standard error that treats the lenses as clusters
+(:func:`probability_se`); training with an enriched mixture
 (:mod:`mulens_sbi.training`) needs it to weight the rows back to the prior.
 """
 
@@ -32,10 +33,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["CONDITIONS", "ConditionStats", "probability_se", "simulate_conditioned", "segment_near_caustics"]
+__all__ = ["CONDITIONS", "ConditionStats", "check_condition", "probability_se", "simulate_conditioned",
+           "segment_near_caustics"]
 
 #: supported conditions (``mulens-sbi simulate --condition``)
 CONDITIONS = ("caustic-crossing",)
+#: caustic samples per branch for the pre-filter
+_N_CAUSTIC = 256
+_KEYS = ("t_0", "u_0", "t_E", "s", "q", "alpha")
+
+
+def check_condition(spec, condition: str, q_max: float) -> None:
+    """Raise ``ValueError`` unless ``condition`` is supported, the spec a binary lens and
+    ``0 < q_max <= 1``."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    if spec.model.lens != "binary":
+        raise ValueError(f"{spec.path}: condition {condition!r} needs a binary-lens survey spec "
+                         f"(model.lens = 'binary'), got {spec.model.lens!r}")
+    if not 0.0 < q_max <= 1.0:
+        raise ValueError(f"q_max must be in (0, 1], got {q_max}")
 
 
 @dataclass
@@ -85,9 +102,6 @@ def _caustic_points(s, q):
     close = jnp.min(jnp.abs(c[:, :, -1][:, :, None] - c[:, :, 0][:, None, :]), axis=-1)
     edge = jnp.maximum(edge, jnp.max(close, axis=-1))
     return c.reshape(c.shape[0], -1), edge
-
-
-_N_CAUSTIC = 256
 
 
 def segment_near_caustics(p0, p1, pts, radius):
@@ -164,13 +178,7 @@ def simulate_conditioned(survey, rng: np.random.Generator, n: int, condition: st
     from mulens_sbi.simulate import simulate_lightcurves
     from mulens_sbi.validation import caustic_crossing
 
-    if condition not in CONDITIONS:
-        raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
-    if survey.spec.model.lens != "binary":
-        raise ValueError(f"{survey.spec.path}: condition {condition!r} needs a binary-lens survey spec "
-                         f"(model.lens = 'binary'), got {survey.spec.model.lens!r}")
-    if not 0.0 < q_max <= 1.0:
-        raise ValueError(f"q_max must be in (0, 1], got {q_max}")
+    check_condition(survey.spec, condition, q_max)
     if n < 1 or per_lens < 1 or n_lens < 1:
         raise ValueError("n, per_lens and n_lens must be >= 1")
     stats = ConditionStats()
@@ -184,8 +192,7 @@ def simulate_conditioned(survey, rng: np.random.Generator, n: int, condition: st
             cand, lens = res
             m = len(cand["q"])
             data = simulate_lightcurves(survey, rng, m, batch_size=batch_size, params=cand)
-            keys = ("t_0", "u_0", "t_E", "s", "q", "alpha")
-            hit = caustic_crossing(data["t"], data["mask"], {k: data[k] for k in keys})
+            hit = caustic_crossing(data["t"], data["mask"], {k: data[k] for k in _KEYS})
             stats.n_accepted += int(hit.sum())
             stats.sum_sq_per_lens += int(np.sum(np.bincount(lens[hit], minlength=n_lens) ** 2))
             take = np.flatnonzero(hit)[: n - got]

@@ -338,14 +338,9 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
     spec = survey.spec
     cond = None
     if settings.condition is not None:
-        from mulens_sbi.conditioned import CONDITIONS
-        if settings.condition not in CONDITIONS:
-            raise ValueError(f"condition must be one of {CONDITIONS}, got {settings.condition!r}")
-        if spec.model.lens != "binary":
-            raise ValueError(f"{spec.path}: --condition {settings.condition} needs a binary-lens spec "
-                             f"(model.lens = 'binary'), got {spec.model.lens!r}")
-        if not 0.0 < settings.q_max <= 1.0:
-            raise ValueError(f"q_max must be in (0, 1], got {settings.q_max}")
+        from mulens_sbi.conditioned import check_condition
+
+        check_condition(spec, settings.condition, settings.q_max)  # before anything is written
         cond = {"condition": settings.condition, "q_max": settings.q_max}
     out = Path(settings.out)
     n_shards = -(-settings.n // settings.shard_size)

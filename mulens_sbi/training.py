@@ -185,25 +185,36 @@ def shard_files(data: str | Path) -> list[Path]:
     return files
 
 
-def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path | None = None,
-                   progress: bool = True) -> dict[str, np.ndarray]:
-    """Pre-bin shards (see the module docstring); cached in ``cache`` if given."""
-    key = hashlib.sha256(json.dumps({"cfg": cfg.to_dict(), "files": [f.name for f in files],
-                                     "sizes": [f.stat().st_size for f in files]}, sort_keys=True
-                                    ).encode()).hexdigest()[:16]
+def _cached(cache: str | Path | None, key_obj: dict, compute) -> dict[str, np.ndarray]:
+    """``compute()`` (a dict of arrays), cached in the ``.npz`` ``cache`` under a key hashed from
+    ``key_obj``: a cache written with another key is recomputed and replaced (atomically)."""
+    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:16]
     if cache is not None and Path(cache).exists():
         z = np.load(cache)
         if str(z["key"]) == key:
             return {k: z[k] for k in z.files if k != "key"}
-    parts = []
-    for f in tqdm(files, desc="pre-binning shards", disable=not progress):
-        parts.append(_bin_rows(read_shards([f]), cfg))
-    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = compute()
     if cache is not None:
         tmp = Path(str(cache) + ".tmp.npz")
         np.savez(tmp, key=np.array(key), **out)
         tmp.rename(cache)
     return out
+
+
+def _files_key(files: list[Path]) -> dict:
+    return {"files": [f.name for f in files], "sizes": [f.stat().st_size for f in files]}
+
+
+def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path | None = None,
+                   progress: bool = True) -> dict[str, np.ndarray]:
+    """Pre-bin shards (see the module docstring); cached in ``cache`` if given."""
+
+    def compute():
+        parts = [_bin_rows(read_shards([f]), cfg)
+                 for f in tqdm(files, desc="pre-binning shards", disable=not progress)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    return _cached(cache, {"cfg": cfg.to_dict(), **_files_key(files)}, compute)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,6 +243,14 @@ def _noisy(mean, err, noise):
     return mean + err * noise
 
 
+def _rng_from_key(key) -> np.random.Generator:
+    """A numpy generator seeded from a JAX key (typed or raw), so that a training step's rows and
+    noise are a pure function of the loop's key."""
+    seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                      else key).astype(np.uint32).tolist()
+    return np.random.default_rng(seed)
+
+
 class BinnedSimulator:
     """``simulate(key, n) -> (theta_net, x)`` over pre-binned rows with fresh noise per call.
 
@@ -249,16 +268,16 @@ class BinnedSimulator:
     def __len__(self) -> int:
         return self.theta.shape[0]
 
+    def inputs(self, mean, err, count, rng: np.random.Generator):
+        """Network inputs of binned noiseless rows with fresh noise drawn from ``rng``."""
+        noise = rng.standard_normal(mean.shape, dtype=np.float32)
+        return self._net(_noisy(mean, err, noise), err, count)
+
     def rows(self, idx: np.ndarray, rng: np.random.Generator):
-        noise = rng.standard_normal((len(idx), self.mean.shape[1]), dtype=np.float32)
-        m = _noisy(self.mean[idx], self.err[idx], noise)
-        x = self._net(m, self.err[idx], self.count[idx])
-        return jnp.asarray(self.theta[idx]), x
+        return jnp.asarray(self.theta[idx]), self.inputs(self.mean[idx], self.err[idx], self.count[idx], rng)
 
     def __call__(self, key, n: int):
-        seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                          else key).astype(np.uint32).tolist()
-        rng = np.random.default_rng(seed)
+        rng = _rng_from_key(key)
         idx = rng.integers(0, len(self), size=n)
         return self.rows(idx, rng)
 
@@ -296,9 +315,6 @@ class SharpEmphasis:
             raise ValueError(f"sharp_threshold must be > 0, got {threshold}")
         self.sim, self.weight, self.threshold = sim, float(weight), float(threshold)
 
-    def __len__(self) -> int:
-        return len(self.sim)
-
     def __call__(self, key, n: int):
         theta, x, *w = self.sim(key, n)
         h = jnp.where(sharp_feature(x) > self.threshold, self.weight, 1.0).astype(jnp.float32)
@@ -330,9 +346,7 @@ class MixtureSimulator:
         self.w_base = np.where(np.asarray(base_in_class, bool), self.w_class, self.w_other).astype(np.float32)
 
     def __call__(self, key, n: int):
-        seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                          else key).astype(np.uint32).tolist()
-        rng = np.random.default_rng(seed)
+        rng = _rng_from_key(key)
         from_enrich = rng.random(n) < self.fraction
         i_base = rng.integers(0, len(self.base), size=n)
         i_enr = rng.integers(0, len(self.enrich), size=n)
@@ -341,8 +355,7 @@ class MixtureSimulator:
         mean = np.where(e, self.enrich.mean[i_enr], self.base.mean[i_base])
         err = np.where(e, self.enrich.err[i_enr], self.base.err[i_base])
         count = np.where(e, self.enrich.count[i_enr], self.base.count[i_base])
-        noise = rng.standard_normal(mean.shape, dtype=np.float32)
-        x = self.base._net(_noisy(mean, err, noise), err, count)
+        x = self.base.inputs(mean, err, count, rng)
         w = np.where(from_enrich, self.w_class, self.w_base[i_base]).astype(np.float32)
         return jnp.asarray(theta), x, jnp.asarray(w)
 
@@ -355,27 +368,20 @@ def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Pa
 
     if condition != "caustic-crossing":
         raise ValueError(f"unknown condition {condition!r}")
-    key = hashlib.sha256(json.dumps({"condition": condition, "q_max": q_max, "files": [f.name for f in files],
-                                     "sizes": [f.stat().st_size for f in files]}, sort_keys=True
-                                    ).encode()).hexdigest()[:16]
-    if cache is not None and Path(cache).exists():
-        z = np.load(cache)
-        if str(z["key"]) == key:
-            return z["flags"]
-    parts = []
-    for f in tqdm(files, desc=f"{condition} flags", disable=not progress):
-        d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
-        flag = np.zeros(d["t"].shape[0], bool)
-        sel = np.flatnonzero(d["q"] < q_max)
-        if sel.size:
-            flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel], {k: d[k][sel] for k in PHYSICAL_NAMES})
-        parts.append(flag)
-    flags = np.concatenate(parts)
-    if cache is not None:
-        tmp = Path(str(cache) + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), flags=flags)
-        tmp.rename(cache)
-    return flags
+
+    def compute():
+        parts = []
+        for f in tqdm(files, desc=f"{condition} flags", disable=not progress):
+            d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
+            flag = np.zeros(d["t"].shape[0], bool)
+            sel = np.flatnonzero(d["q"] < q_max)
+            if sel.size:
+                flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel],
+                                             {k: d[k][sel] for k in PHYSICAL_NAMES})
+            parts.append(flag)
+        return {"flags": np.concatenate(parts)}
+
+    return _cached(cache, {"condition": condition, "q_max": q_max, **_files_key(files)}, compute)["flags"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -165,26 +165,39 @@ def simulate_events(survey: str, n: int, seed: int, batch_size: int = 64) -> dic
 # the computation
 
 
+def _prepare(model, d: dict[str, np.ndarray], progress: bool, desc: str = "preprocess"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+    """Each event of ``d`` through :func:`mulens_sbi.preprocess.preprocess`: the network inputs
+    (float32) and reference times of the accepted ones, the (M,) accepted mask, and the refusals
+    (row and message)."""
+    m = d["t"].shape[0]
+    xs, t_ref, failed = [], [], []
+    ok = np.zeros(m, bool)
+    for i in tqdm(range(m), desc=desc, disable=not progress):
+        try:
+            p = preprocess(d["t"][i], d["flux"][i], d["sigma"][i], d["mask"][i], model.preprocess_config,
+                           name=f"event {i}")
+        except ValueError as e:
+            failed.append({"row": i, "error": str(e)})
+            continue
+        ok[i] = True
+        xs.append(p.x)
+        t_ref.append(p.t_ref)
+    return np.stack(xs).astype(np.float32), np.asarray(t_ref), ok, failed
+
+
+def _logs_logq_levels(S: np.ndarray, theta: np.ndarray, rows) -> np.ndarray:
+    """KDE HPD levels of the true (log10 s, log10 q) (columns 3, 4) under the samples ``S`` (M, n, D),
+    for the events ``rows``."""
+    return np.asarray([kde_hpd_level(np.log10(S[k][:, [3, 4]]), np.log10(theta[k, [3, 4]])) for k in rows])
+
+
 def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int = 0, progress: bool = False,
                     crossing: bool = True) -> dict[str, Any]:
     """All diagnostics for events ``d`` (simulate-style arrays incl. the physical parameters, ``t``,
     ``flux``, ``sigma``, ``mask``); returns a JSON-able report plus the raw arrays under ``_raw``."""
     names = model.names
-    m = d["t"].shape[0]
-    xs, t_ref, failed = [], [], []
-    for i in tqdm(range(m), desc="preprocess", disable=not progress):
-        try:
-            p = preprocess(d["t"][i], d["flux"][i], d["sigma"][i], d["mask"][i], model.preprocess_config,
-                           name=f"event {i}")
-            xs.append(p.x)
-            t_ref.append(p.t_ref)
-        except ValueError as e:
-            failed.append({"row": i, "error": str(e)})
-            xs.append(np.full((model.preprocess_config.n_bins, 4), np.nan))
-            t_ref.append(np.nan)
-    ok = np.isfinite(np.asarray(t_ref))
-    xs_ok = np.stack([x for x, k in zip(xs, ok, strict=True) if k]).astype(np.float32)
-    t_ref = np.asarray(t_ref)[ok]
+    xs_ok, t_ref, ok, failed = _prepare(model, d, progress)
     theta = np.stack([np.asarray(d[n], dtype=np.float64) for n in names], axis=1)[ok]
     t0 = time.perf_counter()
     samp, _ = model.sample_batched(xs_ok, t_ref, n_samples, jax.random.PRNGKey(seed))
@@ -218,8 +231,7 @@ def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int =
         idx_all = np.flatnonzero(ok)[sel]
         params = {k: np.asarray(d[k])[idx_all] for k in ("t_0", "u_0", "t_E", "s", "q", "alpha")}
         cross = caustic_crossing(np.asarray(d["t"])[idx_all], np.asarray(d["mask"])[idx_all], params)
-        levels = np.asarray([kde_hpd_level(np.log10(S[k][:, [3, 4]]), np.log10(theta[k, [3, 4]]))
-                             for k in sel[cross]])
+        levels = _logs_logq_levels(S, theta, sel[cross])
         rep["caustic_crossing_planetary"] = {**_crossing_figures(levels), "n_planetary": int(len(sel)),
                                              "source": "the held-out events"}
     rep["_raw"] = {"theta": theta, "samples": S, "hpd_levels": hpd_levels(lq_s, lq_t), "median": med,
@@ -252,25 +264,12 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
     ``--condition caustic-crossing`` simulation): for each, the HPD level of the true (log s, log q)
     under a KDE of ``n_samples`` flow samples; events that preprocessing refuses are counted."""
     names = model.names
-    m = d["t"].shape[0]
-    xs, t_ref, keep = [], [], np.zeros(m, bool)
-    for i in tqdm(range(m), desc="preprocess (caustic set)", disable=not progress):
-        try:
-            p = preprocess(d["t"][i], d["flux"][i], d["sigma"][i], d["mask"][i], model.preprocess_config,
-                           name=f"event {i}")
-        except ValueError:
-            continue
-        keep[i] = True
-        xs.append(p.x)
-        t_ref.append(p.t_ref)
-    failed = int((~keep).sum())
+    xs, t_ref, keep, failed = _prepare(model, d, progress, "preprocess (caustic set)")
     theta = np.stack([np.asarray(d[n], dtype=np.float64) for n in names], axis=1)[keep]
-    samp, _ = model.sample_batched(np.stack(xs).astype(np.float32), np.asarray(t_ref), n_samples,
-                                   jax.random.PRNGKey(seed))
+    samp, _ = model.sample_batched(xs, t_ref, n_samples, jax.random.PRNGKey(seed))
     S = np.stack([samp[n] for n in names], axis=-1)
-    levels = np.asarray([kde_hpd_level(np.log10(S[k][:, [3, 4]]), np.log10(theta[k, [3, 4]]))
-                         for k in range(theta.shape[0])])
-    return {**_crossing_figures(levels), "n_preprocess_failed": failed, "_levels": levels}
+    levels = _logs_logq_levels(S, theta, range(theta.shape[0]))
+    return {**_crossing_figures(levels), "n_preprocess_failed": len(failed), "_levels": levels}
 
 
 def _figures(rep: dict, out: Path, title: str) -> list[str]:

@@ -273,3 +273,20 @@ def test_sharp_feature_statistic_and_emphasis_weights():
     np.testing.assert_allclose(np.asarray(w), np.r_[np.full(20, 0.5), np.full(20, 10.0)])
     with pytest.raises(ValueError, match="sharp_weight"):
         SharpEmphasis(Fixed(), 0.5, 8.0)
+
+
+def test_condition_is_checked_before_anything_is_written(spec_path, tmp_path):
+    from types import SimpleNamespace
+
+    from mulens_sbi.conditioned import check_condition
+
+    single = SimpleNamespace(path="single.toml", model=SimpleNamespace(lens="single"))
+    with pytest.raises(ValueError, match=r"single.toml: condition 'caustic-crossing' needs a binary-lens"):
+        check_condition(single, "caustic-crossing", 0.01)
+    with pytest.raises(ValueError, match="condition must be one of"):
+        check_condition(Survey.load(str(spec_path)).spec, "binary", 0.01)
+    with pytest.raises(ValueError, match=r"q_max must be in \(0, 1\], got 0.0"):
+        run_simulation(SimulateSettings(survey=str(spec_path), n=4, out=str(tmp_path / "c"),
+                                        condition="caustic-crossing", q_max=0.0, progress=False),
+                       log=lambda m: None)
+    assert not (tmp_path / "c").exists()
