@@ -81,6 +81,9 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--q-max", type=float, default=0.01,
                    help="mass-ratio bound with --condition (default 0.01)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes making shards in parallel (default 1); the output is the same for "
+                        "any number")
 
 
 def _simulate_run(args: argparse.Namespace) -> int:
@@ -97,6 +100,7 @@ def _simulate_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         condition=args.condition,
         q_max=args.q_max,
+        workers=args.workers,
     )
     s = run_simulation(settings)
     print(

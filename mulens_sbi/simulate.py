@@ -22,13 +22,16 @@ On disk (``OUT/``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import resource
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,6 +78,9 @@ class SimulateSettings:
     condition: str | None = None
     #: mass-ratio bound of the planetary class (with ``condition``)
     q_max: float = 0.01
+    #: worker processes making shards in parallel (1: in this process). Shards are pure functions
+    #: of ``(spec, seed, index)``, so the output does not depend on it; not part of the identity.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,21 @@ def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, bat
     return table
 
 
+@functools.lru_cache(maxsize=4)
+def _survey(spec: str):
+    from mulens_sbi.survey import Survey
+
+    return Survey.load(spec)
+
+
+def _shard_job(spec: str, seed: int, index: int, rows: int, shard_size: int, batch_size: int,
+               condition: dict | None, out: str) -> int:
+    """Make and write shard ``index`` (in a worker process); returns its number of unsolved points."""
+    table = make_shard(_survey(spec), seed, index, rows, index * shard_size, batch_size, condition)
+    _write_atomic(Path(out) / shard_name(index), lambda p: pq.write_table(table, p, compression="zstd"))
+    return int(np.asarray(table["n_unsolved"]).sum())
+
+
 def condition_stats(out: str | Path) -> dict | None:
     """The summed condition counts of a conditioned simulation folder (None for a plain one):
     ``n_candidates``, ``n_prefiltered``, ``n_accepted``, ``probability`` (accepted / candidates, the
@@ -333,6 +354,8 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
         raise ValueError(f"n = {settings.n}: the number of light curves must be >= 1")
     if settings.shard_size < 1 or settings.batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
+    if settings.workers < 1:
+        raise ValueError(f"workers = {settings.workers}: must be >= 1")
     t_start = time.perf_counter()
     survey = Survey.load(settings.survey)
     spec = survey.spec
@@ -395,13 +418,25 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
         desc=f"simulate {spec.name}",
         disable=not settings.progress,
     ) as bar:
-        for i in todo:
-            rows = shard_rows(settings.n, settings.shard_size, i)
-            table = make_shard(survey, settings.seed, i, rows, i * settings.shard_size, settings.batch_size,
-                               cond)
-            n_unsolved += int(np.asarray(table["n_unsolved"]).sum())
-            _write_atomic(out / shard_name(i), lambda p, tb=table: pq.write_table(tb, p, compression="zstd"))
-            bar.update(rows)
+        if settings.workers == 1 or len(todo) < 2:
+            for i in todo:
+                rows = shard_rows(settings.n, settings.shard_size, i)
+                table = make_shard(survey, settings.seed, i, rows, i * settings.shard_size,
+                                   settings.batch_size, cond)
+                n_unsolved += int(np.asarray(table["n_unsolved"]).sum())
+                _write_atomic(out / shard_name(i),
+                              lambda p, tb=table: pq.write_table(tb, p, compression="zstd"))
+                bar.update(rows)
+        else:
+            # spawned (JAX is not fork-safe) workers; each loads the spec once and makes whole shards
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(settings.workers, len(todo)), mp_context=ctx) as pool:
+                jobs = {pool.submit(_shard_job, settings.survey, settings.seed, i,
+                                    shard_rows(settings.n, settings.shard_size, i), settings.shard_size,
+                                    settings.batch_size, cond, str(out)): i for i in todo}
+                for job in as_completed(jobs):
+                    n_unsolved += job.result()
+                    bar.update(shard_rows(settings.n, settings.shard_size, jobs[job]))
 
     wall = time.perf_counter() - t_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux -> MiB
