@@ -179,22 +179,44 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=_nonneg_int, default=10,
                    help="early stopping after this many evaluations without improvement (0 = off; "
                         "default 10)")
+    p.add_argument("--network", choices=("standard", "fine"), default="standard",
+                   help="preprocessing + network: 'standard' (512 time cells, the CPU default) or 'fine' "
+                        "(2048 cells, residual blocks, a deeper flow; for a GPU)")
+    p.add_argument("--sampler", choices=("host", "device"), default="host",
+                   help="draw batches with numpy on the host (default) or with jax.random on the "
+                        "accelerator, where the pre-binned set is kept (use 'device' on a GPU)")
+    p.add_argument("--budget-minutes", type=float, default=0.0,
+                   help="fit the learning-rate schedule to this wall time: the step rate measured during "
+                        "the warm-up sets the number of steps (at most --max-steps; default: off)")
+    p.add_argument("--warmup-steps", type=_nonneg_int, default=100,
+                   help="learning-rate warm-up steps (default 100; at least 50 with --budget-minutes)")
+    p.add_argument("--eval-every", type=_positive_int, default=200,
+                   help="steps between validation losses (default 200)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100,
+                   help="steps between checkpoints (default 100)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes for pre-binning and class flags (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def _train_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from mulens_sbi.training import TrainSettings, run_training
+    from mulens_sbi.training import NETWORKS, TrainSettings, run_training
 
-    base = TrainSettings(data=args.data, out=args.out)
+    pre, emb, flow = NETWORKS[args.network]
+    base = TrainSettings(data=args.data, out=args.out, preprocess=pre, embedding=emb, flow=flow)
     settings = dataclasses.replace(
         base,
         checkpoint_dir=args.checkpoint_dir,
         holdout_shards=args.holdout_shards,
         train=dataclasses.replace(base.train, max_steps=args.max_steps, batch_size=args.batch_size,
                                   learning_rate=args.learning_rate, seed=args.seed,
-                                  patience=args.patience),
+                                  patience=args.patience, warmup_steps=args.warmup_steps,
+                                  eval_every=args.eval_every, checkpoint_every=args.checkpoint_every),
+        sampler=args.sampler,
+        budget_minutes=args.budget_minutes,
+        workers=args.workers,
         max_minutes=args.max_minutes,
         stop=args.stop,
         overwrite=args.overwrite,

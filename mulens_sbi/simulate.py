@@ -238,6 +238,13 @@ def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, bat
     return table
 
 
+def _cpu_worker() -> None:
+    """Worker initializer: JAX on the CPU (many processes must not each claim a GPU)."""
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+
+
 @functools.lru_cache(maxsize=4)
 def _survey(spec: str):
     from mulens_sbi.survey import Survey
@@ -428,9 +435,10 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
                               lambda p, tb=table: pq.write_table(tb, p, compression="zstd"))
                 bar.update(rows)
         else:
-            # spawned (JAX is not fork-safe) workers; each loads the spec once and makes whole shards
+            # spawned (JAX is not fork-safe) CPU workers; each loads the spec once and makes whole shards
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(settings.workers, len(todo)), mp_context=ctx) as pool:
+            with ProcessPoolExecutor(min(settings.workers, len(todo)), mp_context=ctx,
+                                     initializer=_cpu_worker) as pool:
                 jobs = {pool.submit(_shard_job, settings.survey, settings.seed, i,
                                     shard_rows(settings.n, settings.shard_size, i), settings.shard_size,
                                     settings.batch_size, cond, str(out)): i for i in todo}

@@ -23,9 +23,12 @@ Shards: by default the last ``holdout_shards`` shards are never used here (they 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,8 @@ __all__ = [
     "read_shards",
     "prepare_binned",
     "BinnedSimulator",
+    "DeviceSampler",
+    "NETWORKS",
     "run_training",
 ]
 
@@ -59,6 +64,24 @@ PHYSICAL_NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
 #: names on the network side (t_0 is learned relative to the data's reference time)
 NETWORK_NAMES = ("dt_0", "u_0", "t_E", "s", "q", "alpha")
 _TRANSFORMS = ("identity", "identity", "log", "log", "log", "identity")
+
+
+#: named networks (``mulens-sbi train --network``): preprocessing, embedding and flow settings.
+#: ``standard`` bins the light curve onto 512 warped cells (20 min at the peak, 0.3 d at 10 d from
+#: it); ``fine`` onto 2048 (5 min at the peak, 0.07 d at 10 d), with a residual block per stage, a
+#: wider context and a deeper flow: for anomalies far from the peak (planetary-caustic crossings),
+#: meant for training on a GPU.
+NETWORKS: dict[str, tuple[PreprocessConfig, EmbeddingConfig, FlowConfig]] = {
+    "standard": (PreprocessConfig(),
+                 EmbeddingConfig(kind="binned_conv", out_dim=64, hidden=(128,), n_bins=512,
+                                 channels=(32, 32, 64, 64, 96, 128), blocks_per_stage=0, kernel_size=5),
+                 FlowConfig(n_layers=6, hidden=(128, 128), n_bins=8)),
+    "fine": (PreprocessConfig(n_bins=2048),
+             EmbeddingConfig(kind="binned_conv", out_dim=128, hidden=(256,), n_bins=2048,
+                             channels=(32, 48, 64, 96, 128, 128, 160, 192), blocks_per_stage=1,
+                             kernel_size=5),
+             FlowConfig(n_layers=8, hidden=(128, 128), n_bins=10)),
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +110,12 @@ class TrainSettings:
             :func:`sharp_feature`; a function of the network input only, so the posterior the loss
             targets is unchanged); 1 = off.
         sharp_threshold: the feature statistic's threshold (in units of its noise).
+        sampler: ``host`` draws each batch's rows and noise with numpy on the host; ``device`` keeps
+            the pre-binned set on the accelerator and draws them there with ``jax.random`` (same
+            distribution, another random stream; the host path is too slow to feed a GPU).
+        budget_minutes: fit the schedule's length to this wall time (see ``budget_s`` of
+            :func:`mulens_sbi.npe.train.train`; 0 = ``max_steps`` steps).
+        workers: processes for pre-binning and class flags (1 = this process).
         progress: show progress bars.
     """
 
@@ -97,10 +126,8 @@ class TrainSettings:
     max_train_shards: int = 0
     binned_cache: str | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    embedding: EmbeddingConfig = field(default_factory=lambda: EmbeddingConfig(
-        kind="binned_conv", out_dim=64, hidden=(128,), n_bins=512, channels=(32, 32, 64, 64, 96, 128),
-        blocks_per_stage=0, kernel_size=5))
-    flow: FlowConfig = field(default_factory=lambda: FlowConfig(n_layers=6, hidden=(128, 128), n_bins=8))
+    embedding: EmbeddingConfig = field(default_factory=lambda: NETWORKS["standard"][1])
+    flow: FlowConfig = field(default_factory=lambda: NETWORKS["standard"][2])
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=4000, batch_size=128, learning_rate=1e-3, warmup_steps=100, val_size=2048,
         eval_every=200, patience=10, checkpoint_every=100, seed=0))
@@ -112,6 +139,9 @@ class TrainSettings:
     enrich_fraction: float = 0.25
     sharp_weight: float = 1.0
     sharp_threshold: float = 8.0
+    sampler: str = "host"
+    budget_minutes: float = 0.0
+    workers: int = 1
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,13 +235,33 @@ def _files_key(files: list[Path]) -> dict:
     return {"files": [f.name for f in files], "sizes": [f.stat().st_size for f in files]}
 
 
+def cpu_worker() -> None:
+    """Initializer of worker processes: JAX on the CPU (on a GPU machine, many processes must not
+    each claim the accelerator)."""
+    jax.config.update("jax_platforms", "cpu")
+
+
+def map_files(fn, files: list[Path], workers: int, desc: str, progress: bool) -> list:
+    """``[fn(f) for f in files]``, in ``workers`` spawned CPU processes when ``workers > 1`` (``fn``
+    must be picklable: a module-level function or a ``functools.partial`` of one)."""
+    if workers <= 1 or len(files) < 2:
+        return [fn(f) for f in tqdm(files, desc=desc, disable=not progress)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(files)), mp_context=ctx, initializer=cpu_worker) as pool:
+        return list(tqdm(pool.map(fn, files), total=len(files), desc=desc, disable=not progress))
+
+
+def _bin_file(f: Path, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
+    return _bin_rows(read_shards([f]), cfg)
+
+
 def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path | None = None,
-                   progress: bool = True) -> dict[str, np.ndarray]:
+                   progress: bool = True, workers: int = 1) -> dict[str, np.ndarray]:
     """Pre-bin shards (see the module docstring); cached in ``cache`` if given."""
 
     def compute():
-        parts = [_bin_rows(read_shards([f]), cfg)
-                 for f in tqdm(files, desc="pre-binning shards", disable=not progress)]
+        parts = map_files(functools.partial(_bin_file, cfg=cfg), files, workers, "pre-binning shards",
+                          progress)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     return _cached(cache, {"cfg": cfg.to_dict(), **_files_key(files)}, compute)
@@ -360,25 +410,80 @@ class MixtureSimulator:
         return jnp.asarray(theta), x, jnp.asarray(w)
 
 
-def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Path | None = None,
-                progress: bool = True) -> np.ndarray:
-    """(rows,) bool: which rows of the shards are in the class (for ``caustic-crossing``: q < q_max
-    and >= 1 used data point with the source inside a caustic), cached like the pre-binned set."""
+def _flags_file(f: Path, q_max: float) -> np.ndarray:
     from mulens_sbi.validation import caustic_crossing
 
+    d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
+    flag = np.zeros(d["t"].shape[0], bool)
+    sel = np.flatnonzero(d["q"] < q_max)
+    if sel.size:
+        flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel], {k: d[k][sel] for k in PHYSICAL_NAMES})
+    return flag
+
+
+def _draw_on_device(key, base, enrich, w_base, n: int, cfg: PreprocessConfig, fraction: float,
+                    w_class: float, sharp: tuple[float, float] | None):
+    k_row, k_enr, k_mix, k_noise = jax.random.split(key, 4)
+    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0])
+    theta, mean, err, count = (a[i] for a in base)
+    w = None
+    if enrich is not None:
+        j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0])
+        e = jax.random.uniform(k_mix, (n,)) < fraction
+        theta, mean, err, count = (jnp.where(e.reshape((n,) + (1,) * (a.ndim - 1)), b[j], a)
+                                   for a, b in zip((theta, mean, err, count), enrich, strict=True))
+        w = jnp.where(e, jnp.float32(w_class), w_base[i])
+    x = network_input(mean + err * jax.random.normal(k_noise, mean.shape, mean.dtype), err, count, cfg)
+    if sharp is not None:
+        h = jnp.where(sharp_feature(x) > sharp[1], jnp.float32(sharp[0]), jnp.float32(1.0))
+        w = h if w is None else w * h
+    return (theta, x) if w is None else (theta, x, w)
+
+
+class DeviceSampler:
+    """A host sampler's distribution (:class:`BinnedSimulator`, optionally in a
+    :class:`MixtureSimulator` and/or wrapped by :class:`SharpEmphasis`), drawn on the accelerator:
+    the pre-binned rows live in device memory, and the rows, the mixture choice and the noise of a
+    batch come from ``jax.random`` with the step's key in one compiled function. Same rows, weights
+    and noise distribution as the host path; another random stream."""
+
+    def __init__(self, sim, cfg: PreprocessConfig):
+        sharp = None
+        if isinstance(sim, SharpEmphasis):
+            sharp, sim = (sim.weight, sim.threshold), sim.sim
+        fraction, w_class, enrich, w_base = 0.0, 1.0, None, None
+        if isinstance(sim, MixtureSimulator):
+            fraction, w_class = sim.fraction, sim.w_class
+            enrich = self._put(sim.enrich)
+            w_base = jnp.asarray(sim.w_base, jnp.float32)
+            sim = sim.base
+        if not isinstance(sim, BinnedSimulator):
+            raise TypeError(f"DeviceSampler: cannot move a {type(sim).__name__} to the device")
+        self.base, self.enrich, self.w_base = self._put(sim), enrich, w_base
+        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction, w_class=w_class,
+                                               sharp=sharp), static_argnames=("n",))
+
+    @staticmethod
+    def _put(sim: BinnedSimulator):
+        return tuple(jnp.asarray(a) for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count))
+
+    def __len__(self) -> int:
+        return self.base[0].shape[0]
+
+    def __call__(self, key, n: int):
+        return self._draw(key, self.base, self.enrich, self.w_base, n=n)
+
+
+def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Path | None = None,
+                progress: bool = True, workers: int = 1) -> np.ndarray:
+    """(rows,) bool: which rows of the shards are in the class (for ``caustic-crossing``: q < q_max
+    and >= 1 used data point with the source inside a caustic), cached like the pre-binned set."""
     if condition != "caustic-crossing":
         raise ValueError(f"unknown condition {condition!r}")
 
     def compute():
-        parts = []
-        for f in tqdm(files, desc=f"{condition} flags", disable=not progress):
-            d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
-            flag = np.zeros(d["t"].shape[0], bool)
-            sel = np.flatnonzero(d["q"] < q_max)
-            if sel.size:
-                flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel],
-                                             {k: d[k][sel] for k in PHYSICAL_NAMES})
-            parts.append(flag)
+        parts = map_files(functools.partial(_flags_file, q_max=q_max), files, workers, f"{condition} flags",
+                          progress)
         return {"flags": np.concatenate(parts)}
 
     return _cached(cache, {"condition": condition, "q_max": q_max, **_files_key(files)}, compute)["flags"]
@@ -413,6 +518,11 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     from mulens_sbi.survey.spec import load_spec, parse_spec
 
     out = Path(settings.out)
+    if settings.sampler not in ("host", "device"):
+        raise ValueError(f"sampler must be 'host' or 'device', got {settings.sampler!r}")
+    if settings.workers < 1 or settings.budget_minutes < 0:
+        raise ValueError(f"workers must be >= 1 and budget_minutes >= 0, got {settings.workers} and "
+                         f"{settings.budget_minutes}")
     if settings.embedding.kind != "binned_conv" or settings.embedding.n_bins != settings.preprocess.n_bins:
         raise ValueError(f"the embedding must be 'binned_conv' with n_bins = preprocess.n_bins "
                          f"({settings.preprocess.n_bins}), got {settings.embedding.kind!r} with "
@@ -437,7 +547,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     ckdir.mkdir(parents=True, exist_ok=True)
     cache = settings.binned_cache or str(ckdir / "binned_train.npz")
     t0 = time.perf_counter()
-    binned = prepare_binned(train_files, settings.preprocess, cache, settings.progress)
+    binned = prepare_binned(train_files, settings.preprocess, cache, settings.progress, settings.workers)
     enrich = None
     if settings.enrich:
         enrich = _enrichment(settings, spec, manifest, train_files, ckdir)
@@ -488,6 +598,10 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
                      "sharp_threshold": settings.sharp_threshold}
         log(f"sharp-feature emphasis: light curves with sharp_feature > {settings.sharp_threshold:g} "
             f"weighted {settings.sharp_weight:g}")
+    if settings.sampler == "device":
+        sim = DeviceSampler(sim, settings.preprocess)
+        data_info = {**(data_info or {}), "sampler": "device"}
+        log(f"batches drawn on the device ({jax.devices()[0].device_kind})")
     val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
                                                        np.random.default_rng([tc.seed, 7]))
     config = NPEConfig(flow=settings.flow, embedding=settings.embedding)
@@ -521,7 +635,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
                         resume=not settings.overwrite, overwrite=settings.overwrite,
                         progress=settings.progress, provenance=provenance, on_step=on_step,
-                        init_from=init_post, data_info=data_info)
+                        init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
     except _TimeUp:
         finished = False
     session = time.perf_counter() - start
@@ -566,10 +680,11 @@ def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list
                          f"{settings.data})")
     stats = condition_stats(settings.enrich)
     files = shard_files(settings.enrich)
-    eb = prepare_binned(files, settings.preprocess, ckdir / "binned_enrich.npz", settings.progress)
+    eb = prepare_binned(files, settings.preprocess, ckdir / "binned_enrich.npz", settings.progress,
+                        settings.workers)
     keep = accepted_mask(eb, settings.preprocess)
     flags = class_flags(train_files, stats["condition"], float(stats["q_max"]), ckdir / "class_flags.npz",
-                        settings.progress)
+                        settings.progress, settings.workers)
     return {"binned": {k: v[keep] for k, v in eb.items()}, "stats": stats,
             "accepted_frac": float(keep.mean()), "base_flags": flags}
 
@@ -606,7 +721,8 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
     meta = {
         "training": {"train_config": tc.to_dict(), "steps_done": rec["step"], "best_step": rec["best_step"],
                      "best_val_loss": rec["best_val"], "stopped_early": False,
-                     "stopped_by_user": rec["step"] < tc.max_steps,
+                     "stopped_by_user": rec["step"] < rec.get("max_steps", tc.max_steps),
+                     "max_steps_effective": rec.get("max_steps", tc.max_steps),
                      "n_nonfinite_rows": rec["n_nonfinite"], "history": rec["history"],
                      "train_wall_s_total": acc["train_wall_s"], "sessions": acc["sessions"],
                      "prebin_s_last_session": t_prep, "device": str(jax.devices()[0].device_kind),
@@ -618,7 +734,8 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
     post = Posterior(config, space, jax.device_get(arrays["best_params"]), meta)
     out = Path(settings.out)
     save_posterior(post, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
-    summary = {"finished": True, "stopped_by_user": rec["step"] < tc.max_steps, "out": str(out),
+    summary = {"finished": True, "stopped_by_user": rec["step"] < rec.get("max_steps", tc.max_steps),
+               "out": str(out),
                "steps": rec["step"],
                "best_step": rec["best_step"], "best_val_loss": rec["best_val"], "n_params": post.n_params,
                "train_wall_s_total": acc["train_wall_s"], "n_train_rows": provenance["n_train_rows"]}

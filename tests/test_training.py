@@ -25,7 +25,17 @@ from mulens_sbi.models import load_model
 from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, TrainConfig
 from mulens_sbi.preprocess import PreprocessConfig
 from mulens_sbi.survey.spec import resolve_spec_path
-from mulens_sbi.training import BinnedSimulator, TrainSettings, prepare_binned, run_training, shard_files
+from mulens_sbi.training import (
+    BinnedSimulator,
+    DeviceSampler,
+    MixtureSimulator,
+    SharpEmphasis,
+    TrainSettings,
+    class_flags,
+    prepare_binned,
+    run_training,
+    shard_files,
+)
 from mulens_sbi.validation import ValidateSettings, run_validation
 
 N_BINS = 64
@@ -91,6 +101,47 @@ def test_binned_simulator_is_seeded_and_redraws_noise(tiny_sim):
     assert x1.shape == (32, N_BINS, 4)
     # the network-side t_0 is relative to the data's peak estimate, not the window centre
     assert np.median(np.abs(b["theta_net"][:, 0])) < 0.5 * np.median(b["theta_net"][:, 2])
+
+
+def test_device_sampler_draws_the_host_distribution(tiny_sim, tmp_path):
+    """The device sampler (rows, mixture, noise and weights drawn with jax.random in one compiled
+    function) against the host sampler it is built from: same rows in the same proportions (binomial,
+    4 sigma), same weights per row, and per-cell mean and spread of the normalized flux within
+    sampling error (5 sigma over 64 cells; spread within 15%). Also: worker processes pre-bin and
+    flag exactly like one process."""
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    files = shard_files(tiny_sim / "sim")[:2]
+    b = prepare_binned(files, cfg, None, progress=False)
+    b2 = prepare_binned(files, cfg, None, progress=False, workers=2)
+    for k in b:
+        np.testing.assert_array_equal(b[k], b2[k], err_msg=k)
+    np.testing.assert_array_equal(class_flags(files, "caustic-crossing", 0.01, None, False),
+                                  class_flags(files, "caustic-crossing", 0.01, None, False, workers=2))
+    pick = lambda rows: {k: v[rows] for k, v in b.items()}  # noqa: E731
+    base, enrich = BinnedSimulator(pick([0, 1]), cfg), BinnedSimulator(pick([2]), cfg)
+    host = SharpEmphasis(MixtureSimulator(base, np.array([True, False]), enrich, 0.3, 0.1), 3.0, 8.0)
+    dev = DeviceSampler(host, cfg)
+    n = 4000
+    th_h, x_h, w_h = (np.asarray(a) for a in host(jax.random.PRNGKey(1), n))
+    th_d, x_d, w_d = (np.asarray(a) for a in dev(jax.random.PRNGKey(1), n))
+    th_again = np.asarray(dev(jax.random.PRNGKey(1), n)[1])
+    np.testing.assert_array_equal(th_again, x_d)                       # a pure function of the key
+    assert not np.array_equal(np.asarray(dev(jax.random.PRNGKey(2), n)[1]), x_d)
+    rows = np.asarray(b["theta_net"][[0, 1, 2]], np.float32)
+    which = lambda th: np.argmin(np.abs(th[:, None, :] - rows[None]).sum(-1), axis=1)  # noqa: E731
+    r_h, r_d = which(th_h), which(th_d)
+    np.testing.assert_allclose(th_d, rows[r_d], rtol=1e-6)
+    for r, p in ((0, 0.35), (1, 0.35), (2, 0.3)):
+        sd = np.sqrt(p * (1 - p) / n)
+        assert abs(np.mean(r_h == r) - p) < 4 * sd and abs(np.mean(r_d == r) - p) < 4 * sd
+        # the weight of a row, up to the sharp-feature factor (1 or 3), is the mixture's
+        unsharp = lambda w: np.unique(w / np.where(w > w.min(), 3.0, 1.0))  # noqa: E731
+        np.testing.assert_allclose(unsharp(w_d[r_d == r]), unsharp(w_h[r_h == r]), rtol=1e-6)
+        fh, fd = x_h[r_h == r][..., 1], x_d[r_d == r][..., 1]
+        se = np.sqrt(fh.var(0) / len(fh) + fd.var(0) / len(fd)) + 1e-9
+        assert np.max(np.abs(fh.mean(0) - fd.mean(0)) / se) < 5
+        has = x_h[r_h == r][0, :, 3] > 0
+        np.testing.assert_allclose(fd.std(0)[has], fh.std(0)[has], rtol=0.15)
 
 
 def test_training_end_to_end(trained):

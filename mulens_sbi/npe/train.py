@@ -23,6 +23,7 @@ device specific: the same code runs on CPU and GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -195,6 +196,7 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     init_from: Posterior | None = None,
     data_info: dict | None = None,
+    budget_s: float = 0.0,
 ) -> TrainResult:
     """Train q(theta | x); return the posterior with the best validation parameters.
 
@@ -220,10 +222,19 @@ def train(
             parameter space must equal ``config`` and ``space`` (an error names the first difference).
         data_info: JSON-able description of the training data beyond its kind (e.g. an enrichment
             mixture); part of the checkpoint fingerprint, so a resume with other data is refused.
+        budget_s: a wall-time budget (seconds, 0 = none) that sets the schedule's length: at the end
+            of the learning-rate warm-up (which does not depend on the length) the step rate measured
+            over the warm-up fixes the number of steps, ``min(max_steps, steps that fit in the time
+            left)``, so the cosine decay ends when the time does. The number is stored in the
+            checkpoint (a resume keeps it) and in the metadata (``max_steps_effective``); needs
+            ``warmup_steps >= 50``.
     """
     if (simulate is None) == (data is None):
         raise ValueError("give exactly one of simulate= or data=")
     tc = train_config
+    if budget_s and tc.warmup_steps < 50:
+        raise ValueError(f"budget_s needs warmup_steps >= 50 (the step rate is measured during the "
+                         f"warm-up), got {tc.warmup_steps}")
     t_wall = time.perf_counter()
     root = jax.random.PRNGKey(tc.seed)
     k_init, k_val, k_train = jax.random.split(root, 3)
@@ -300,7 +311,7 @@ def train(
                                 "source": source})
     st = {"step": 0, "best_val": math.inf, "best_step": -1, "bad_evals": 0, "history": [],
           "loss_sum": 0.0, "loss_count": 0, "n_nonfinite": 0, "finished": False, "stopped_early": False,
-          "fingerprint": fingerprint}
+          "fingerprint": fingerprint, "max_steps": tc.max_steps, "budget_fixed": not budget_s}
     best_params = params
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None and (ckdir / "state.json").exists():
@@ -321,19 +332,34 @@ def train(
             params = jax.tree_util.tree_map(jnp.asarray, params)
             best_params = jax.tree_util.tree_map(jnp.asarray, best_params)
             opt_state = jax.tree_util.tree_map(jnp.asarray, opt_state)
-            st = {k: rec[k] for k in st}
+            st = {k: rec.get(k, st[k]) for k in st}  # (checkpoints before budgets lack the last two)
 
     def commit():
         if ckdir is not None:
             save_train_state(ckdir, {"params": params, "opt_state": opt_state, "best_params": best_params},
                              st)
 
+    schedule = make_schedule(dataclasses.replace(tc, max_steps=st["max_steps"]))
+    probe_from = tc.warmup_steps // 4
+    t_probe = None
+
     # ---------------------------------------------------------------- loop
-    bar = tqdm(total=tc.max_steps, initial=st["step"], disable=not progress, desc="npe train",
+    bar = tqdm(total=st["max_steps"], initial=st["step"], disable=not progress, desc="npe train",
                dynamic_ncols=True)
     try:
-        while not st["finished"] and st["step"] < tc.max_steps:
+        while not st["finished"] and st["step"] < st["max_steps"]:
             step = st["step"]
+            if not st["budget_fixed"] and step == probe_from:
+                t_probe = time.perf_counter()
+            elif not st["budget_fixed"] and step == tc.warmup_steps and t_probe is not None:
+                now = time.perf_counter()
+                rate = (step - probe_from) / (now - t_probe)
+                fit = step + int(0.95 * rate * (budget_s - (now - t_wall)))
+                st["max_steps"] = max(step + 1, min(tc.max_steps, fit))
+                st["budget_fixed"] = True
+                schedule = make_schedule(dataclasses.replace(tc, max_steps=st["max_steps"]))
+                bar.total = st["max_steps"]
+                bar.refresh()
             theta_b, x_b, *w_b = batch(step)
             params, opt_state, loss, n_bad = _train_step(
                 params, opt_state, jnp.asarray(theta_b), x_b, jnp.float32(schedule(step)),
@@ -346,7 +372,7 @@ def train(
             st["n_nonfinite"] += int(n_bad)
             if on_step is not None:
                 on_step(step, loss_f)
-            done = st["step"] >= tc.max_steps
+            done = st["step"] >= st["max_steps"]
             if st["step"] % tc.eval_every == 0 or done:
                 vl = val_loss(params)
                 tl = st["loss_sum"] / max(st["loss_count"], 1)
@@ -380,6 +406,8 @@ def train(
             "data_source": source,
             "init_from": init_info,
             "steps_done": st["step"],
+            "max_steps_effective": st["max_steps"],
+            "budget_s": budget_s,
             "best_step": st["best_step"],
             "best_val_loss": st["best_val"],
             "stopped_early": st["stopped_early"],

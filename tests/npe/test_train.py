@@ -12,6 +12,7 @@ Tolerances (fixed seeds; a few hundred steps of a ~5k-parameter network on a CPU
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +162,33 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite=True"):
         train(SPACE, CFG, RESUME_TC, simulate=simulate_gauss, checkpoint_dir=tmp_path, progress=False,
               resume=False)
+
+
+def test_time_budget_sets_the_schedule_length_once(tmp_path):
+    """``budget_s``: the step count is fixed at the end of the warm-up from the measured rate (capped
+    by max_steps), the run ends there, and a resumed run keeps the count it fixed."""
+    tc = TrainConfig(max_steps=10 ** 6, batch_size=64, learning_rate=1e-3, warmup_steps=60, val_size=128,
+                     eval_every=50, patience=0, checkpoint_every=1, seed=2)
+
+    def kill_after_fix(step, loss):
+        if step == 63:  # after the fix (before step 60) and a checkpoint (every step)
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(SPACE, CFG, tc, simulate=simulate_gauss, checkpoint_dir=tmp_path, progress=False, budget_s=8.0,
+              on_step=kill_after_fix)
+    res = train(SPACE, CFG, tc, simulate=simulate_gauss, checkpoint_dir=tmp_path, progress=False,
+                budget_s=1e-3)  # a resume keeps the count fixed in the first session
+    meta = res.posterior.metadata["training"]
+    n = meta["max_steps_effective"]
+    assert 60 < n < 10 ** 6 and res.steps_done == n
+    assert json.loads((tmp_path / "state.json").read_text())["max_steps"] == n
+    # a budget larger than max_steps needs leaves max_steps; too short a warm-up is refused
+    small = TrainConfig(**{**tc.to_dict(), "max_steps": 70, "checkpoint_every": 100})
+    assert train(SPACE, CFG, small, simulate=simulate_gauss, progress=False, budget_s=600.0).steps_done == 70
+    with pytest.raises(ValueError, match="warmup_steps >= 50"):
+        train(SPACE, CFG, TrainConfig(**{**tc.to_dict(), "warmup_steps": 10}), simulate=simulate_gauss,
+              progress=False, budget_s=5.0)
 
 
 def test_array_data_and_nonfinite_rows():
