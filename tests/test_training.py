@@ -323,3 +323,40 @@ def test_validate_caustic_data_refuses_a_plain_folder(trained, tmp_path):
                                         out=str(tmp_path / "v"), holdout_shards=1, caustic_subset=False,
                                         caustic_data=str(d / "sim"), progress=False), log=lambda m: None)
     assert not (tmp_path / "v" / "validation.json").exists()
+
+
+def test_refit_flow_keeps_the_embedding_and_learns_a_new_flow(trained, tmp_path):
+    """``mulens_sbi.refit.run_refit``: the embedding is the trained model's, bit for bit; the flow is
+    fitted anew on contexts of the training shards and must recover t_0 and t_E on held-out events as
+    the trained model does (same tolerances as ``test_training_end_to_end``); the model loads and
+    samples like any other; an existing output is not overwritten."""
+    from mulens_sbi.npe.checkpoint import load_posterior
+    from mulens_sbi.refit import run_refit
+
+    d, _ = trained
+    tc = TrainConfig(max_steps=300, batch_size=64, learning_rate=3e-3, warmup_steps=20, val_size=200,
+                     eval_every=50, patience=0, checkpoint_every=100, seed=0)
+    kw = dict(n_draws=2, holdout_shards=1, val_rows=200, train=tc, progress=False, log=lambda m: None)
+    out = run_refit(str(d / "model"), str(d / "sim"), str(tmp_path / "rf"), str(tmp_path / "w"), **kw)
+    assert out["steps"] == 300
+    old, new = load_posterior(d / "model"), load_posterior(tmp_path / "rf")
+    for a, b in zip(jax.tree_util.tree_leaves(old.params["params"]["embedding"]),
+                    jax.tree_util.tree_leaves(new.params["params"]["embedding"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(jax.tree_util.tree_leaves(old.params["params"]["flow"])[0]),
+                           np.asarray(jax.tree_util.tree_leaves(new.params["params"]["flow"])[0]))
+    rec = new.metadata["refit"]
+    assert rec["n_draws"] == 2 and rec["history"][-1]["val_loss"] < rec["history"][0]["val_loss"] - 0.3
+    model = load_model(str(tmp_path / "rf"))
+    tab = simulate_mod.read_simulation(d / "sim")
+    rows = np.arange(1200, 1240)
+    med_t0, med_te = [], []
+    for i in rows:
+        smp, _ = model.sample((tab["t"][i], tab["flux"][i], tab["sigma"][i], tab["mask"][i]), 100,
+                              jax.random.PRNGKey(int(i)))
+        med_t0.append(np.median(smp["t_0"]))
+        med_te.append(np.median(smp["t_E"]))
+    assert np.median(np.abs(np.array(med_t0) - tab["t_0"][rows]) / tab["t_E"][rows]) < 0.1
+    assert np.corrcoef(np.log(med_te), np.log(tab["t_E"][rows]))[0, 1] > 0.6
+    with pytest.raises(FileExistsError, match="overwrite"):
+        run_refit(str(d / "model"), str(d / "sim"), str(tmp_path / "rf"), str(tmp_path / "w"), **kw)
