@@ -70,25 +70,32 @@ def build(folder: Path, notes: str = "") -> str:
             f"| emphasis (`--sharp-weight`) | light curves whose sharp-feature statistic exceeds "
             f"{enr['sharp_threshold']:g} weighted {enr['sharp_weight']:g} (a function of the data only: the "
             "target posterior is unchanged) |")
+    planned = tr.get("max_steps_effective") or tc["max_steps"]
     lines += [
-        f"| steps | {tr['steps_done']} of {tc['max_steps']} planned (batch {tc['batch_size']}, "
+        f"| steps | {tr['steps_done']} of {planned} planned"
+        + (f" (the step rate of the warm-up fitted to a {tr['budget_s'] / 60:g}-min budget)"
+           if tr.get("budget_s") else "") + f" (batch {tc['batch_size']}, "
         f"{tr['steps_done'] * tc['batch_size']:,} light curves seen ≈ "
         f"{tr['steps_done'] * tc['batch_size'] / prov['n_train_rows']:.1f} epochs)"
         + (" — stopped by hand when the time budget ran out" if tr.get("stopped_by_user") else "")
         + (" — early stopping" if tr.get("stopped_early") else "") + " |",
         f"| optimizer | AdamW, peak lr {tc['learning_rate']:g}, {tc['warmup_steps']} warm-up steps, "
         "cosine decay "
-        f"over {tc['max_steps']} steps, clip {tc['clip_norm']:g}, weight decay {tc['weight_decay']:g} |",
+        f"over {planned} steps, clip {tc['clip_norm']:g}, weight decay {tc['weight_decay']:g} |",
         f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
         f"{tr['best_step']} |",
         f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
         + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model(s) it "
            f"was warm-started from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all"
            if prior else "") + " |",
-        f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
-        "shared with other jobs)" + (" — **no GPU**" if hw.get("platform", "cpu") == "cpu" else "") + " |",
+        (f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
+         "shared with other jobs) — **no GPU** |" if hw.get("platform", "cpu") == "cpu" else
+         f"| hardware | one {hw.get('device', '?')} GPU ({hw.get('cpu_count', '?')} CPU cores simulated the "
+         "training set in the same run) |"),
         f"| network | {side['n_params']:,} parameters: binned 1-D CNN embedding ({emb['n_bins']} cells, "
-        f"channels {emb['channels']}, kernel {emb['kernel_size']}, context {emb['out_dim']}) + "
+        f"channels {emb['channels']}, kernel {emb['kernel_size']}"
+        + (f", {emb['blocks_per_stage']} residual block(s) per stage" if emb.get("blocks_per_stage") else "")
+        + f", context {emb['out_dim']}) + "
         "rational-quadratic spline "
         f"flow ({flow['n_layers']} coupling layers, hidden {flow['hidden']}, {flow['n_bins']} bins, "
         f"affine first layer) |",
@@ -98,6 +105,22 @@ def build(folder: Path, notes: str = "") -> str:
         + ", ".join(f"{h['step']}: {h['val_loss']:.3f}" for h in hist) + ".",
         "",
     ]
+    rf = meta.get("refit")
+    if rf:
+        rtc = rf["train_config"]
+        at = next(i for i, line in enumerate(lines) if line.startswith("| versions |"))
+        lines.insert(at,
+            f"| flow refit (`mulens_sbi.refit`) | the flow above was replaced by one fitted from scratch on "
+            f"{rf['n_rows']:,} other light curves ({len(rf['shards'])} shards of "
+            f"`{Path(rf['data']).name}`) × "
+            f"{rf['n_draws']} noise draws, contexts from the frozen embedding"
+            + (f", enriched with {rf['n_enrich_rows']:,} `{Path(rf['enrich']).name}` light curves in "
+               f"{rf['enrich_fraction']:.0%} of each batch (weights {rf['weight_class']:.4f} / "
+               f"{rf['weight_other']:.4f})" if rf.get("enrich") else "")
+            + f"; {rf['steps_done']} steps of batch {rtc['batch_size']} (lr {rtc['learning_rate']:g}, early "
+            f"stopping on {rf['val_rows']:,} held-out rows), best validation loss "
+            f"{rf['best_val_loss']:.4f} at "
+            f"step {rf['best_step']}; {rf['wall_time_s'] / 60:.1f} min on {rf['device']} |")
     if val:
         m = val["n_cases"]
         lines += [
