@@ -341,7 +341,7 @@ def train(
 
     schedule = make_schedule(dataclasses.replace(tc, max_steps=st["max_steps"]))
     probe_from = tc.warmup_steps // 4
-    t_probe = None
+    t_probe, probe_step = None, 0
 
     # ---------------------------------------------------------------- loop
     bar = tqdm(total=st["max_steps"], initial=st["step"], disable=not progress, desc="npe train",
@@ -349,11 +349,12 @@ def train(
     try:
         while not st["finished"] and st["step"] < st["max_steps"]:
             step = st["step"]
-            if not st["budget_fixed"] and step == probe_from:
-                t_probe = time.perf_counter()
-            elif not st["budget_fixed"] and step == tc.warmup_steps and t_probe is not None:
+            if not st["budget_fixed"] and t_probe is None and step >= probe_from:
+                t_probe, probe_step = time.perf_counter(), step  # (a resume may start past probe_from)
+            elif (not st["budget_fixed"] and t_probe is not None and step >= tc.warmup_steps
+                  and step - probe_step >= 20):
                 now = time.perf_counter()
-                rate = (step - probe_from) / (now - t_probe)
+                rate = (step - probe_step) / (now - t_probe)
                 fit = step + int(0.95 * rate * (budget_s - (now - t_wall)))
                 st["max_steps"] = max(step + 1, min(tc.max_steps, fit))
                 st["budget_fixed"] = True
