@@ -82,8 +82,8 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--q-max", type=float, default=0.01,
                    help="mass-ratio bound with --condition (default 0.01)")
     p.add_argument("--workers", type=_positive_int, default=1,
-                   help="processes making shards in parallel (default 1); the output is the same for "
-                        "any number")
+                   help="processes making shards in parallel, each running JAX on the CPU (default 1); "
+                        "the output is the same for any number")
 
 
 def _simulate_run(args: argparse.Namespace) -> int:

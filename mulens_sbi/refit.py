@@ -94,12 +94,13 @@ class ContextSampler:
 
 def refit_flow(post: Posterior, sampler: ContextSampler, validation: tuple[np.ndarray, np.ndarray],
                tc: TrainConfig, *, checkpoint_dir=None, progress: bool = True,
-               record: dict[str, Any] | None = None) -> Posterior:
+               record: dict[str, Any] | None = None, overwrite: bool = False) -> Posterior:
     """Fit a new flow (same configuration, random initialization) on contexts from ``sampler``,
     early-stopped on ``validation`` = ``(theta_net, contexts)``; return ``post`` with that flow.
 
     ``record`` (JSON-able: data, sizes, seeds) is stored in the metadata under ``refit`` together
-    with the refit's training history."""
+    with the refit's training history; it is part of the checkpoint's fingerprint, so a checkpoint
+    of another refit is never resumed (``overwrite=True`` discards it)."""
     dim = post.config.embedding.out_dim
     cfg = NPEConfig(flow=post.config.flow, embedding=EmbeddingConfig(kind="identity", out_dim=dim),
                     dtype=post.config.dtype)
@@ -107,8 +108,8 @@ def refit_flow(post: Posterior, sampler: ContextSampler, validation: tuple[np.nd
         raise ValueError(f"contexts have {validation[1].shape[-1]} features; the model's embedding "
                          f"gives {dim}")
     res = npe_train(post.space, cfg, tc, simulate=sampler, validation_data=validation,
-                    checkpoint_dir=checkpoint_dir, progress=progress,
-                    data_info={"refit_flow": record or {}})
+                    checkpoint_dir=checkpoint_dir, progress=progress, resume=not overwrite,
+                    overwrite=overwrite, data_info={"refit_flow": record or {}})
     old, fitted = post.params["params"], res.posterior.params["params"]
     params = {**post.params, "params": {**old, "flow": fitted["flow"]}}
     meta = dict(post.metadata)
@@ -127,9 +128,19 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
     """Refit ``model``'s flow on the training shards of the simulate folder ``data`` (its last
     ``holdout_shards`` shards untouched, for validation), optionally enriched like ``mulens-sbi train
     --enrich``; write the model to ``out``. ``work`` caches the pre-binned sets, class flags and
-    contexts. The last ``val_rows`` accepted base rows (one noise draw each) are the early-stopping
-    set and are not trained on. Returns a summary."""
+    checkpoint (keyed by the model's weights, so another model never resumes it). The last
+    ``val_rows`` accepted base rows (one noise draw each) are the early-stopping set and are not
+    trained on. Raises ``ValueError`` naming the parameter for bad settings, before any long work.
+    Returns a summary."""
+    import hashlib
+    import warnings
     from pathlib import Path
+
+    if not 0.0 < enrich_fraction < 1.0:
+        raise ValueError(f"enrich_fraction must be in (0, 1), got {enrich_fraction}")
+    if n_draws < 1 or val_rows < 1 or holdout_shards < 0:
+        raise ValueError(f"need n_draws >= 1, val_rows >= 1 and holdout_shards >= 0, got {n_draws}, "
+                         f"{val_rows} and {holdout_shards}")
 
     from mulens_sbi.npe.checkpoint import load_posterior, save_posterior
     from mulens_sbi.simulate import condition_stats
@@ -140,6 +151,12 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
         raise FileExistsError(f"{outp / 'posterior.json'} exists; pass overwrite=True to replace it")
     post = load_posterior(model)
     cfg = PreprocessConfig.from_dict(post.metadata["provenance"]["preprocess"])
+    trained_on = post.metadata["provenance"].get("simulation", {}).get("folder")
+    if trained_on and Path(trained_on).resolve() == Path(data).resolve():
+        warnings.warn(f"{data} is the folder {model} was trained on: a refit needs light curves the "
+                      f"network has not seen to recalibrate it", RuntimeWarning, stacklevel=2)
+    weights_sha = hashlib.sha256(b"".join(np.asarray(a).tobytes() for a in
+                                          jax.tree_util.tree_leaves(post.params))).hexdigest()[:16]
     files = shard_files(data)
     if holdout_shards >= len(files):
         raise ValueError(f"holdout_shards = {holdout_shards} leaves no shard of {len(files)} to refit on")
@@ -164,13 +181,16 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
                               val_size=val_rows, eval_every=250, patience=8, checkpoint_every=1000, seed=0)
     th_tr, c_tr = embed_rows(post, tr, cfg, n_draws, tc.seed, progress=progress)
     th_va, c_va = embed_rows(post, va, cfg, 1, tc.seed + 1, progress=progress)
-    record: dict[str, Any] = {"data": str(data), "shards": [f.name for f in files], "n_rows": n - val_rows,
+    record: dict[str, Any] = {"model": str(model), "model_weights_sha256": weights_sha, "data": str(data),
+                              "shards": [f.name for f in files], "n_rows": n - val_rows,
                               "n_draws": n_draws, "val_rows": val_rows, "enrich": enrich}
     if enrich:
         eb = prepare_binned(shard_files(enrich), cfg, wp / "binned_enrich.npz", progress, workers)
         ekeep = accepted_mask(eb, cfg)
         # the class probability among accepted rows, as in mulens_sbi.training.run_training
         p_class = stats["probability"] * float(ekeep.mean()) / float(keep.mean())
+        if not 0.0 < p_class < 1.0:
+            raise ValueError(f"{enrich}: class probability {p_class} among accepted rows is not in (0, 1)")
         w_class = 1.0 / ((1.0 - enrich_fraction) + enrich_fraction / p_class)
         w_other = 1.0 / (1.0 - enrich_fraction)
         th_e, c_e = embed_rows(post, {k: v[ekeep] for k, v in eb.items()}, cfg, n_draws, tc.seed + 2,
@@ -184,7 +204,7 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
     else:
         sampler = ContextSampler((th_tr, c_tr))
     new = refit_flow(post, sampler, (th_va, c_va), tc, checkpoint_dir=wp / "refit_ckpt", progress=progress,
-                     record=record)
+                     record=record, overwrite=overwrite)
     save_posterior(new, outp, overwrite=overwrite)
     r = new.metadata["refit"]
     log(f"refit flow saved to {outp}: {r['steps_done']} steps, best validation loss {r['best_val_loss']:.4f} "

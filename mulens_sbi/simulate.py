@@ -78,8 +78,9 @@ class SimulateSettings:
     condition: str | None = None
     #: mass-ratio bound of the planetary class (with ``condition``)
     q_max: float = 0.01
-    #: worker processes making shards in parallel (1: in this process). Shards are pure functions
-    #: of ``(spec, seed, index)``, so the output does not depend on it; not part of the identity.
+    #: worker processes making shards in parallel (1: in this process). Workers run JAX on the CPU;
+    #: shards are pure functions of ``(spec, seed, index)``, so on the CPU the output does not
+    #: depend on the number (a GPU in this process may differ at rounding level).
     workers: int = 1
 
 
@@ -442,12 +443,18 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
                 jobs = {pool.submit(_shard_job, settings.survey, settings.seed, i,
                                     shard_rows(settings.n, settings.shard_size, i), settings.shard_size,
                                     settings.batch_size, cond, str(out)): i for i in todo}
-                for job in as_completed(jobs):
-                    n_unsolved += job.result()
-                    bar.update(shard_rows(settings.n, settings.shard_size, jobs[job]))
+                try:
+                    for job in as_completed(jobs):
+                        n_unsolved += job.result()
+                        bar.update(shard_rows(settings.n, settings.shard_size, jobs[job]))
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)  # do not wait for the queued shards
+                    raise
 
     wall = time.perf_counter() - t_start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux -> MiB
+    # KiB on Linux -> MiB; with workers, the largest worker's if larger
+    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024.0
     manifest.update(
         complete=True,
         shards=[

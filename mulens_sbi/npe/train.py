@@ -339,8 +339,11 @@ def train(
             save_train_state(ckdir, {"params": params, "opt_state": opt_state, "best_params": best_params},
                              st)
 
+    if not budget_s:
+        st["budget_fixed"] = True  # a resume without a budget keeps the count it has
     schedule = make_schedule(dataclasses.replace(tc, max_steps=st["max_steps"]))
-    probe_from = tc.warmup_steps // 4
+    # the rate is timed from a few steps into this session (the first ones compile) to >= 20 steps later
+    probe_from = max(tc.warmup_steps // 4, st["step"] + 5)
     t_probe, probe_step = None, 0
 
     # ---------------------------------------------------------------- loop
@@ -361,6 +364,7 @@ def train(
                 schedule = make_schedule(dataclasses.replace(tc, max_steps=st["max_steps"]))
                 bar.total = st["max_steps"]
                 bar.refresh()
+                commit()
             theta_b, x_b, *w_b = batch(step)
             params, opt_state, loss, n_bad = _train_step(
                 params, opt_state, jnp.asarray(theta_b), x_b, jnp.float32(schedule(step)),
