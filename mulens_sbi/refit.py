@@ -122,7 +122,7 @@ def refit_flow(post: Posterior, sampler: ContextSampler, validation: tuple[np.nd
 
 
 def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None = None,
-              enrich_fraction: float = 0.25, n_draws: int = 2, holdout_shards: int = 5, val_rows: int = 4096,
+              enrich_fraction: float = 0.25, n_draws: int = 4, holdout_shards: int = 5, val_rows: int = 4096,
               train: TrainConfig | None = None, workers: int = 1, overwrite: bool = False,
               progress: bool = True, log=print) -> dict[str, Any]:
     """Refit ``model``'s flow on the training shards of the simulate folder ``data`` (its last

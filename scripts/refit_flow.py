@@ -1,7 +1,7 @@
 """Refit a trained model's flow on fresh simulations with its embedding frozen (see docs/npe.md).
 
 Usage:
-    python scripts/refit_flow.py MODEL SIM OUT [--enrich CROSS] [--work DIR] [--n-draws 2]
+    python scripts/refit_flow.py MODEL SIM OUT [--enrich CROSS] [--work DIR] [--n-draws 4]
         [--holdout-shards 5] [--workers 2] [--overwrite]
 
 SIM is a ``mulens-sbi simulate`` folder the model was not trained on (its last ``--holdout-shards``
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--enrich", default=None)
     ap.add_argument("--enrich-fraction", type=float, default=0.25)
     ap.add_argument("--work", default=None)
-    ap.add_argument("--n-draws", type=int, default=2)
+    ap.add_argument("--n-draws", type=int, default=4)
     ap.add_argument("--holdout-shards", type=int, default=5)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--overwrite", action="store_true")
