@@ -15,6 +15,7 @@ from catalog_testdata import light_curve, same_table, write_parquet
 from mulens_sbi.catalog import CatalogSettings, read_catalog, run_catalog
 from mulens_sbi.catalog.inputs import EventRef, list_inputs, load_event
 from mulens_sbi.fit import evaluate_samples
+from mulens_sbi.inference.importance import MIN_ESS
 from mulens_sbi.simulate import OutputExistsError
 
 SMALL = {"n_samples": 64, "shard_size": 3, "batch_size": 4, "progress": False}
@@ -58,10 +59,16 @@ def test_local_catalog_rows_and_resume(local_run, tmp_path):
         assert fl["f_b"] == pytest.approx(res["f_b"][0, 0], rel=1e-8)
         # the data's peak estimate (preprocessing, independent of the flow) is the true peak to 1 day
         assert abs(r["t_ref"] - truth["t_0"][r["index"]]) < 1.0
-        # these toy curves are off the Roman model's training distribution: every row is 'fail' with
-        # ESS ~ 1, so the reported median is one importance sample; only a coarse check applies
-        # (it sat 0.01-11 d from the truth with the shipped models: within 2 t_E)
-        assert abs(r["t_0_median"] - truth["t_0"][r["index"]]) < 2.0 * truth["t_E"][r["index"]]
+        # these toy curves (400 random points over t_0 +- 3 t_E) are off the Roman model's training
+        # distribution: the rows have ESS ~ 1, so the reported median is one importance sample (it sat
+        # 0.01 to 50 d from the truth with the shipped models). Checked: the summary is coherent, a
+        # row with fewer than MIN_ESS effective samples is never 'ok', and a row with a usable ESS
+        # has its median near the truth.
+        assert r["t_0_lo95"] <= r["t_0_median"] <= r["t_0_hi95"]
+        if r["ess"] < MIN_ESS:
+            assert r["status"] != "ok"
+        if r["ess"] >= 5:
+            assert abs(r["t_0_median"] - truth["t_0"][r["index"]]) < 2.0 * truth["t_E"][r["index"]]
     info = json.loads((full_out / "catalog.json").read_text())
     assert info["complete"] and info["status_counts"]["error"] == 2
 
