@@ -30,7 +30,8 @@ from mulens_sbi.npe.config import EmbeddingConfig, NPEConfig, TrainConfig
 from mulens_sbi.npe.model import NPEModel
 from mulens_sbi.npe.posterior import Posterior
 from mulens_sbi.npe.train import train as npe_train
-from mulens_sbi.preprocess import PreprocessConfig, network_input
+from mulens_sbi.preprocess import PreprocessConfig
+from mulens_sbi.training import BinnedSimulator, mixture_rows
 
 __all__ = ["embed_rows", "ContextSampler", "refit_flow", "run_refit"]
 
@@ -41,34 +42,25 @@ def embed_rows(post: Posterior, binned: dict[str, np.ndarray], cfg: PreprocessCo
     ``post``'s embedding. Returns ``(theta_net (R·n_draws, D), contexts (R·n_draws, C))``, float32,
     draw-major (all rows of draw 0, then draw 1, ...)."""
     model = NPEModel(post.config, post.space.dim)
-    embed = jax.jit(lambda p, m, e, c, z: model.apply(
-        p, network_input(m + e * z, e, c, cfg), method=NPEModel.embed))
+    embed = jax.jit(lambda p, x: model.apply(p, x, method=NPEModel.embed))
+    sim = BinnedSimulator(binned, cfg)  # the training path's noise and normalization
     rng = np.random.default_rng([seed, 11])
-    n = binned["mean"].shape[0]
+    n = len(sim)
     ctx, th = [], []
     with tqdm(total=n * n_draws, desc="contexts", disable=not progress, unit="lc") as bar:
         for _ in range(n_draws):
             for s in range(0, n, batch):
                 sl = slice(s, min(s + batch, n))
-                m = binned["mean"][sl]
-                noise = rng.standard_normal(m.shape, dtype=np.float32)
-                ctx.append(np.asarray(embed(post.params, m, binned["err"][sl], binned["count"][sl], noise)))
-                bar.update(m.shape[0])
-            th.append(binned["theta_net"].astype(np.float32))
+                x = sim.inputs(sim.mean[sl], sim.err[sl], sim.count[sl], rng)
+                ctx.append(np.asarray(embed(post.params, x)))
+                bar.update(x.shape[0])
+            th.append(sim.theta.astype(np.float32))
     return np.concatenate(th), np.concatenate(ctx)
 
 
 def _draw(key, base, enrich, w_base, n: int, fraction: float, w_class: float):
-    k_row, k_enr, k_mix = jax.random.split(key, 3)
-    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0])
-    theta, ctx = base[0][i], base[1][i]
-    if enrich is None:
-        return theta, ctx
-    j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0])
-    e = jax.random.uniform(k_mix, (n,)) < fraction
-    theta = jnp.where(e[:, None], enrich[0][j], theta)
-    ctx = jnp.where(e[:, None], enrich[1][j], ctx)
-    return theta, ctx, jnp.where(e, jnp.float32(w_class), w_base[i])
+    (theta, ctx), w = mixture_rows(jax.random.split(key, 3), base, enrich, w_base, n, fraction, w_class)
+    return (theta, ctx) if w is None else (theta, ctx, w)
 
 
 class ContextSampler:
@@ -144,7 +136,14 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
 
     from mulens_sbi.npe.checkpoint import load_posterior, save_posterior
     from mulens_sbi.simulate import condition_stats
-    from mulens_sbi.training import accepted_mask, class_flags, prepare_binned, shard_files
+    from mulens_sbi.training import (
+        accepted_class_probability,
+        accepted_mask,
+        class_flags,
+        mixture_weights,
+        prepare_binned,
+        shard_files,
+    )
 
     outp, wp = Path(out), Path(work)
     if (outp / "posterior.json").exists() and not overwrite:
@@ -177,6 +176,14 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
         raise ValueError(f"{n} accepted rows; need more than val_rows = {val_rows}")
     tr = {k: v[:n - val_rows] for k, v in base.items()}
     va = {k: v[n - val_rows:] for k, v in base.items()}
+    if enrich:
+        eb = prepare_binned(shard_files(enrich), cfg, wp / "binned_enrich.npz", progress, workers)
+        ekeep = accepted_mask(eb, cfg)
+        p_class = accepted_class_probability(stats["probability"], float(ekeep.mean()), float(keep.mean()))
+        try:
+            w_class, w_other = mixture_weights(enrich_fraction, p_class)
+        except ValueError as exc:
+            raise ValueError(f"{enrich}: {exc}") from exc
     tc = train or TrainConfig(max_steps=20000, batch_size=512, learning_rate=1e-3, warmup_steps=200,
                               val_size=val_rows, eval_every=250, patience=8, checkpoint_every=1000, seed=0)
     th_tr, c_tr = embed_rows(post, tr, cfg, n_draws, tc.seed, progress=progress)
@@ -185,14 +192,6 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
                               "shards": [f.name for f in files], "n_rows": n - val_rows,
                               "n_draws": n_draws, "val_rows": val_rows, "enrich": enrich}
     if enrich:
-        eb = prepare_binned(shard_files(enrich), cfg, wp / "binned_enrich.npz", progress, workers)
-        ekeep = accepted_mask(eb, cfg)
-        # the class probability among accepted rows, as in mulens_sbi.training.run_training
-        p_class = stats["probability"] * float(ekeep.mean()) / float(keep.mean())
-        if not 0.0 < p_class < 1.0:
-            raise ValueError(f"{enrich}: class probability {p_class} among accepted rows is not in (0, 1)")
-        w_class = 1.0 / ((1.0 - enrich_fraction) + enrich_fraction / p_class)
-        w_other = 1.0 / (1.0 - enrich_fraction)
         th_e, c_e = embed_rows(post, {k: v[ekeep] for k, v in eb.items()}, cfg, n_draws, tc.seed + 2,
                                progress=progress)
         w_base = np.tile(np.where(flags[:n - val_rows], w_class, w_other), n_draws).astype(np.float32)

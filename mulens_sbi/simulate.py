@@ -239,8 +239,9 @@ def make_shard(survey, seed: int, index: int, n_rows: int, first_index: int, bat
     return table
 
 
-def _cpu_worker() -> None:
-    """Worker initializer: JAX on the CPU (many processes must not each claim a GPU)."""
+def cpu_worker() -> None:
+    """Initializer of worker processes: JAX on the CPU (on a GPU machine, many processes must not
+    each claim the accelerator)."""
     import jax
 
     jax.config.update("jax_platforms", "cpu")
@@ -253,12 +254,17 @@ def _survey(spec: str):
     return Survey.load(spec)
 
 
-def _shard_job(spec: str, seed: int, index: int, rows: int, shard_size: int, batch_size: int,
-               condition: dict | None, out: str) -> int:
-    """Make and write shard ``index`` (in a worker process); returns its number of unsolved points."""
-    table = make_shard(_survey(spec), seed, index, rows, index * shard_size, batch_size, condition)
+def _write_shard(survey, seed: int, index: int, rows: int, shard_size: int, batch_size: int,
+                 condition: dict | None, out: str) -> int:
+    """Make and write shard ``index``; returns its number of unsolved points."""
+    table = make_shard(survey, seed, index, rows, index * shard_size, batch_size, condition)
     _write_atomic(Path(out) / shard_name(index), lambda p: pq.write_table(table, p, compression="zstd"))
     return int(np.asarray(table["n_unsolved"]).sum())
+
+
+def _shard_job(spec: str, *args) -> int:
+    """:func:`_write_shard` in a worker process, which loads the spec once."""
+    return _write_shard(_survey(spec), *args)
 
 
 def condition_stats(out: str | Path) -> dict | None:
@@ -429,17 +435,14 @@ def run_simulation(settings: SimulateSettings, log: Callable[[str], None] = prin
         if settings.workers == 1 or len(todo) < 2:
             for i in todo:
                 rows = shard_rows(settings.n, settings.shard_size, i)
-                table = make_shard(survey, settings.seed, i, rows, i * settings.shard_size,
-                                   settings.batch_size, cond)
-                n_unsolved += int(np.asarray(table["n_unsolved"]).sum())
-                _write_atomic(out / shard_name(i),
-                              lambda p, tb=table: pq.write_table(tb, p, compression="zstd"))
+                n_unsolved += _write_shard(survey, settings.seed, i, rows, settings.shard_size,
+                                           settings.batch_size, cond, str(out))
                 bar.update(rows)
         else:
             # spawned (JAX is not fork-safe) CPU workers; each loads the spec once and makes whole shards
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(min(settings.workers, len(todo)), mp_context=ctx,
-                                     initializer=_cpu_worker) as pool:
+                                     initializer=cpu_worker) as pool:
                 jobs = {pool.submit(_shard_job, settings.survey, settings.seed, i,
                                     shard_rows(settings.n, settings.shard_size, i), settings.shard_size,
                                     settings.batch_size, cond, str(out)): i for i in todo}

@@ -45,6 +45,7 @@ from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, NPEConfig, TrainC
 from mulens_sbi.npe.train import train as npe_train
 from mulens_sbi.npe.transforms import ParameterSpace
 from mulens_sbi.preprocess import PreprocessConfig, bin_points, estimate_peak_time, network_input
+from mulens_sbi.simulate import cpu_worker
 
 __all__ = [
     "TrainSettings",
@@ -56,6 +57,8 @@ __all__ = [
     "BinnedSimulator",
     "DeviceSampler",
     "NETWORKS",
+    "mixture_rows",
+    "mixture_weights",
     "run_training",
 ]
 
@@ -235,12 +238,6 @@ def _files_key(files: list[Path]) -> dict:
     return {"files": [f.name for f in files], "sizes": [f.stat().st_size for f in files]}
 
 
-def cpu_worker() -> None:
-    """Initializer of worker processes: JAX on the CPU (on a GPU machine, many processes must not
-    each claim the accelerator)."""
-    jax.config.update("jax_platforms", "cpu")
-
-
 def map_files(fn, files: list[Path], workers: int, desc: str, progress: bool) -> list:
     """``[fn(f) for f in files]``, in ``workers`` spawned CPU processes when ``workers > 1`` (``fn``
     must be picklable: a module-level function or a ``functools.partial`` of one)."""
@@ -371,6 +368,23 @@ class SharpEmphasis:
         return theta, x, (w[0] * h if w else h)
 
 
+def mixture_weights(fraction: float, p_class: float) -> tuple[float, float]:
+    """``(w_class, w_other)``: the prior / mixture density ratios of :class:`MixtureSimulator` for a
+    row in the class and one outside it, ``1 / ((1 − λ) + λ / P(C))`` and ``1 / (1 − λ)``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"enrich_fraction must be in (0, 1), got {fraction}")
+    if not 0.0 < p_class < 1.0:
+        raise ValueError(f"the class probability must be in (0, 1), got {p_class}")
+    return 1.0 / ((1.0 - fraction) + fraction / p_class), 1.0 / (1.0 - fraction)
+
+
+def accepted_class_probability(probability: float, enrich_accepted: float, base_accepted: float) -> float:
+    """The class probability among the light curves inference accepts: the conditioned simulation's
+    acceptance ``probability`` times the accepted share of the class rows over that of the prior rows
+    (both sets are filtered alike before training)."""
+    return probability * enrich_accepted / base_accepted
+
+
 class MixtureSimulator:
     """Rows of a prior set (probability ``1 − λ``) and of a class-conditioned set (``λ``), with the
     loss weights that make the mixture's expected loss the prior's.
@@ -386,13 +400,8 @@ class MixtureSimulator:
 
     def __init__(self, base: BinnedSimulator, base_in_class: np.ndarray, enrich: BinnedSimulator,
                  fraction: float, p_class: float):
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"enrich_fraction must be in (0, 1), got {fraction}")
-        if not 0.0 < p_class < 1.0:
-            raise ValueError(f"the class probability must be in (0, 1), got {p_class}")
         self.base, self.enrich, self.fraction, self.p_class = base, enrich, fraction, p_class
-        self.w_class = 1.0 / ((1.0 - fraction) + fraction / p_class)
-        self.w_other = 1.0 / (1.0 - fraction)
+        self.w_class, self.w_other = mixture_weights(fraction, p_class)
         self.w_base = np.where(np.asarray(base_in_class, bool), self.w_class, self.w_other).astype(np.float32)
 
     def __call__(self, key, n: int):
@@ -421,18 +430,27 @@ def _flags_file(f: Path, q_max: float) -> np.ndarray:
     return flag
 
 
+def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fraction: float, w_class: float):
+    """``n`` rows drawn with ``jax.random`` (jittable) from the arrays ``base`` (a tuple of arrays with
+    the rows first), or with ``enrich`` from the mixture ``(1 − λ)·base + λ·enrich`` of
+    :class:`MixtureSimulator`, and their weights (``w_base[i]`` for base row i, ``w_class`` for
+    enrichment rows; None without ``enrich``). ``keys`` = (rows, enrichment rows, mixture choice)."""
+    k_row, k_enr, k_mix = keys
+    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0])
+    rows = tuple(a[i] for a in base)
+    if enrich is None:
+        return rows, None
+    j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0])
+    e = jax.random.uniform(k_mix, (n,)) < fraction
+    rows = tuple(jnp.where(e.reshape((n,) + (1,) * (a.ndim - 1)), b[j], a)
+                 for a, b in zip(rows, enrich, strict=True))
+    return rows, jnp.where(e, jnp.float32(w_class), w_base[i])
+
+
 def _draw_on_device(key, base, enrich, w_base, n: int, cfg: PreprocessConfig, fraction: float,
                     w_class: float, sharp: tuple[float, float] | None):
-    k_row, k_enr, k_mix, k_noise = jax.random.split(key, 4)
-    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0])
-    theta, mean, err, count = (a[i] for a in base)
-    w = None
-    if enrich is not None:
-        j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0])
-        e = jax.random.uniform(k_mix, (n,)) < fraction
-        theta, mean, err, count = (jnp.where(e.reshape((n,) + (1,) * (a.ndim - 1)), b[j], a)
-                                   for a, b in zip((theta, mean, err, count), enrich, strict=True))
-        w = jnp.where(e, jnp.float32(w_class), w_base[i])
+    *keys, k_noise = jax.random.split(key, 4)
+    (theta, mean, err, count), w = mixture_rows(keys, base, enrich, w_base, n, fraction, w_class)
     x = network_input(mean + err * jax.random.normal(k_noise, mean.shape, mean.dtype), err, count, cfg)
     if sharp is not None:
         h = jnp.where(sharp_feature(x) > sharp[1], jnp.float32(sharp[0]), jnp.float32(1.0))
@@ -466,9 +484,6 @@ class DeviceSampler:
     @staticmethod
     def _put(sim: BinnedSimulator):
         return tuple(jnp.asarray(a) for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count))
-
-    def __len__(self) -> int:
-        return self.base[0].shape[0]
 
     def __call__(self, key, n: int):
         return self._draw(key, self.base, self.enrich, self.w_base, n=n)
@@ -578,9 +593,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     sim = BinnedSimulator(tr, settings.preprocess)
     data_info = None
     if enrich is not None:
-        # the class probability among the rows inference accepts (both sets are filtered alike)
-        p_acc_base = n / (n + n_refused)
-        p_class = enrich["stats"]["probability"] * enrich["accepted_frac"] / p_acc_base
+        p_class = accepted_class_probability(enrich["stats"]["probability"], enrich["accepted_frac"],
+                                             n / (n + n_refused))
         sim = MixtureSimulator(sim, tr["in_class"], BinnedSimulator(enrich["binned"], settings.preprocess),
                                settings.enrich_fraction, p_class)
         data_info = {"enrich": str(settings.enrich), "enrich_fraction": settings.enrich_fraction,
