@@ -13,10 +13,17 @@ flow), and :mod:`mulens_sbi.npe.diagnostics` gives:
 * for *caustic-crossing planetary events* (q < 0.01 and at least one data point with the source
   inside a caustic, i.e. 5 images — computed with :mod:`mulens_sbi.lensing.point_source`): the
   fraction whose true (log s, log q) lies in the 95% highest-density region of the 2-D marginal
-  (Gaussian KDE of the samples in (log10 s, log10 q), Scott bandwidth).
+  (Gaussian KDE of the samples in (log10 s, log10 q), Scott bandwidth);
+* the reliability of the posterior's *planet probability* P(q < 0.01 | x) (the fraction of samples
+  with q < 0.01): events binned by that probability, against the fraction of them whose true q is
+  below 0.01. An exact posterior is reliable on every set of events chosen by the data alone; the
+  caustic-crossing class is chosen by the true parameters, so a model can be reliable here and still
+  miss the caustic-crossing figure, when its summary of the light curve does not tell planetary from
+  stellar-binary caustic crossings. The caustic-crossing set reports that planet probability too.
 
 Outputs in ``out``: ``validation.json`` (all numbers, the settings, and the figure list),
-``coverage.png``, ``recovery.png``, ``sbc.png``. Nothing is overwritten without ``overwrite``.
+``coverage.png``, ``recovery.png``, ``sbc.png``, ``reliability.png``. Nothing is overwritten without
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -36,10 +43,14 @@ from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
 from mulens_sbi.preprocess import preprocess
 
 __all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
-           "kde_hpd_level", "simulate_events"]
+           "kde_hpd_level", "simulate_events", "class_reliability", "PLANET_Q"]
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)
-FIGURES = ("coverage.png", "recovery.png", "sbc.png")
+FIGURES = ("coverage.png", "recovery.png", "sbc.png", "reliability.png")
+#: mass ratio below which a companion counts as a planet (the caustic-crossing class's q_max)
+PLANET_Q = 0.01
+#: bin edges of the predicted class probability in :func:`class_reliability`
+RELIABILITY_EDGES = (0.0, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 1.0)
 
 
 @dataclass(frozen=True)
@@ -225,6 +236,9 @@ def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int =
         rep["recovery"][n] = {"scale": "log10" if n in ("t_E", "s", "q") else "linear",
                               "median_abs_error": float(np.median(np.abs(err))),
                               "median_68_width": float(np.median(f(hi[:, j]) - f(lo[:, j])))}
+    p_planet = planet_probability(S)
+    rep["planet_probability"] = {"q_max": PLANET_Q,
+                                 **class_reliability(p_planet, theta[:, 4] < PLANET_Q)}
     # caustic-crossing planetary events
     if crossing:
         sel = np.flatnonzero(theta[:, 4] < 0.01)
@@ -232,11 +246,66 @@ def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int =
         params = {k: np.asarray(d[k])[idx_all] for k in ("t_0", "u_0", "t_E", "s", "q", "alpha")}
         cross = caustic_crossing(np.asarray(d["t"])[idx_all], np.asarray(d["mask"])[idx_all], params)
         levels = _logs_logq_levels(S, theta, sel[cross])
-        rep["caustic_crossing_planetary"] = {**_crossing_figures(levels), "n_planetary": int(len(sel)),
-                                             "source": "the held-out events"}
+        rep["caustic_crossing_planetary"] = {
+            **_crossing_figures(levels), "n_planetary": int(len(sel)), "source": "the held-out events",
+            "planet_probability": _crossing_planet_probability(p_planet[sel[cross]], levels)}
     rep["_raw"] = {"theta": theta, "samples": S, "hpd_levels": hpd_levels(lq_s, lq_t), "median": med,
                    "lo": lo, "hi": hi}
     return rep
+
+
+def class_reliability(p_pred: np.ndarray, in_class: np.ndarray,
+                      edges: tuple[float, ...] = RELIABILITY_EDGES) -> dict[str, Any]:
+    """Reliability of predicted class probabilities: events binned by ``p_pred`` (M,) in [0, 1]
+    (bins ``[e_k, e_k+1)``, the last one closed), and per bin the number of events, the mean predicted
+    probability, the observed fraction of ``in_class`` (M,) bool and its binomial standard error
+    sqrt(p(1-p)/n) at the mean prediction. ``ece``: the expected calibration error
+    Σ_k (n_k/M)·|observed_k − predicted_k|; ``max_z``: the largest |observed − predicted|/SE over
+    bins with at least 10 events (a reliable predictor keeps it within a few units)."""
+    p = np.asarray(p_pred, dtype=float)
+    y = np.asarray(in_class, dtype=bool)
+    if p.shape != y.shape or p.ndim != 1:
+        raise ValueError(f"p_pred and in_class must be 1-D of one length, got {p.shape} and {y.shape}")
+    if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError("p_pred must be probabilities in [0, 1]")
+    e = np.asarray(edges, dtype=float)
+    k = np.clip(np.searchsorted(e, p, side="right") - 1, 0, len(e) - 2)
+    bins, ece, max_z = [], 0.0, 0.0
+    for b in range(len(e) - 1):
+        sel = k == b
+        n = int(sel.sum())
+        row: dict[str, Any] = {"lo": float(e[b]), "hi": float(e[b + 1]), "n": n}
+        if n:
+            pred, obs = float(p[sel].mean()), float(y[sel].mean())
+            se = float(np.sqrt(max(pred * (1 - pred), 1.0 / n) / n))
+            row.update(predicted=pred, observed=obs, se=se)
+            ece += n / len(p) * abs(obs - pred)
+            if n >= 10:
+                max_z = max(max_z, abs(obs - pred) / se)
+        bins.append(row)
+    return {"n_events": int(len(p)), "bins": bins, "ece": float(ece), "max_z": float(max_z)}
+
+
+def planet_probability(S: np.ndarray) -> np.ndarray:
+    """(M,) posterior probability that the companion is a planet (q < ``PLANET_Q``) from samples
+    ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored."""
+    q = S[..., 4]
+    ok = np.isfinite(q)
+    return np.sum((q < PLANET_Q) & ok, axis=1) / np.maximum(ok.sum(axis=1), 1)
+
+
+def _crossing_planet_probability(p_planet: np.ndarray, levels: np.ndarray) -> dict[str, Any]:
+    """On caustic-crossing planetary events: how much posterior mass the model gives to a planet,
+    and the 95% figure split by whether it gives a planet at least half the mass."""
+    hi = p_planet >= 0.5
+
+    def frac(sel):
+        return float(np.mean(levels[sel] <= 0.95)) if sel.any() else None
+
+    return {"median": float(np.median(p_planet)) if p_planet.size else None,
+            "frac_below_0.5": float(np.mean(~hi)) if p_planet.size else None,
+            "frac_truth_in_95_if_at_least_0.5": frac(hi), "n_at_least_0.5": int(hi.sum()),
+            "frac_truth_in_95_if_below_0.5": frac(~hi), "n_below_0.5": int((~hi).sum())}
 
 
 def _crossing_figures(levels: np.ndarray) -> dict[str, Any]:
@@ -269,7 +338,9 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
     samp, _ = model.sample_batched(xs, t_ref, n_samples, jax.random.PRNGKey(seed))
     S = np.stack([samp[n] for n in names], axis=-1)
     levels = _logs_logq_levels(S, theta, range(theta.shape[0]))
-    return {**_crossing_figures(levels), "n_preprocess_failed": len(failed), "_levels": levels}
+    return {**_crossing_figures(levels), "n_preprocess_failed": len(failed),
+            "planet_probability": _crossing_planet_probability(planet_probability(S), levels),
+            "_levels": levels}
 
 
 def _figures(rep: dict, out: Path, title: str) -> list[str]:
@@ -337,6 +408,30 @@ def _figures(rep: dict, out: Path, title: str) -> list[str]:
     fig.savefig(out / "sbc.png", dpi=80)
     plt.close(fig)
     files.append("sbc.png")
+
+    rel = rep["planet_probability"]
+    rows = [b for b in rel["bins"] if b["n"]]
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.errorbar([b["predicted"] for b in rows], [b["observed"] for b in rows],
+                yerr=[2 * b["se"] for b in rows], fmt="o", ms=4, color="C0", label="held-out events (±2σ)")
+    for b in rows:
+        ax.annotate(str(b["n"]), (b["predicted"], b["observed"]), fontsize=6, xytext=(4, -8),
+                    textcoords="offset points")
+    for key, colour in (("caustic_crossing_planetary_set", "C3"), ("caustic_crossing_planetary", "C1")):
+        c = rep.get(key, {}).get("planet_probability")
+        if c and c["median"] is not None:
+            where = "dedicated set" if key.endswith("set") else "held-out"
+            ax.axvline(c["median"], color=colour, lw=1, ls=":",
+                       label=f"median on caustic-crossing planets ({where})")
+    ax.set_xlabel(f"posterior P(q < {rel['q_max']:g})")
+    ax.set_ylabel(f"fraction with true q < {rel['q_max']:g}")
+    ax.set_title(f"{title}: planet-probability reliability (ECE {rel['ece']:.3f})", fontsize=9)
+    ax.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=90)
+    plt.close(fig)
+    files.append("reliability.png")
     return files
 
 
@@ -419,11 +514,16 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
     for n in rep["names"]:
         row = [c for a, c in zip(lev, rep["marginal_coverage"][n], strict=True) if a in key]
         log(f"  {n:6s} " + "  ".join(f"{c:.3f}" for c in row))
+    rel = rep["planet_probability"]
+    log(f"planet probability P(q < {rel['q_max']:g}): expected calibration error {rel['ece']:.3f}, "
+        f"largest bin deviation {rel['max_z']:.1f} sigma")
     for key in ("caustic_crossing_planetary", "caustic_crossing_planetary_set"):
         c = rep.get(key)
         if c and c["n_events"]:
+            pp = c["planet_probability"]
             log(f"caustic-crossing planets ({c['source']}): true (log s, log q) in the 95% HPD region for "
                 f"{c['frac_truth_in_95_hpd_logs_logq']:.3f} of {c['n_events']}, in the 68% region for "
-                f"{c['frac_truth_in_68_hpd_logs_logq']:.3f}")
+                f"{c['frac_truth_in_68_hpd_logs_logq']:.3f}; posterior planet probability median "
+                f"{pp['median']:.2f}, below 0.5 for {pp['frac_below_0.5']:.2f} of them")
     log(f"wrote {out / 'validation.json'} and {', '.join(rep['figures'])} in {rep['wall_s']:.0f} s")
     return rep

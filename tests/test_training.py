@@ -190,8 +190,12 @@ def test_validate_library_and_cli(trained, tmp_path):
         cov = np.asarray(rep["marginal_coverage"][n])
         assert cov.shape == (len(rep["levels"]),) and np.all(np.diff(cov) >= 0)
     saved = json.loads((tmp_path / "v" / "validation.json").read_text())
-    assert saved["figures"] == ["coverage.png", "recovery.png", "sbc.png"]
+    assert saved["figures"] == ["coverage.png", "recovery.png", "sbc.png", "reliability.png"]
     assert all((tmp_path / "v" / f).stat().st_size > 1000 for f in saved["figures"])
+    # the planet-probability reliability covers every event, its bins in order
+    rel = saved["planet_probability"]
+    assert rel["q_max"] == 0.01 and sum(b["n"] for b in rel["bins"]) == rep["n_cases"] + rep["n_excluded"]
+    assert all(b["lo"] <= b["predicted"] <= b["hi"] for b in rel["bins"] if b["n"])
     args = ["validate", "--model", str(d / "model"), "--data", str(d / "sim"), "--n", "40",
             "--n-samples", "50",
             "--holdout-shards", "1", "--out", str(tmp_path / "v"), "--no-progress"]
@@ -389,3 +393,4 @@ def test_bad_training_and_refit_settings_are_refused_up_front(tiny_sim, tmp_path
         run_refit("no-model", str(tiny_sim / "sim"), str(tmp_path / "r"), str(tmp_path / "w"),
                   enrich_fraction=1.5)
     assert not any((tmp_path / d).exists() for d in ("m", "c", "r", "w"))
+

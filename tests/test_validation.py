@@ -1,0 +1,59 @@
+"""``class_reliability`` and ``planet_probability`` (mulens_sbi.validation) against constructions whose
+answer is known exactly.
+
+* Calibrated predictor: p ~ U(0, 1) and the class drawn as Bernoulli(p) (seeded); then in every bin the
+  observed fraction is a binomial draw around the mean prediction, so |observed − predicted| stays
+  within 4 standard errors (a 4σ bound: the chance that any of the 8 bins exceeds it is < 1e-3), and
+  the expected calibration error is small (< 0.03 for M = 20,000: the binomial noise alone gives
+  ~0.005).
+* Miscalibrated predictor: the class drawn as Bernoulli(p²) (the predictor over-states the class
+  probability by p − p², up to 0.25): ``max_z`` must exceed 10 and the ECE must be near its exact
+  value E|p − p²| = 1/6 (within 0.02).
+* ``planet_probability``: the fraction of samples with q < 0.01 per event, NaN samples ignored.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mulens_sbi.validation import class_reliability, planet_probability
+
+M = 20_000
+
+
+def test_a_calibrated_predictor_is_reliable():
+    rng = np.random.default_rng(20261130)
+    p = rng.uniform(0, 1, M)
+    y = rng.uniform(0, 1, M) < p
+    rel = class_reliability(p, y)
+    assert sum(b["n"] for b in rel["bins"]) == M
+    for b in rel["bins"]:
+        assert b["lo"] <= b["predicted"] <= b["hi"]
+        assert abs(b["observed"] - b["predicted"]) <= 4 * b["se"], b
+    assert rel["max_z"] <= 4 and rel["ece"] < 0.03
+
+
+def test_a_miscalibrated_predictor_is_flagged():
+    rng = np.random.default_rng(20261131)
+    p = rng.uniform(0, 1, M)
+    y = rng.uniform(0, 1, M) < p ** 2
+    rel = class_reliability(p, y)
+    assert rel["max_z"] > 10
+    assert abs(rel["ece"] - 1 / 6) < 0.02
+
+
+def test_edges_and_bad_input():
+    rel = class_reliability(np.array([0.0, 1.0, 0.5]), np.array([False, True, True]))
+    assert rel["bins"][0]["n"] == 1 and rel["bins"][-1]["n"] == 1      # 0 and 1 fall in the end bins
+    with pytest.raises(ValueError, match="probabilities"):
+        class_reliability(np.array([1.2]), np.array([True]))
+    with pytest.raises(ValueError, match="one length"):
+        class_reliability(np.array([0.2, 0.3]), np.array([True]))
+
+
+def test_planet_probability_counts_samples_below_q_max():
+    S = np.ones((2, 4, 6))
+    S[0, :, 4] = [1e-3, 5e-3, 0.02, 0.5]         # 2 of 4 planetary
+    S[1, :, 4] = [1e-4, np.nan, 0.3, 0.009]      # 2 of 3 valid
+    np.testing.assert_allclose(planet_probability(S), [0.5, 2 / 3])
