@@ -409,8 +409,19 @@ def _figures(rep: dict, out: Path, title: str) -> list[str]:
     plt.close(fig)
     files.append("sbc.png")
 
+    files.append(_reliability_figure(rep, out, title))
+    return files
+
+
+def _reliability_figure(rep: dict, out: Path, title: str) -> str:
+    """``reliability.png``: the planet-probability reliability of ``rep`` (a validation report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rel = rep["planet_probability"]
-    rows = [b for b in rel["bins"] if b["n"]]
+    rows = [b for b in rel["bins"] if b["n"] >= 10]  # smaller bins say little (their table row stays)
     fig, ax = plt.subplots(figsize=(5, 4.6))
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.errorbar([b["predicted"] for b in rows], [b["observed"] for b in rows],
@@ -424,6 +435,8 @@ def _figures(rep: dict, out: Path, title: str) -> list[str]:
             where = "dedicated set" if key.endswith("set") else "held-out"
             ax.axvline(c["median"], color=colour, lw=1, ls=":",
                        label=f"median on caustic-crossing planets ({where})")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"posterior P(q < {rel['q_max']:g})")
     ax.set_ylabel(f"fraction with true q < {rel['q_max']:g}")
     ax.set_title(f"{title}: planet-probability reliability (ECE {rel['ece']:.3f})", fontsize=9)
@@ -431,8 +444,7 @@ def _figures(rep: dict, out: Path, title: str) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=90)
     plt.close(fig)
-    files.append("reliability.png")
-    return files
+    return "reliability.png"
 
 
 def _check_crossing_folder(model, folder: Path) -> dict:

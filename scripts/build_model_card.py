@@ -216,11 +216,13 @@ def _reliability_lines(rel: dict, crossing: list[dict | None]) -> list[str]:
                      else "none")
                   + " and for "
                   + (f"{lo:.3f} of the {c['n_below_0.5']} below" if lo is not None else "none below")
-                  + ". A reliable planet probability with a low value on these events means the model's "
-                  "summary of the light curve does not tell these planets from stellar-binary caustic "
-                  "crossings: an exact posterior is calibrated on every set of events chosen by the data, "
-                  "not on a set chosen by the true parameters, so recalibrating cannot reach the target; "
-                  "a network that extracts more from the light curve can."]
+                  + ". The planet probability is reliable on the held-out events, as an exact "
+                  "posterior's is; the caustic-crossing class, though, is chosen by the true parameters, "
+                  "and an exact posterior is calibrated on every set of events chosen by the data, not on "
+                  "one chosen by the truth. Where the figure is missed, the model's summary of the light "
+                  "curve does not tell these planets from stellar-binary caustic crossings (it gives a "
+                  "planet less than half the mass); recalibrating cannot fix that, a network that "
+                  "extracts more from the light curve can."]
     return lines
 
 
