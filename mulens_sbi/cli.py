@@ -196,6 +196,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="steps between checkpoints (default 100)")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes for pre-binning and class flags (default 1)")
+    p.add_argument("--stream-prior", type=_nonneg_int, default=0, metavar="N",
+                   help="simulate N further prior light curves (the next shards of --data) while "
+                        "training and add them as they arrive (needs --sampler device; default 0)")
+    p.add_argument("--stream-enrich", type=_nonneg_int, default=0, metavar="M",
+                   help="the same for the --enrich folder (default 0)")
+    p.add_argument("--stream-workers", type=_nonneg_int, default=0,
+                   help="processes simulating the streamed shards (default: --workers)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -217,6 +224,9 @@ def _train_run(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         budget_minutes=args.budget_minutes,
         workers=args.workers,
+        stream_rows=args.stream_prior,
+        stream_enrich_rows=args.stream_enrich,
+        stream_workers=args.stream_workers,
         max_minutes=args.max_minutes,
         stop=args.stop,
         overwrite=args.overwrite,

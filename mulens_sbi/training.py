@@ -119,6 +119,11 @@ class TrainSettings:
         budget_minutes: fit the schedule's length to this wall time (see ``budget_s`` of
             :func:`mulens_sbi.npe.train.train`; 0 = ``max_steps`` steps).
         workers: processes for pre-binning and class flags (1 = this process).
+        stream_rows: simulate this many further prior light curves *while training* (the next
+            shards of ``data``, with its seed) and add them to the training set as they arrive
+            (:mod:`mulens_sbi.stream`; needs ``sampler="device"``); 0 = off.
+        stream_enrich_rows: the same for the enrichment folder (needs ``enrich``).
+        stream_workers: processes simulating the streamed shards (0 = ``workers``).
         progress: show progress bars.
     """
 
@@ -145,6 +150,9 @@ class TrainSettings:
     sampler: str = "host"
     budget_minutes: float = 0.0
     workers: int = 1
+    stream_rows: int = 0
+    stream_enrich_rows: int = 0
+    stream_workers: int = 0
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,16 +195,21 @@ _SERIES = ("t", "flux", "flux_true", "sigma", "mask")
 def read_shards(files: list[Path], columns: tuple[str, ...] = PHYSICAL_NAMES + ("f_s", "f_b") + _SERIES
                 ) -> dict[str, np.ndarray]:
     """Read some parquet shards of a simulate folder (series columns as (rows, n_points))."""
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for f in files:
-        tab = pq.read_table(f, columns=list(columns))
-        for c in columns:
-            col = tab[c].combine_chunks()
-            if pa.types.is_fixed_size_list(col.type):
-                parts[c].append(col.flatten().to_numpy(zero_copy_only=False).reshape(len(tab), -1))
-            else:
-                parts[c].append(col.to_numpy(zero_copy_only=False))
-    return {c: np.concatenate(v) for c, v in parts.items()}
+    parts = [table_arrays(pq.read_table(f, columns=list(columns)), columns) for f in files]
+    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
+
+
+def table_arrays(tab: pa.Table, columns: tuple[str, ...] = PHYSICAL_NAMES + ("f_s", "f_b") + _SERIES
+                 ) -> dict[str, np.ndarray]:
+    """Columns of a shard's arrow table as numpy arrays (series columns as (rows, n_points))."""
+    out = {}
+    for c in columns:
+        col = tab[c].combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(tab), -1)
+        else:
+            out[c] = col.to_numpy(zero_copy_only=False)
+    return out
 
 
 def _bin_rows(d: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, np.ndarray]:
@@ -420,9 +433,14 @@ class MixtureSimulator:
 
 
 def _flags_file(f: Path, q_max: float) -> np.ndarray:
+    return crossing_flags(read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask")), q_max)
+
+
+def crossing_flags(d: dict[str, np.ndarray], q_max: float) -> np.ndarray:
+    """(rows,) bool: the caustic-crossing planetary rows (q < q_max and >= 1 used data point with the
+    source inside a caustic) of simulate-style arrays (physical parameters, ``t``, ``mask``)."""
     from mulens_sbi.validation import caustic_crossing
 
-    d = read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask"))
     flag = np.zeros(d["t"].shape[0], bool)
     sel = np.flatnonzero(d["q"] < q_max)
     if sel.size:
@@ -430,17 +448,20 @@ def _flags_file(f: Path, q_max: float) -> np.ndarray:
     return flag
 
 
-def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fraction: float, w_class: float):
+def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fraction: float, w_class: float,
+                 n_base=None, n_enrich=None):
     """``n`` rows drawn with ``jax.random`` (jittable) from the arrays ``base`` (a tuple of arrays with
     the rows first), or with ``enrich`` from the mixture ``(1 − λ)·base + λ·enrich`` of
     :class:`MixtureSimulator`, and their weights (``w_base[i]`` for base row i, ``w_class`` for
-    enrichment rows; None without ``enrich``). ``keys`` = (rows, enrichment rows, mixture choice)."""
+    enrichment rows; None without ``enrich``). ``keys`` = (rows, enrichment rows, mixture choice).
+    ``n_base`` / ``n_enrich`` (traced integers allowed): draw from the first rows only (default all;
+    the streaming sampler's arrays have room for rows still to come)."""
     k_row, k_enr, k_mix = keys
-    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0])
+    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0] if n_base is None else n_base)
     rows = tuple(a[i] for a in base)
     if enrich is None:
         return rows, None
-    j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0])
+    j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0] if n_enrich is None else n_enrich)
     e = jax.random.uniform(k_mix, (n,)) < fraction
     rows = tuple(jnp.where(e.reshape((n,) + (1,) * (a.ndim - 1)), b[j], a)
                  for a, b in zip(rows, enrich, strict=True))
@@ -448,9 +469,10 @@ def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fracti
 
 
 def _draw_on_device(key, base, enrich, w_base, n: int, cfg: PreprocessConfig, fraction: float,
-                    w_class: float, sharp: tuple[float, float] | None):
+                    w_class: float, sharp: tuple[float, float] | None, n_base=None, n_enrich=None):
     *keys, k_noise = jax.random.split(key, 4)
-    (theta, mean, err, count), w = mixture_rows(keys, base, enrich, w_base, n, fraction, w_class)
+    (theta, mean, err, count), w = mixture_rows(keys, base, enrich, w_base, n, fraction, w_class,
+                                                n_base, n_enrich)
     x = network_input(mean + err * jax.random.normal(k_noise, mean.shape, mean.dtype), err, count, cfg)
     if sharp is not None:
         h = jnp.where(sharp_feature(x) > sharp[1], jnp.float32(sharp[0]), jnp.float32(1.0))
@@ -538,6 +560,15 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     if settings.workers < 1 or settings.budget_minutes < 0:
         raise ValueError(f"workers must be >= 1 and budget_minutes >= 0, got {settings.workers} and "
                          f"{settings.budget_minutes}")
+    streaming = settings.stream_rows > 0 or settings.stream_enrich_rows > 0
+    if settings.stream_rows < 0 or settings.stream_enrich_rows < 0 or settings.stream_workers < 0:
+        raise ValueError(f"stream_rows, stream_enrich_rows and stream_workers must be >= 0, got "
+                         f"{settings.stream_rows}, {settings.stream_enrich_rows} and "
+                         f"{settings.stream_workers}")
+    if streaming and settings.sampler != "device":
+        raise ValueError("streaming (stream_rows / stream_enrich_rows) needs sampler='device'")
+    if settings.stream_enrich_rows and not settings.enrich:
+        raise ValueError("stream_enrich_rows needs an enrichment folder (enrich)")
     if settings.embedding.kind != "binned_conv" or settings.embedding.n_bins != settings.preprocess.n_bins:
         raise ValueError(f"the embedding must be 'binned_conv' with n_bins = preprocess.n_bins "
                          f"({settings.preprocess.n_bins}), got {settings.embedding.kind!r} with "
@@ -612,7 +643,12 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
                      "sharp_threshold": settings.sharp_threshold}
         log(f"sharp-feature emphasis: light curves with sharp_feature > {settings.sharp_threshold:g} "
             f"weighted {settings.sharp_weight:g}")
-    if settings.sampler == "device":
+    plan = None
+    if streaming:
+        plan = _stream_plan(settings, manifest, spec_text)
+        stream = {k: v for k, v in asdict(plan).items() if k != "spec_text"}
+        data_info = {**(data_info or {}), "stream": stream}
+    elif settings.sampler == "device":
         sim = DeviceSampler(sim, settings.preprocess)
         data_info = {**(data_info or {}), "sampler": "device"}
         log(f"batches drawn on the device ({jax.devices()[0].device_kind})")
@@ -645,6 +681,12 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
                                   init_post)
     finished = True
+    if plan is not None:
+        from mulens_sbi.stream import StreamingSampler
+
+        sim = StreamingSampler(sim, settings.preprocess, plan)
+        log(f"batches drawn on the device ({jax.devices()[0].device_kind}); streaming {plan.rows} prior and "
+            f"{plan.enrich_rows} enrichment light curves from {plan.workers} worker processes")
     try:
         res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
                         resume=not settings.overwrite, overwrite=settings.overwrite,
@@ -652,6 +694,13 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
                         init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
     except _TimeUp:
         finished = False
+    finally:
+        if plan is not None:
+            sim.close()
+            s_ = sim.stats
+            log(f"streamed {s_['rows_added']} prior rows ({s_['shards_added']} shards) and "
+                f"{s_['enrich_rows_added']} enrichment rows ({s_['enrich_shards_added']} shards); "
+                f"{s_['shards_not_added']} shards not finished in time")
     session = time.perf_counter() - start
     acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
     acc_path.write_text(json.dumps(acc))
@@ -661,6 +710,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     res.posterior.metadata["training"]["train_wall_s_total"] = acc["train_wall_s"]
     res.posterior.metadata["training"]["sessions"] = acc["sessions"]
     res.posterior.metadata["training"]["prebin_s_last_session"] = t_prep
+    if plan is not None:
+        res.posterior.metadata["training"]["stream_last_session"] = sim.stats
     res.posterior.metadata["settings"] = settings.to_dict()
     save_posterior(res.posterior, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
     summary = {"finished": True, "out": str(out), "steps": res.steps_done, "best_step": res.best_step,
@@ -671,6 +722,26 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
         f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
     return summary
+
+
+def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None):
+    """The :class:`mulens_sbi.stream.StreamPlan` of a run: the next shards of ``data`` (and of
+    ``enrich``), with their folders' seeds and shard sizes."""
+    from mulens_sbi.stream import StreamPlan
+
+    if not spec_text:
+        raise ValueError(f"{settings.data}: its manifest has no spec_text; streaming needs the spec the "
+                         f"folder was simulated with")
+    kw: dict[str, Any] = {}
+    if settings.enrich:
+        em = json.loads((Path(settings.enrich) / "manifest.json").read_text())
+        kw = {"enrich_seed": int(em["seed"]), "enrich_first_shard": int(em["n_shards"]),
+              "enrich_rows": settings.stream_enrich_rows, "condition": em["condition"],
+              "q_max": float(em["q_max"]), "enrich_shard_size": int(em["shard_size"])}
+    return StreamPlan(spec_text=spec_text, seed=int(manifest["seed"]), first_shard=int(manifest["n_shards"]),
+                      rows=settings.stream_rows, shard_size=int(manifest["shard_size"]),
+                      batch_size=int(manifest.get("batch_size", 128)),
+                      workers=settings.stream_workers or settings.workers, **kw)
 
 
 def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list[Path], ckdir: Path

@@ -394,3 +394,134 @@ def test_bad_training_and_refit_settings_are_refused_up_front(tiny_sim, tmp_path
                   enrich_fraction=1.5)
     assert not any((tmp_path / d).exists() for d in ("m", "c", "r", "w"))
 
+
+# ----------------------------------------------------------------------------------------------
+# streaming (mulens_sbi.stream): the workers are threads here, so that the single-lens stand-in for
+# the solver applies to them too (real runs use spawned processes: make_executor)
+
+
+@pytest.fixture()
+def threaded_stream(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mulens_sbi.stream as stream_mod
+
+    monkeypatch.setattr(simulate_mod, "_magnification", _pspl)
+    monkeypatch.setattr(stream_mod, "make_executor", lambda workers: ThreadPoolExecutor(workers))
+    return stream_mod
+
+
+def _plan(d, **kw):
+    from mulens_sbi.stream import StreamPlan
+
+    man = json.loads((d / "sim" / "manifest.json").read_text())
+    return StreamPlan(spec_text=man["spec_text"], seed=man["seed"], shard_size=man["shard_size"],
+                      batch_size=man["batch_size"], **kw)
+
+
+def test_a_streamed_shard_is_the_folders_shard_pre_binned(tiny_sim, threaded_stream):
+    """``stream_shard(plan, "prior", k)`` is shard k of the folder (same seed), pre-binned and
+    filtered exactly as ``prepare_binned`` + ``accepted_mask`` do, with the class flags of
+    ``class_flags``: streaming extends the folder, it does not simulate something else."""
+    from mulens_sbi.training import accepted_mask
+
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    f = shard_files(tiny_sim / "sim")[1]
+    ref = prepare_binned([f], cfg, None, progress=False)
+    keep = accepted_mask(ref, cfg)
+    assert keep.sum() > 0
+    plan = _plan(tiny_sim, first_shard=1, rows=600, condition="caustic-crossing", enrich_seed=9)
+    got = threaded_stream.stream_shard(plan, "prior", 1, 600, cfg)
+    for k in ("theta_net", "mean", "err", "count"):
+        np.testing.assert_array_equal(got[k], ref[k][keep], err_msg=k)
+    flags = class_flags([f], "caustic-crossing", 0.01, None, False)
+    np.testing.assert_array_equal(got["in_class"], flags[keep])
+    with pytest.raises(ValueError, match="more than the shard size"):
+        threaded_stream.stream_shard(plan, "prior", 1, 601, cfg)
+
+
+def test_the_streaming_sampler_grows_and_draws_the_new_rows(tiny_sim, threaded_stream):
+    """Starting from shard 0, streaming shards 1 and 2: after they arrive the device set is the three
+    shards' accepted rows in order, the prior weights of the new rows follow their class flags, and
+    draws come from the whole set in proportion (binomial, 4σ) and never from the empty room."""
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    files = shard_files(tiny_sim / "sim")
+    b0 = prepare_binned(files[:1], cfg, None, progress=False)
+    b0 = {k: v[threaded_stream.accepted_mask(b0, cfg)] for k, v in b0.items()}
+    n0 = len(b0["theta_net"])
+    flags0 = np.zeros(n0, bool)
+    flags0[:3] = True
+    enrich = BinnedSimulator({k: v[:5] for k, v in b0.items()}, cfg)
+    host = MixtureSimulator(BinnedSimulator(b0, cfg), flags0, enrich, 0.3, 0.1)
+    plan = _plan(tiny_sim, first_shard=1, rows=1200, condition="caustic-crossing", enrich_seed=9)
+    smp = threaded_stream.StreamingSampler(host, cfg, plan, poll_every=1)
+    try:
+        assert smp.n_base == n0 and smp.pending == 2
+        smp.poll(wait=True)
+        ref = prepare_binned(files[:3], cfg, None, progress=False)
+        ref = {k: v[threaded_stream.accepted_mask(ref, cfg)] for k, v in ref.items()}
+        n = len(ref["theta_net"])
+        assert smp.n_base == n and smp.stats["rows_added"] == n - n0 and smp.stats["shards_added"] == 2
+        np.testing.assert_array_equal(np.asarray(smp.base[0][:n]), ref["theta_net"].astype(np.float32))
+        np.testing.assert_array_equal(np.asarray(smp.base[1][:n]), ref["mean"])
+        flags = class_flags(files[1:3], "caustic-crossing", 0.01, None, False)
+        b12 = prepare_binned(files[1:3], cfg, None, progress=False)
+        f_new = flags[threaded_stream.accepted_mask(b12, cfg)]
+        np.testing.assert_allclose(np.asarray(smp.w_base[n0:n]),
+                                   np.where(f_new, host.w_class, host.w_other))
+        assert np.all(np.asarray(smp.base[0][n:]) == 0)                 # the room left is empty
+        draws = 4000
+        theta, x, w = smp(jax.random.PRNGKey(3), draws)
+        theta = np.asarray(theta)
+        assert not np.any(np.all(theta == 0, axis=1))                  # never an empty row
+        from_new = np.isin(theta[:, 2], ref["theta_net"][n0:, 2].astype(np.float32))
+        e = np.isin(theta[:, 2], b0["theta_net"][:5, 2].astype(np.float32))  # rows of the enrichment set
+        p_new = 0.7 * (n - n0) / n
+        m_new = from_new & ~e
+        assert abs(m_new.mean() - p_new) < 4 * np.sqrt(p_new * (1 - p_new) / draws) + 0.01
+    finally:
+        smp.close()
+
+
+def test_training_with_a_stream(trained, tmp_path, threaded_stream):
+    """``stream_rows``: training runs with the growing device set and records what arrived; streaming
+    without the device sampler, or enrichment rows without an enrichment folder, is refused."""
+    d, _ = trained
+    s = dataclasses.replace(
+        _settings(d), out=str(tmp_path / "st"), checkpoint_dir=str(tmp_path / "ck"), sampler="device",
+        stream_rows=600, stream_workers=1,
+        train=dataclasses.replace(_settings(d).train, max_steps=40, eval_every=20, checkpoint_every=20))
+    out = run_training(s, log=lambda m: None)
+    assert out["finished"] and out["steps"] == 40
+    meta = load_model(str(tmp_path / "st")).posterior.metadata
+    st = meta["training"]["stream_last_session"]
+    assert st["plan"]["first_shard"] == 3 and st["plan"]["rows"] == 600 and st["plan"]["seed"] == 3
+    assert st["shards_added"] + st["shards_not_added"] == 1
+    assert st["initial_rows"] + st["rows_added"] <= st["initial_rows"] + 600
+    with pytest.raises(ValueError, match="needs sampler='device'"):
+        run_training(dataclasses.replace(s, sampler="host", out=str(tmp_path / "x")), log=lambda m: None)
+    with pytest.raises(ValueError, match="needs an enrichment folder"):
+        run_training(dataclasses.replace(s, stream_enrich_rows=10, out=str(tmp_path / "y")),
+                     log=lambda m: None)
+
+
+def test_streaming_in_spawned_workers_matches_this_process():
+    """The real path: a spawned worker process (JAX on the CPU, the binary-lens solver) streams a
+    shard; its rows equal ``stream_shard`` run here (shards are pure functions of (spec, seed, index))."""
+    from mulens_sbi.stream import StreamingSampler, StreamPlan, stream_shard
+
+    text = re.sub(r"(?m)^n_points = 2048", "n_points = 256", resolve_spec_path("roman").read_text())
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    b = {"theta_net": np.ones((2, 6)), "mean": np.ones((2, N_BINS), np.float32),
+         "err": np.ones((2, N_BINS), np.float32), "count": np.ones((2, N_BINS), np.uint16)}
+    plan = StreamPlan(spec_text=text, seed=5, first_shard=2, rows=16, shard_size=16, batch_size=16, workers=1)
+    smp = StreamingSampler(BinnedSimulator(b, cfg), cfg, plan)
+    try:
+        smp.poll(wait=True)
+    finally:
+        smp.close()
+    ref = stream_shard(plan, "prior", 2, 16, cfg)
+    m = len(ref["theta_net"])
+    assert smp.n_base == 2 + m and m > 0
+    np.testing.assert_array_equal(np.asarray(smp.base[0][2:2 + m]), ref["theta_net"].astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(smp.base[2][2:2 + m]), ref["err"])

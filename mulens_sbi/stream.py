@@ -1,0 +1,295 @@
+"""Fresh simulations while training: ``mulens-sbi train --stream-prior N [--stream-enrich M]``.
+
+Why: a network trained for many passes over a fixed set of light curves learns that set, and its
+posteriors come out too narrow (the GPU-trained Roman model saw each curve ~46 times). On a GPU
+machine the accelerator trains while the CPU cores idle, and simulating the whole set before
+training leaves the accelerator idle instead. Streaming does both at once: worker processes
+(JAX on the CPU) simulate further shards and pre-bin them, and the training batches are drawn from
+a device-resident set that grows as the shards arrive.
+
+What is streamed: the shards the training folders would get if their simulation were run with a
+larger ``--n`` — shard ``k`` of a folder is a pure function of (spec, seed, k)
+(:func:`mulens_sbi.simulate.shard_rng`), so the streamed shards of ``--data`` are its shards
+``n_shards, n_shards + 1, ...`` with its seed, and those of ``--enrich`` its next conditioned
+shards. Streamed rows are pre-binned exactly like :func:`mulens_sbi.training.prepare_binned`
+(tested), refused rows (too sparse for inference) are left out like the folder's, and prior rows get
+their caustic-crossing class flag for the enrichment weights (the class probability stays the
+enrichment folder's). They are not written to disk.
+
+Reproducibility: the rows and their order are pure functions of the seeds, but *when* a shard joins
+the set depends on the machine's speed, so a streamed run is not bit-reproducible (the batches of a
+step depend on how many rows had arrived). A resumed run streams again from the first extra shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mulens_sbi.preprocess import PreprocessConfig
+from mulens_sbi.simulate import cpu_worker, make_shard, shard_rows
+from mulens_sbi.training import (
+    BinnedSimulator,
+    MixtureSimulator,
+    SharpEmphasis,
+    _bin_rows,
+    _draw_on_device,
+    accepted_mask,
+    crossing_flags,
+    table_arrays,
+)
+
+__all__ = ["StreamPlan", "StreamingSampler", "make_executor", "stream_shard"]
+
+_ROW_KEYS = ("theta_net", "mean", "err", "count")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Which extra shards to simulate while training.
+
+    Attributes:
+        spec_text: the survey spec of the training folders (their manifest's ``spec_text``).
+        seed, first_shard, rows: the prior folder's seed, its first missing shard index, and how many
+            extra prior light curves to stream (0: none).
+        enrich_seed, enrich_first_shard, enrich_rows: the same for the enrichment folder.
+        condition, q_max: the enrichment folder's condition (None without enrichment).
+        shard_size, enrich_shard_size, batch_size: the folders' shard sizes and batch size (a shard's
+            light curves depend on its number of rows).
+        workers: worker processes.
+    """
+
+    spec_text: str
+    seed: int
+    first_shard: int
+    rows: int
+    enrich_seed: int | None = None
+    enrich_first_shard: int = 0
+    enrich_rows: int = 0
+    condition: str | None = None
+    q_max: float = 0.01
+    shard_size: int = 1000
+    enrich_shard_size: int = 1000
+    batch_size: int = 128
+    workers: int = 1
+
+    def __post_init__(self):
+        if self.rows < 0 or self.enrich_rows < 0:
+            raise ValueError(f"stream rows must be >= 0, got {self.rows} (prior) and {self.enrich_rows} "
+                             f"(enrichment)")
+        if self.enrich_rows and self.condition is None:
+            raise ValueError("streaming enrichment rows needs an enrichment folder (--enrich)")
+        if self.workers < 1 or self.shard_size < 1 or self.enrich_shard_size < 1:
+            raise ValueError(f"workers and shard sizes must be >= 1, got {self.workers}, {self.shard_size} "
+                             f"and {self.enrich_shard_size}")
+
+    def jobs(self) -> list[tuple[str, int, int]]:
+        """``(kind, shard index, rows)`` in submission order: prior and enrichment shards interleaved in
+        proportion to their total simulation cost (a conditioned light curve costs ~7 prior ones), so
+        that both sets grow throughout."""
+        def shards(kind, first, rows, size):
+            n = -(-rows // size) if rows else 0
+            return [(kind, first + k, shard_rows(rows, size, k)) for k in range(n)]
+
+        prior = shards("prior", self.first_shard, self.rows, self.shard_size)
+        enrich = shards("enrich", self.enrich_first_shard, self.enrich_rows, self.enrich_shard_size)
+        cost = {"prior": 1.0, "enrich": 7.0}
+        out, done = [], {"prior": 0.0, "enrich": 0.0}
+        total = {"prior": len(prior) * cost["prior"] or 1.0, "enrich": len(enrich) * cost["enrich"] or 1.0}
+        queues = {"prior": prior, "enrich": enrich}
+        while queues["prior"] or queues["enrich"]:
+            # the set that is furthest behind its share of the total cost goes next
+            kind = min((k for k in queues if queues[k]), key=lambda k: done[k] / total[k])
+            out.append(queues[kind].pop(0))
+            done[kind] += cost[kind]
+        return out
+
+
+@functools.lru_cache(maxsize=2)
+def _survey_from_text(spec_text: str):
+    from mulens_sbi.survey import Survey
+    from mulens_sbi.survey.spec import parse_spec
+
+    return Survey(parse_spec(spec_text, file="<training folder spec_text>"))
+
+
+def stream_shard(plan: StreamPlan, kind: str, index: int, rows: int, cfg: PreprocessConfig
+                 ) -> dict[str, np.ndarray]:
+    """Simulate shard ``index`` of the prior (``kind="prior"``) or enrichment folder and pre-bin it:
+    the accepted rows' ``theta_net``, ``mean``, ``err``, ``count``, and for prior shards of an
+    enriched run ``in_class`` (the caustic-crossing flag)."""
+    survey = _survey_from_text(plan.spec_text)
+    if kind == "prior":
+        seed, cond, size = plan.seed, None, plan.shard_size
+    elif kind == "enrich":
+        seed, cond, size = plan.enrich_seed, {"condition": plan.condition, "q_max": plan.q_max}, \
+            plan.enrich_shard_size
+    else:
+        raise ValueError(f"kind must be 'prior' or 'enrich', got {kind!r}")
+    if rows > size:
+        raise ValueError(f"shard {index}: {rows} rows, more than the shard size {size}")
+    table = make_shard(survey, seed, index, rows, index * size, plan.batch_size, cond)
+    d = table_arrays(table)
+    binned = _bin_rows(d, cfg)
+    keep = accepted_mask(binned, cfg)
+    out = {k: binned[k][keep] for k in _ROW_KEYS}
+    if kind == "prior" and plan.condition is not None:
+        out["in_class"] = crossing_flags(d, plan.q_max)[keep]
+    return out
+
+
+def make_executor(workers: int) -> Executor:
+    """The worker pool of a stream: ``workers`` spawned processes running JAX on the CPU (JAX is not
+    fork-safe, and on a GPU machine the workers must not claim the accelerator)."""
+    ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=cpu_worker)
+
+
+def _set_rows(arrays: tuple, new: tuple, start):
+    zero = jnp.zeros((), start.dtype)
+    return tuple(jax.lax.dynamic_update_slice(a, b, (start,) + (zero,) * (a.ndim - 1))
+                 for a, b in zip(arrays, new, strict=True))
+
+
+class StreamingSampler:
+    """A :class:`~mulens_sbi.training.DeviceSampler` whose row set grows during training.
+
+    Takes the same host sampler (:class:`BinnedSimulator`, optionally in a :class:`MixtureSimulator`
+    and/or wrapped by :class:`SharpEmphasis`) for the rows already there, and a :class:`StreamPlan`.
+    Device arrays have room for every planned row; each call draws from the rows that have arrived
+    (uniform over them; the enrichment mixture and weights of the host sampler), and every
+    ``poll_every`` calls the finished shards are added. Call :meth:`close` when done (also on error).
+    """
+
+    def __init__(self, sim, cfg: PreprocessConfig, plan: StreamPlan, poll_every: int = 10):
+        sharp = None
+        if isinstance(sim, SharpEmphasis):
+            sharp, sim = (sim.weight, sim.threshold), sim.sim
+        fraction, w_class, w_other, enrich, w0 = 0.0, 1.0, 1.0, None, None
+        if isinstance(sim, MixtureSimulator):
+            fraction, w_class, w_other = sim.fraction, sim.w_class, sim.w_other
+            enrich, w0, sim = sim.enrich, sim.w_base, sim.base
+        if not isinstance(sim, BinnedSimulator):
+            raise TypeError(f"StreamingSampler: cannot stream into a {type(sim).__name__}")
+        if (enrich is None) != (plan.condition is None):
+            raise ValueError("the stream plan and the sampler disagree on enrichment")
+        self.plan, self.cfg = plan, cfg
+        self.w_class, self.w_other = float(w_class), float(w_other)
+        self.poll_every = int(poll_every)
+        # a shard's rows are written padded to its shard size, so the arrays have that much slack
+        # (a write never clips at the end)
+        self.base = self._alloc(sim, plan.rows + plan.shard_size)
+        self.n_base = len(sim)
+        self.w_base = None
+        self.enrich = None
+        self.n_enrich = 0
+        if enrich is not None:
+            self.w_base = jnp.zeros(self.base[0].shape[0], jnp.float32).at[:self.n_base].set(w0)
+            self.enrich = self._alloc(enrich, plan.enrich_rows + plan.enrich_shard_size)
+            self.n_enrich = len(enrich)
+        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction, w_class=w_class,
+                                               sharp=sharp), static_argnames=("n",))
+        donate = (0,) if jax.default_backend() != "cpu" else ()
+        self._set = jax.jit(_set_rows, donate_argnums=donate)
+        self._set_w = jax.jit(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (s,)), donate_argnums=donate)
+        self._calls = 0
+        self.stats: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "spec_text"},
+                                      "initial_rows": self.n_base, "initial_enrich_rows": self.n_enrich,
+                                      "shards_added": 0, "enrich_shards_added": 0, "rows_added": 0,
+                                      "enrich_rows_added": 0, "rows_added_in_class": 0,
+                                      "calls_at_last_shard": 0}
+        jobs = plan.jobs()
+        self._pending: list[tuple[Future, str]] = []
+        self._pool = None
+        if jobs:
+            self._pool = make_executor(plan.workers)
+            self._pending = [(self._pool.submit(stream_shard, plan, kind, i, rows, cfg), kind)
+                             for kind, i, rows in jobs]
+
+    @staticmethod
+    def _alloc(sim: BinnedSimulator, extra: int) -> tuple:
+        n = len(sim)
+        out = []
+        for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count):
+            buf = np.zeros((n + extra,) + a.shape[1:], a.dtype)
+            buf[:n] = a
+            out.append(jnp.asarray(buf))
+        return tuple(out)
+
+    @property
+    def pending(self) -> int:
+        """Shards not yet added."""
+        return len(self._pending)
+
+    def poll(self, wait: bool = False) -> int:
+        """Add the finished shards (all of them, waiting, with ``wait``); returns how many were added.
+        A worker's error is raised here."""
+        added = 0
+        still = []
+        for fut, kind in self._pending:
+            if wait or fut.done():
+                self._add(kind, fut.result())
+                added += 1
+            else:
+                still.append((fut, kind))
+        self._pending = still
+        if added:
+            self.stats["calls_at_last_shard"] = self._calls
+        return added
+
+    def _add(self, kind: str, rows: dict[str, np.ndarray]) -> None:
+        m = rows["theta_net"].shape[0]
+        if m == 0:
+            return
+        pad = self.plan.shard_size if kind == "prior" else self.plan.enrich_shard_size
+        if m > pad:
+            raise ValueError(f"a streamed shard has {m} rows, more than the shard size {pad}")
+
+        def padded(a):
+            out = np.zeros((pad,) + a.shape[1:], a.dtype)
+            out[:m] = a
+            return out
+
+        new = tuple(padded(rows[k].astype(np.float32) if k == "theta_net" else rows[k]) for k in _ROW_KEYS)
+        if kind == "prior":
+            self.base = self._set(self.base, new, jnp.int32(self.n_base))
+            if self.w_base is not None:
+                w = np.where(rows["in_class"], self.w_class, self.w_other).astype(np.float32)
+                self.w_base = self._set_w(self.w_base, padded(w), jnp.int32(self.n_base))
+                self.stats["rows_added_in_class"] += int(rows["in_class"].sum())
+            self.n_base += m
+            self.stats["shards_added"] += 1
+            self.stats["rows_added"] += m
+        else:
+            self.enrich = self._set(self.enrich, new, jnp.int32(self.n_enrich))
+            self.n_enrich += m
+            self.stats["enrich_shards_added"] += 1
+            self.stats["enrich_rows_added"] += m
+
+    def __call__(self, key, n: int):
+        self._calls += 1
+        if self._pending and self._calls % self.poll_every == 0:
+            self.poll()
+        return self._draw(key, self.base, self.enrich, self.w_base, n=n, n_base=jnp.int32(self.n_base),
+                          n_enrich=jnp.int32(max(self.n_enrich, 1)))
+
+    def close(self) -> None:
+        """Stop the workers: queued shards are dropped and shards being simulated are abandoned (the
+        processes are terminated, so that a run out of time does not wait for them)."""
+        if self._pool is not None:
+            # the executor has no public way to stop running workers before Python 3.14
+            procs = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+            self._pool = None
+        self.stats["shards_not_added"] = len(self._pending)
+        self._pending = []
