@@ -52,7 +52,14 @@ import numpy as np
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.inference.importance import FAIL_EFFICIENCY, importance_weights, log_prior, parse_priors
 from mulens_sbi.likelihood import evaluate, pack_event
-from mulens_sbi.summary import find_modes, summarize_parameters, to_jsonable, write_json
+from mulens_sbi.summary import (
+    PLANET_Q,
+    find_modes,
+    planet_probability,
+    summarize_parameters,
+    to_jsonable,
+    write_json,
+)
 
 __all__ = [
     "FIT_FILES",
@@ -529,6 +536,7 @@ def fit(
     samples = {k: raw[k][good] for k in names}
     log_q = log_q[good]
     m = log_q.size
+    p_planet_flow = planet_probability(samples["q"]) if "q" in samples else None
     view = info.get("preprocess") or {}
     if view.get("n_outside"):
         messages.append(
@@ -665,6 +673,7 @@ def fit(
         seed,
         n,
         timings,
+        p_planet_flow,
     )
     deg_report = None
     if degeneracy != "off":
@@ -724,11 +733,26 @@ def _build_summary(
     seed,
     n,
     timings,
+    p_planet_flow: float | None = None,
 ) -> dict:
     from mulens_sbi import __version__
     from mulens_sbi.summary import parameter_summary
 
     params = summarize_parameters(samples, weights)
+    companion = None
+    if "q" in samples:
+        basis = {"none": "the flow's samples", "is": "the importance-weighted samples",
+                 "nuts": "the NUTS draws"}[method]
+        companion = {
+            "q_max": PLANET_Q,
+            "p_planet": planet_probability(samples["q"], weights),
+            "p_planet_flow": p_planet_flow,
+            "basis": basis,
+            "note": "P(q < q_max): the posterior fraction with a planetary mass ratio. The flow's value "
+                    "is checked for reliability on held-out simulations (the model card's 'Planet "
+                    "probability' table); the weighted value is exact only when the importance sampling "
+                    "is ok, and NUTS explores the mode it starts in.",
+        }
     ess = 1.0 / float(np.sum(weights**2))
     try:
         modes = find_modes(
@@ -777,6 +801,7 @@ def _build_summary(
                 "f_b": dict(zip(event.names, f_b[best].tolist(), strict=True)),
             },
             "modes": modes,
+            "companion": companion,
             "fluxes": fluxes,
             "importance_sampling": importance,
             "nuts": None if nuts_diag is None else {k: v for k, v in nuts_diag.items()},
@@ -877,6 +902,14 @@ def report_markdown(result: FitResult, figures: bool = True) -> str:
             f"[{p['interval_95'][0]:.6g}, {p['interval_95'][1]:.6g}] |"
         )
     lines.append("")
+    comp = s.get("companion")
+    if comp:
+        flow = comp["p_planet_flow"]
+        lines.append(
+            f"Planet probability P(q < {comp['q_max']:g}): {comp['p_planet']:.3f} from {comp['basis']}"
+            + (f" (flow alone: {flow:.3f})" if flow is not None and s["method"] != "none" else "") + "."
+        )
+        lines.append("")
     modes = s.get("modes") or {}
     if modes.get("modes"):
         lines += [

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
+    "PLANET_Q",
+    "planet_probability",
     "INTERVALS",
     "MODE_COORDINATES",
     "find_modes",
@@ -48,6 +50,23 @@ INTERVALS = {"68": (0.16, 0.84), "95": (0.025, 0.975)}
 MODE_COORDINATES = ("s", "q", "u_0", "alpha", "t_0")
 _LOG_COORDS = ("s", "q")
 _ANGLES = ("alpha",)
+
+
+#: mass ratio below which a companion counts as a planet (the caustic-crossing class's ``q_max``)
+PLANET_Q = 0.01
+
+
+def planet_probability(q, weights=None, q_max: float = PLANET_Q) -> float:
+    """Posterior probability that the companion is a planet: the (weighted) fraction of samples with
+    mass ratio ``q < q_max`` (NaN samples ignored; NaN if none is left)."""
+    q = np.asarray(q, dtype=float).reshape(-1)
+    w = np.full(q.size, 1.0) if weights is None else np.asarray(weights, dtype=float).reshape(-1)
+    if w.shape != q.shape:
+        raise ValueError(f"weights have {w.size} entries for {q.size} samples")
+    ok = np.isfinite(q) & np.isfinite(w) & (w > 0)
+    if not ok.any():
+        return float("nan")
+    return float(np.sum(w[ok] * (q[ok] < q_max)) / np.sum(w[ok]))
 
 
 def _normalized(weights, n: int) -> np.ndarray:

@@ -41,14 +41,13 @@ from tqdm.auto import tqdm
 
 from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
 from mulens_sbi.preprocess import preprocess
+from mulens_sbi.summary import PLANET_Q
 
 __all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
-           "kde_hpd_level", "simulate_events", "class_reliability", "PLANET_Q"]
+           "kde_hpd_level", "simulate_events", "class_reliability", "planet_probabilities"]
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)
 FIGURES = ("coverage.png", "recovery.png", "sbc.png", "reliability.png")
-#: mass ratio below which a companion counts as a planet (the caustic-crossing class's q_max)
-PLANET_Q = 0.01
 #: bin edges of the predicted class probability in :func:`class_reliability`
 RELIABILITY_EDGES = (0.0, 0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98, 1.0)
 
@@ -236,7 +235,7 @@ def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int =
         rep["recovery"][n] = {"scale": "log10" if n in ("t_E", "s", "q") else "linear",
                               "median_abs_error": float(np.median(np.abs(err))),
                               "median_68_width": float(np.median(f(hi[:, j]) - f(lo[:, j])))}
-    p_planet = planet_probability(S)
+    p_planet = planet_probabilities(S)
     rep["planet_probability"] = {"q_max": PLANET_Q,
                                  **class_reliability(p_planet, theta[:, 4] < PLANET_Q)}
     # caustic-crossing planetary events
@@ -286,9 +285,10 @@ def class_reliability(p_pred: np.ndarray, in_class: np.ndarray,
     return {"n_events": int(len(p)), "bins": bins, "ece": float(ece), "max_z": float(max_z)}
 
 
-def planet_probability(S: np.ndarray) -> np.ndarray:
-    """(M,) posterior probability that the companion is a planet (q < ``PLANET_Q``) from samples
-    ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored."""
+def planet_probabilities(S: np.ndarray) -> np.ndarray:
+    """(M,) posterior probability that the companion is a planet (q < ``PLANET_Q``) of M events from
+    their samples ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored
+    (the per-event form of :func:`mulens_sbi.summary.planet_probability`)."""
     q = S[..., 4]
     ok = np.isfinite(q)
     return np.sum((q < PLANET_Q) & ok, axis=1) / np.maximum(ok.sum(axis=1), 1)
@@ -339,7 +339,7 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
     S = np.stack([samp[n] for n in names], axis=-1)
     levels = _logs_logq_levels(S, theta, range(theta.shape[0]))
     return {**_crossing_figures(levels), "n_preprocess_failed": len(failed),
-            "planet_probability": _crossing_planet_probability(planet_probability(S), levels),
+            "planet_probability": _crossing_planet_probability(planet_probabilities(S), levels),
             "_levels": levels}
 
 

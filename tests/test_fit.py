@@ -31,7 +31,7 @@ import pytest
 
 from mulens_sbi.cli import main
 from mulens_sbi.event import Dataset, Event
-from mulens_sbi.fit import FIT_FILES, fit
+from mulens_sbi.fit import FIT_FILES, fit, report_markdown
 from mulens_sbi.plots import _magnifications
 
 NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
@@ -160,6 +160,13 @@ def test_summary_equals_numpy_weighted_quantiles(binary_fit):
         assert [p["interval_95"][0], p["interval_68"][0], p["median"], p["interval_68"][1],
                 p["interval_95"][1]] == pytest.approx(ref, rel=0, abs=1e-12)
     assert res.summary["modes"]["n_modes"] == 1
+    # the planet probability: importance-weighted, and the proposal's alone (its samples, unweighted)
+    comp = res.summary["companion"]
+    planet = res.samples["q"] < 0.01
+    assert comp["q_max"] == 0.01
+    assert comp["p_planet"] == pytest.approx(float(res.weights @ planet), abs=1e-12)
+    assert comp["p_planet_flow"] == pytest.approx(float(planet.mean()), abs=1e-12)
+    assert "Planet probability P(q < 0.01)" in report_markdown(res)
 
 
 def test_fluxes_per_sample_are_the_least_squares_solution(binary, binary_fit):

@@ -1,4 +1,4 @@
-"""``class_reliability`` and ``planet_probability`` (mulens_sbi.validation) against constructions whose
+"""``class_reliability`` and ``planet_probabilities`` (mulens_sbi.validation) against constructions whose
 answer is known exactly.
 
 * Calibrated predictor: p ~ U(0, 1) and the class drawn as Bernoulli(p) (seeded); then in every bin the
@@ -9,7 +9,8 @@ answer is known exactly.
 * Miscalibrated predictor: the class drawn as Bernoulli(p²) (the predictor over-states the class
   probability by p − p², up to 0.25): ``max_z`` must exceed 10 and the ECE must be near its exact
   value E|p − p²| = 1/6 (within 0.02).
-* ``planet_probability``: the fraction of samples with q < 0.01 per event, NaN samples ignored.
+* ``planet_probabilities`` (per event) and ``summary.planet_probability`` (one event, weighted): the
+  fraction of samples with q < 0.01, NaN samples ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mulens_sbi.validation import class_reliability, planet_probability
+from mulens_sbi.validation import class_reliability, planet_probabilities
 
 M = 20_000
 
@@ -52,8 +53,19 @@ def test_edges_and_bad_input():
         class_reliability(np.array([0.2, 0.3]), np.array([True]))
 
 
-def test_planet_probability_counts_samples_below_q_max():
+def test_planet_probabilities_counts_samples_below_q_max():
     S = np.ones((2, 4, 6))
     S[0, :, 4] = [1e-3, 5e-3, 0.02, 0.5]         # 2 of 4 planetary
     S[1, :, 4] = [1e-4, np.nan, 0.3, 0.009]      # 2 of 3 valid
-    np.testing.assert_allclose(planet_probability(S), [0.5, 2 / 3])
+    np.testing.assert_allclose(planet_probabilities(S), [0.5, 2 / 3])
+
+
+def test_weighted_planet_probability_of_one_event():
+    from mulens_sbi.summary import planet_probability
+
+    q = np.array([1e-3, 0.5, np.nan, 2e-3])
+    assert planet_probability(q) == pytest.approx(2 / 3)
+    assert planet_probability(q, [1.0, 3.0, 5.0, 0.0]) == pytest.approx(0.25)     # zero weight drops
+    assert np.isnan(planet_probability(np.array([np.nan])))
+    with pytest.raises(ValueError, match="weights"):
+        planet_probability(q, [1.0, 2.0])

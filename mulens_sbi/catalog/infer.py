@@ -14,8 +14,9 @@
    likelihood (each dataset its own F_s, F_b marginalised; :func:`mulens_sbi.fit.evaluate_samples`,
    jitted, padded shapes) and the model's prior (:func:`mulens_sbi.fit.model_priors`);
    ``refine="none"``: the flow's samples with equal weights (status ``unchecked``);
-5. **summaries** (:mod:`mulens_sbi.summary`): weighted medians and 68/95% intervals, modes, the
-   best sample and its per-dataset fluxes; the **degeneracy** classification of
+5. **summaries** (:mod:`mulens_sbi.summary`): weighted medians and 68/95% intervals, the planet
+   probability P(q < 0.01) (weighted and the flow's alone), modes, the best sample and its
+   per-dataset fluxes; the **degeneracy** classification of
    :func:`mulens_sbi.degeneracy.analyze` (without the partner search) when that package is present.
 
 Any exception in steps 1–5 for one event becomes that event's row with ``status = "error"`` and
@@ -64,6 +65,8 @@ def _schema() -> pa.Schema:
         f += [(f"{p}_{s}", pa.float64()) for s in _STATS]
     f += [(f"best_{p}", pa.float64()) for p in PARAMS]
     f += [
+        ("p_planet", pa.float64()),
+        ("p_planet_flow", pa.float64()),
         ("best_log_likelihood", pa.float64()),
         ("best_chi2", pa.float64()),
         ("n_modes", pa.int32()),
@@ -235,7 +238,7 @@ class BatchInference:
     def _event_posterior(self, row: dict, event, raw: dict, log_q: np.ndarray) -> None:
         from mulens_sbi.fit import evaluate_samples, model_priors
         from mulens_sbi.inference.importance import importance_weights, log_prior
-        from mulens_sbi.summary import find_modes, summarize_parameters, to_jsonable
+        from mulens_sbi.summary import find_modes, planet_probability, summarize_parameters, to_jsonable
 
         s = self.settings
         good = np.isfinite(log_q)
@@ -293,6 +296,8 @@ class BatchInference:
             row.update(ess=float(m), efficiency=1.0)
         row["status"] = status
         row["n_samples"] = m
+        row["p_planet"] = planet_probability(samples["q"], weights)
+        row["p_planet_flow"] = planet_probability(samples["q"])
         summ = summarize_parameters(samples, weights)
         for p in PARAMS:
             ps = summ[p]

@@ -44,7 +44,7 @@ from mulens_sbi.catalog.inputs import EventRef, InputList, list_inputs
 __all__ = ["CATALOG_FORMAT", "CatalogSettings", "read_catalog", "run_catalog"]
 
 CATALOG_FORMAT = "mulens-sbi-catalog"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: p_planet, p_planet_flow columns
 RUN_FILE = "catalog.json"
 TABLE_FILE = "catalog.parquet"
 PARTS = "parts"

@@ -48,6 +48,10 @@ def test_local_catalog_rows_and_resume(local_run, tmp_path):
         assert 1.0 <= r["ess"] <= r["n_samples"] <= 64
         assert r["efficiency"] == pytest.approx(r["ess"] / r["n_samples"], rel=1e-12)
         assert r["t_E_lo95"] <= r["t_E_median"] <= r["t_E_hi95"]
+        # planet probabilities are probabilities; with one effective sample the weighted one is 0 or 1
+        assert 0.0 <= r["p_planet"] <= 1.0 and 0.0 <= r["p_planet_flow"] <= 1.0
+        if r["ess"] < 1.0 + 1e-9:
+            assert min(r["p_planet"], 1.0 - r["p_planet"]) < 1e-9
         # the best sample's chi2 and fluxes are those of the exact likelihood at its parameters
         ev = load_event(EventRef(r["index"], r["event"], r["source"], "parquet", str(src), r["index"]))
         # (64 copies: the shape the catalog compiled, so no new compilation)
