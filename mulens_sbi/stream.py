@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,6 +36,7 @@ import numpy as np
 
 from mulens_sbi.preprocess import PreprocessConfig
 from mulens_sbi.simulate import cpu_worker, make_shard, shard_rows
+from mulens_sbi.survey import Survey
 from mulens_sbi.training import (
     BinnedSimulator,
     MixtureSimulator,
@@ -61,9 +63,10 @@ class StreamPlan:
             extra prior light curves to stream (0: none).
         enrich_seed, enrich_first_shard, enrich_rows: the same for the enrichment folder.
         condition, q_max: the enrichment folder's condition (None without enrichment).
-        shard_size, enrich_shard_size, batch_size: the folders' shard sizes and batch size (a shard's
-            light curves depend on its number of rows).
-        workers: worker processes.
+        shard_size, enrich_shard_size, batch_size, enrich_batch_size: the folders' shard sizes and
+            solver batch sizes (as in their manifests: a shard's light curves depend on its number of
+            rows).
+        workers: worker processes (does not change the rows; not part of the run's fingerprint).
     """
 
     spec_text: str
@@ -78,42 +81,52 @@ class StreamPlan:
     shard_size: int = 1000
     enrich_shard_size: int = 1000
     batch_size: int = 128
+    enrich_batch_size: int = 128
     workers: int = 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.rows < 0 or self.enrich_rows < 0:
             raise ValueError(f"stream rows must be >= 0, got {self.rows} (prior) and {self.enrich_rows} "
                              f"(enrichment)")
-        if self.enrich_rows and self.condition is None:
-            raise ValueError("streaming enrichment rows needs an enrichment folder (--enrich)")
-        if self.workers < 1 or self.shard_size < 1 or self.enrich_shard_size < 1:
-            raise ValueError(f"workers and shard sizes must be >= 1, got {self.workers}, {self.shard_size} "
-                             f"and {self.enrich_shard_size}")
+        if self.first_shard < 0 or self.enrich_first_shard < 0:
+            raise ValueError(f"first shard indices must be >= 0, got {self.first_shard} and "
+                             f"{self.enrich_first_shard}")
+        if self.enrich_rows and (self.condition is None or self.enrich_seed is None):
+            raise ValueError("streaming enrichment rows needs an enrichment folder's condition and seed")
+        if min(self.workers, self.shard_size, self.enrich_shard_size, self.batch_size,
+               self.enrich_batch_size) < 1:
+            raise ValueError(f"workers, shard sizes and batch sizes must be >= 1, got {self.workers}, "
+                             f"{self.shard_size}, {self.enrich_shard_size}, {self.batch_size} and "
+                             f"{self.enrich_batch_size}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the streamed rows (JSON-able; the spec is the training folder's): every
+        field but ``spec_text`` and ``workers``."""
+        return {k: v for k, v in asdict(self).items() if k not in ("spec_text", "workers")}
 
     def jobs(self) -> list[tuple[str, int, int]]:
         """``(kind, shard index, rows)`` in submission order: prior and enrichment shards interleaved in
-        proportion to their total simulation cost (a conditioned light curve costs ~7 prior ones), so
-        that both sets grow throughout."""
-        def shards(kind, first, rows, size):
+        proportion to their numbers of shards (the kind with the smaller fraction submitted goes next),
+        so that both sets grow throughout."""
+        def shards(kind: str, first: int, rows: int, size: int) -> list[tuple[str, int, int]]:
             n = -(-rows // size) if rows else 0
             return [(kind, first + k, shard_rows(rows, size, k)) for k in range(n)]
 
-        prior = shards("prior", self.first_shard, self.rows, self.shard_size)
-        enrich = shards("enrich", self.enrich_first_shard, self.enrich_rows, self.enrich_shard_size)
-        cost = {"prior": 1.0, "enrich": 7.0}
-        out, done = [], {"prior": 0.0, "enrich": 0.0}
-        total = {"prior": len(prior) * cost["prior"] or 1.0, "enrich": len(enrich) * cost["enrich"] or 1.0}
-        queues = {"prior": prior, "enrich": enrich}
+        queues = {"prior": shards("prior", self.first_shard, self.rows, self.shard_size),
+                  "enrich": shards("enrich", self.enrich_first_shard, self.enrich_rows,
+                                   self.enrich_shard_size)}
+        total = {k: len(v) for k, v in queues.items()}
+        done = {"prior": 0, "enrich": 0}
+        out = []
         while queues["prior"] or queues["enrich"]:
-            # the set that is furthest behind its share of the total cost goes next
             kind = min((k for k in queues if queues[k]), key=lambda k: done[k] / total[k])
             out.append(queues[kind].pop(0))
-            done[kind] += cost[kind]
+            done[kind] += 1
         return out
 
 
 @functools.lru_cache(maxsize=2)
-def _survey_from_text(spec_text: str):
+def _survey_from_text(spec_text: str) -> Survey:
     from mulens_sbi.survey import Survey
     from mulens_sbi.survey.spec import parse_spec
 
@@ -127,15 +140,15 @@ def stream_shard(plan: StreamPlan, kind: str, index: int, rows: int, cfg: Prepro
     enriched run ``in_class`` (the caustic-crossing flag)."""
     survey = _survey_from_text(plan.spec_text)
     if kind == "prior":
-        seed, cond, size = plan.seed, None, plan.shard_size
+        seed, cond, size, batch = plan.seed, None, plan.shard_size, plan.batch_size
     elif kind == "enrich":
-        seed, cond, size = plan.enrich_seed, {"condition": plan.condition, "q_max": plan.q_max}, \
-            plan.enrich_shard_size
+        seed, size, batch = plan.enrich_seed, plan.enrich_shard_size, plan.enrich_batch_size
+        cond = {"condition": plan.condition, "q_max": plan.q_max}
     else:
         raise ValueError(f"kind must be 'prior' or 'enrich', got {kind!r}")
     if rows > size:
         raise ValueError(f"shard {index}: {rows} rows, more than the shard size {size}")
-    table = make_shard(survey, seed, index, rows, index * size, plan.batch_size, cond)
+    table = make_shard(survey, seed, index, rows, index * size, batch, cond)
     d = table_arrays(table)
     binned = _bin_rows(d, cfg)
     keep = accepted_mask(binned, cfg)
@@ -152,7 +165,7 @@ def make_executor(workers: int) -> Executor:
     return ProcessPoolExecutor(workers, mp_context=ctx, initializer=cpu_worker)
 
 
-def _set_rows(arrays: tuple, new: tuple, start):
+def _set_rows(arrays: tuple, new: tuple, start: jax.Array) -> tuple:
     zero = jnp.zeros((), start.dtype)
     return tuple(jax.lax.dynamic_update_slice(a, b, (start,) + (zero,) * (a.ndim - 1))
                  for a, b in zip(arrays, new, strict=True))
@@ -168,7 +181,10 @@ class StreamingSampler:
     ``poll_every`` calls the finished shards are added. Call :meth:`close` when done (also on error).
     """
 
-    def __init__(self, sim, cfg: PreprocessConfig, plan: StreamPlan, poll_every: int = 10):
+    def __init__(self, sim: BinnedSimulator | MixtureSimulator | SharpEmphasis, cfg: PreprocessConfig,
+                 plan: StreamPlan, poll_every: int = 10):
+        if poll_every < 1:
+            raise ValueError(f"poll_every must be >= 1, got {poll_every}")
         sharp = None
         if isinstance(sim, SharpEmphasis):
             sharp, sim = (sim.weight, sim.threshold), sim.sim
@@ -200,11 +216,11 @@ class StreamingSampler:
         self._set = jax.jit(_set_rows, donate_argnums=donate)
         self._set_w = jax.jit(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (s,)), donate_argnums=donate)
         self._calls = 0
-        self.stats: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "spec_text"},
+        self.stats: dict[str, Any] = {"plan": {**plan.fingerprint(), "workers": plan.workers},
                                       "initial_rows": self.n_base, "initial_enrich_rows": self.n_enrich,
                                       "shards_added": 0, "enrich_shards_added": 0, "rows_added": 0,
                                       "enrich_rows_added": 0, "rows_added_in_class": 0,
-                                      "calls_at_last_shard": 0}
+                                      "calls_at_last_shard": 0, "failed_shards": 0, "first_error": None}
         jobs = plan.jobs()
         self._pending: list[tuple[Future, str]] = []
         self._pool = None
@@ -230,16 +246,27 @@ class StreamingSampler:
 
     def poll(self, wait: bool = False) -> int:
         """Add the finished shards (all of them, waiting, with ``wait``); returns how many were added.
-        A worker's error is raised here."""
+
+        A shard whose worker failed is counted in ``stats["failed_shards"]`` (the first error's text in
+        ``stats["first_error"]``) with a ``RuntimeWarning``, and training goes on with the rows that are
+        there: a lost worker must not end a training run."""
         added = 0
-        still = []
-        for fut, kind in self._pending:
-            if wait or fut.done():
-                self._add(kind, fut.result())
-                added += 1
-            else:
-                still.append((fut, kind))
-        self._pending = still
+        for item in list(self._pending):
+            fut, kind = item
+            if not (wait or fut.done()):
+                continue
+            self._pending.remove(item)  # before the result: a failed shard is never handled twice
+            try:
+                rows = fut.result()
+            except Exception as exc:  # noqa: BLE001 - any worker failure is recorded, not fatal
+                self.stats["failed_shards"] += 1
+                if self.stats["first_error"] is None:
+                    self.stats["first_error"] = f"{type(exc).__name__}: {exc}"
+                    warnings.warn(f"a streamed shard failed ({type(exc).__name__}: {exc}); training goes on "
+                                  f"with the rows already there", RuntimeWarning, stacklevel=2)
+                continue
+            self._add(kind, rows)
+            added += 1
         if added:
             self.stats["calls_at_last_shard"] = self._calls
         return added
@@ -273,7 +300,8 @@ class StreamingSampler:
             self.stats["enrich_shards_added"] += 1
             self.stats["enrich_rows_added"] += m
 
-    def __call__(self, key, n: int):
+    def __call__(self, key: jax.Array, n: int) -> tuple:
+        """A batch ``(theta_net, x[, weights])`` of ``n`` rows from the rows that have arrived."""
         self._calls += 1
         if self._pending and self._calls % self.poll_every == 0:
             self.poll()

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,9 @@ from mulens_sbi.npe.train import train as npe_train
 from mulens_sbi.npe.transforms import ParameterSpace
 from mulens_sbi.preprocess import PreprocessConfig, bin_points, estimate_peak_time, network_input
 from mulens_sbi.simulate import cpu_worker
+
+if TYPE_CHECKING:
+    from mulens_sbi.stream import StreamPlan
 
 __all__ = [
     "TrainSettings",
@@ -449,7 +452,7 @@ def crossing_flags(d: dict[str, np.ndarray], q_max: float) -> np.ndarray:
 
 
 def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fraction: float, w_class: float,
-                 n_base=None, n_enrich=None):
+                 n_base: jax.Array | int | None = None, n_enrich: jax.Array | int | None = None):
     """``n`` rows drawn with ``jax.random`` (jittable) from the arrays ``base`` (a tuple of arrays with
     the rows first), or with ``enrich`` from the mixture ``(1 − λ)·base + λ·enrich`` of
     :class:`MixtureSimulator`, and their weights (``w_base[i]`` for base row i, ``w_class`` for
@@ -469,7 +472,8 @@ def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fracti
 
 
 def _draw_on_device(key, base, enrich, w_base, n: int, cfg: PreprocessConfig, fraction: float,
-                    w_class: float, sharp: tuple[float, float] | None, n_base=None, n_enrich=None):
+                    w_class: float, sharp: tuple[float, float] | None, n_base: jax.Array | int | None = None,
+                    n_enrich: jax.Array | int | None = None):
     *keys, k_noise = jax.random.split(key, 4)
     (theta, mean, err, count), w = mixture_rows(keys, base, enrich, w_base, n, fraction, w_class,
                                                 n_base, n_enrich)
@@ -589,6 +593,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     train_files = files[:len(files) - settings.holdout_shards]
     if settings.max_train_shards:
         train_files = train_files[:settings.max_train_shards]
+    plan = _stream_plan(settings, manifest, spec_text) if streaming else None  # checked before any work
     ckdir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else out / "_checkpoint"
     ckdir.mkdir(parents=True, exist_ok=True)
     cache = settings.binned_cache or str(ckdir / "binned_train.npz")
@@ -643,11 +648,9 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
                      "sharp_threshold": settings.sharp_threshold}
         log(f"sharp-feature emphasis: light curves with sharp_feature > {settings.sharp_threshold:g} "
             f"weighted {settings.sharp_weight:g}")
-    plan = None
-    if streaming:
-        plan = _stream_plan(settings, manifest, spec_text)
-        stream = {k: v for k, v in asdict(plan).items() if k != "spec_text"}
-        data_info = {**(data_info or {}), "stream": stream}
+    if plan is not None:
+        # the checkpoint's fingerprint: what determines the rows (not the number of workers)
+        data_info = {**(data_info or {}), "stream": plan.fingerprint()}
     elif settings.sampler == "device":
         sim = DeviceSampler(sim, settings.preprocess)
         data_info = {**(data_info or {}), "sampler": "device"}
@@ -724,7 +727,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     return summary
 
 
-def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None):
+def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None) -> StreamPlan:
     """The :class:`mulens_sbi.stream.StreamPlan` of a run: the next shards of ``data`` (and of
     ``enrich``), with their folders' seeds and shard sizes."""
     from mulens_sbi.stream import StreamPlan
@@ -732,12 +735,22 @@ def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None)
     if not spec_text:
         raise ValueError(f"{settings.data}: its manifest has no spec_text; streaming needs the spec the "
                          f"folder was simulated with")
+    if manifest.get("condition"):
+        raise ValueError(f"{settings.data}: a conditioned simulation ({manifest['condition']}); streaming "
+                         f"extends the prior folder with prior draws, so --data must be a plain one")
     kw: dict[str, Any] = {}
     if settings.enrich:
-        em = json.loads((Path(settings.enrich) / "manifest.json").read_text())
+        epath = Path(settings.enrich) / "manifest.json"
+        if not epath.exists():
+            raise FileNotFoundError(f"{epath} not found (--enrich must be a mulens-sbi simulate --condition "
+                                    f"folder)")
+        em = json.loads(epath.read_text())
+        if not em.get("condition"):
+            raise ValueError(f"{settings.enrich}: not a conditioned simulation (made without --condition)")
         kw = {"enrich_seed": int(em["seed"]), "enrich_first_shard": int(em["n_shards"]),
               "enrich_rows": settings.stream_enrich_rows, "condition": em["condition"],
-              "q_max": float(em["q_max"]), "enrich_shard_size": int(em["shard_size"])}
+              "q_max": float(em["q_max"]), "enrich_shard_size": int(em["shard_size"]),
+              "enrich_batch_size": int(em.get("batch_size", 128))}
     return StreamPlan(spec_text=spec_text, seed=int(manifest["seed"]), first_shard=int(manifest["n_shards"]),
                       rows=settings.stream_rows, shard_size=int(manifest["shard_size"]),
                       batch_size=int(manifest.get("batch_size", 128)),

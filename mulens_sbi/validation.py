@@ -255,21 +255,30 @@ def validate_arrays(model, d: dict[str, np.ndarray], n_samples: int, seed: int =
 
 def class_reliability(p_pred: np.ndarray, in_class: np.ndarray,
                       edges: tuple[float, ...] = RELIABILITY_EDGES) -> dict[str, Any]:
-    """Reliability of predicted class probabilities: events binned by ``p_pred`` (M,) in [0, 1]
-    (bins ``[e_k, e_k+1)``, the last one closed), and per bin the number of events, the mean predicted
-    probability, the observed fraction of ``in_class`` (M,) bool and its binomial standard error
-    sqrt(p(1-p)/n) at the mean prediction. ``ece``: the expected calibration error
-    Σ_k (n_k/M)·|observed_k − predicted_k|; ``max_z``: the largest |observed − predicted|/SE over
-    bins with at least 10 events (a reliable predictor keeps it within a few units)."""
+    """Reliability of predicted class probabilities.
+
+    Events are binned by ``p_pred`` (M,) in [0, 1] (bins ``[e_k, e_k+1)``, the last one closed;
+    ``edges`` increasing from 0 to 1); events whose prediction is NaN (no usable sample) are left out
+    and counted in ``n_excluded``. Per bin: the number of events, the mean predicted probability, the
+    observed fraction of ``in_class`` (M,) bool, and its binomial standard error
+    ``sqrt(max(p(1 − p), 1/n) / n)`` at the mean prediction p (the floor 1/n keeps a bin whose
+    predictions are all near 0 or 1 from claiming a near-zero error). ``ece``: the expected
+    calibration error Σ_k (n_k/M)·|observed_k − predicted_k| over the M events kept; ``max_z``: the
+    largest |observed − predicted|/SE over bins of at least 10 events (a reliable predictor keeps it
+    within a few units; None when no bin has 10)."""
     p = np.asarray(p_pred, dtype=float)
     y = np.asarray(in_class, dtype=bool)
     if p.shape != y.shape or p.ndim != 1:
         raise ValueError(f"p_pred and in_class must be 1-D of one length, got {p.shape} and {y.shape}")
-    if np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
-        raise ValueError("p_pred must be probabilities in [0, 1]")
     e = np.asarray(edges, dtype=float)
+    if e.ndim != 1 or e.size < 2 or np.any(np.diff(e) <= 0) or e[0] != 0.0 or e[-1] != 1.0:
+        raise ValueError(f"edges must increase from 0 to 1, got {list(edges)}")
+    keep = ~np.isnan(p)
+    p, y = p[keep], y[keep]
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p_pred must be probabilities in [0, 1] (or NaN)")
     k = np.clip(np.searchsorted(e, p, side="right") - 1, 0, len(e) - 2)
-    bins, ece, max_z = [], 0.0, 0.0
+    bins, ece, max_z = [], 0.0, None
     for b in range(len(e) - 1):
         sel = k == b
         n = int(sel.sum())
@@ -280,29 +289,34 @@ def class_reliability(p_pred: np.ndarray, in_class: np.ndarray,
             row.update(predicted=pred, observed=obs, se=se)
             ece += n / len(p) * abs(obs - pred)
             if n >= 10:
-                max_z = max(max_z, abs(obs - pred) / se)
+                max_z = max(max_z or 0.0, abs(obs - pred) / se)
         bins.append(row)
-    return {"n_events": int(len(p)), "bins": bins, "ece": float(ece), "max_z": float(max_z)}
+    return {"n_events": int(len(p)), "n_excluded": int((~keep).sum()), "bins": bins,
+            "ece": float(ece) if len(p) else None, "max_z": max_z}
 
 
 def planet_probabilities(S: np.ndarray) -> np.ndarray:
     """(M,) posterior probability that the companion is a planet (q < ``PLANET_Q``) of M events from
-    their samples ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored
-    (the per-event form of :func:`mulens_sbi.summary.planet_probability`)."""
+    their samples ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored, and
+    an event without a usable sample gets NaN (the per-event form of
+    :func:`mulens_sbi.summary.planet_probability`)."""
     q = S[..., 4]
     ok = np.isfinite(q)
-    return np.sum((q < PLANET_Q) & ok, axis=1) / np.maximum(ok.sum(axis=1), 1)
+    n_ok = ok.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_ok > 0, np.sum((q < PLANET_Q) & ok, axis=1) / np.maximum(n_ok, 1), np.nan)
 
 
 def _crossing_planet_probability(p_planet: np.ndarray, levels: np.ndarray) -> dict[str, Any]:
     """On caustic-crossing planetary events: how much posterior mass the model gives to a planet,
     and the 95% figure split by whether it gives a planet at least half the mass."""
-    hi = p_planet >= 0.5
+    hi = p_planet >= 0.5  # NaN (no usable sample) counts as below
 
     def frac(sel):
         return float(np.mean(levels[sel] <= 0.95)) if sel.any() else None
 
-    return {"median": float(np.median(p_planet)) if p_planet.size else None,
+    fin = p_planet[np.isfinite(p_planet)]
+    return {"median": float(np.median(fin)) if fin.size else None,
             "frac_below_0.5": float(np.mean(~hi)) if p_planet.size else None,
             "frac_truth_in_95_if_at_least_0.5": frac(hi), "n_at_least_0.5": int(hi.sum()),
             "frac_truth_in_95_if_below_0.5": frac(~hi), "n_below_0.5": int((~hi).sum())}
@@ -439,7 +453,8 @@ def _reliability_figure(rep: dict, out: Path, title: str) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"posterior P(q < {rel['q_max']:g})")
     ax.set_ylabel(f"fraction with true q < {rel['q_max']:g}")
-    ax.set_title(f"{title}: planet-probability reliability (ECE {rel['ece']:.3f})", fontsize=9)
+    ece = "n/a" if rel["ece"] is None else f"{rel['ece']:.3f}"
+    ax.set_title(f"{title}: planet-probability reliability (ECE {ece})", fontsize=9)
     ax.legend(fontsize=6, loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=90)
@@ -527,8 +542,10 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
         row = [c for a, c in zip(lev, rep["marginal_coverage"][n], strict=True) if a in key]
         log(f"  {n:6s} " + "  ".join(f"{c:.3f}" for c in row))
     rel = rep["planet_probability"]
-    log(f"planet probability P(q < {rel['q_max']:g}): expected calibration error {rel['ece']:.3f}, "
-        f"largest bin deviation {rel['max_z']:.1f} sigma")
+    if rel["ece"] is not None:
+        mz = "n/a (no bin of 10 events)" if rel["max_z"] is None else f"{rel['max_z']:.1f} sigma"
+        log(f"planet probability P(q < {rel['q_max']:g}): expected calibration error {rel['ece']:.3f}, "
+            f"largest bin deviation {mz}")
     for key in ("caustic_crossing_planetary", "caustic_crossing_planetary_set"):
         c = rep.get(key)
         if c and c["n_events"]:

@@ -483,26 +483,122 @@ def test_the_streaming_sampler_grows_and_draws_the_new_rows(tiny_sim, threaded_s
         smp.close()
 
 
-def test_training_with_a_stream(trained, tmp_path, threaded_stream):
-    """``stream_rows``: training runs with the growing device set and records what arrived; streaming
-    without the device sampler, or enrichment rows without an enrichment folder, is refused."""
+class _SyncExecutor:
+    """Runs each job at submission (so the first poll finds every shard done: deterministic tests)."""
+
+    def __init__(self, workers):
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        fut = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as exc:  # noqa: BLE001 - handed to the sampler like a worker's error
+            fut.set_exception(exc)
+        return fut
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+@pytest.fixture()
+def sync_stream(monkeypatch):
+    import mulens_sbi.stream as stream_mod
+
+    monkeypatch.setattr(simulate_mod, "_magnification", _pspl)
+    monkeypatch.setattr(stream_mod, "make_executor", _SyncExecutor)
+    return stream_mod
+
+
+def test_stream_plan_interleaves_the_two_sets_and_checks_its_fields():
+    from mulens_sbi.stream import StreamPlan
+
+    plan = StreamPlan(spec_text="x", seed=1, first_shard=5, rows=3500, shard_size=1000, enrich_seed=2,
+                      enrich_first_shard=7, enrich_rows=150, enrich_shard_size=100,
+                      condition="caustic-crossing")
+    assert plan.jobs() == [("prior", 5, 1000), ("enrich", 7, 100), ("prior", 6, 1000), ("prior", 7, 1000),
+                           ("enrich", 8, 50), ("prior", 8, 500)]
+    assert "workers" not in plan.fingerprint() and "spec_text" not in plan.fingerprint()
+    for bad, match in (({"rows": -1}, "rows must be >= 0"), ({"first_shard": -1}, "first shard"),
+                       ({"workers": 0}, "workers"), ({"condition": None}, "condition and seed")):
+        kw = {**dict(spec_text="x", seed=1, first_shard=0, rows=10, enrich_seed=2, enrich_rows=5,
+                     condition="caustic-crossing"), **bad}
+        with pytest.raises(ValueError, match=match):
+            StreamPlan(**kw)
+
+
+def test_a_failed_streamed_shard_is_recorded_and_training_data_go_on(tiny_sim, sync_stream, monkeypatch):
+    cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
+    b0 = prepare_binned(shard_files(tiny_sim / "sim")[:1], cfg, None, progress=False)
+    real = sync_stream.stream_shard
+
+    def flaky(plan, kind, index, rows, cfg):
+        if index == 2:
+            raise RuntimeError("worker lost")
+        return real(plan, kind, index, rows, cfg)
+
+    monkeypatch.setattr(sync_stream, "stream_shard", flaky)
+    smp = sync_stream.StreamingSampler(BinnedSimulator(b0, cfg), cfg,
+                                       _plan(tiny_sim, first_shard=1, rows=1200))
+    with pytest.warns(RuntimeWarning, match="worker lost"):
+        assert smp.poll() == 1
+    assert smp.pending == 0 and smp.stats["failed_shards"] == 1 and "worker lost" in smp.stats["first_error"]
+    assert smp.poll(wait=True) == 0 and smp.stats["shards_added"] == 1       # nothing handled twice
+    theta, x = smp(jax.random.PRNGKey(0), 16)
+    assert theta.shape == (16, 6)
+    with pytest.raises(ValueError, match="poll_every"):
+        sync_stream.StreamingSampler(BinnedSimulator(b0, cfg), cfg, _plan(tiny_sim, first_shard=1, rows=0),
+                                     poll_every=0)
+
+
+def test_training_with_a_stream(trained, tmp_path, sync_stream):
+    """``stream_rows`` / ``stream_enrich_rows`` with an enrichment folder: the next shard of each
+    folder (its seed, index and size) joins the training set at the first poll, exactly the rows
+    ``stream_shard`` makes; the metadata records them. A resume with another number of workers is
+    accepted (workers do not change the rows); streaming without the device sampler, enrichment rows
+    without an enrichment folder, or a conditioned --data folder are refused before any work."""
     d, _ = trained
+    simulate_mod.run_simulation(simulate_mod.SimulateSettings(
+        survey=str(d / "tiny.toml"), n=40, out=str(tmp_path / "cross"), seed=4, shard_size=40, batch_size=128,
+        progress=False, condition="caustic-crossing"), log=lambda m: None)
     s = dataclasses.replace(
         _settings(d), out=str(tmp_path / "st"), checkpoint_dir=str(tmp_path / "ck"), sampler="device",
-        stream_rows=600, stream_workers=1,
+        enrich=str(tmp_path / "cross"), enrich_fraction=0.3, stream_rows=600, stream_enrich_rows=40,
+        stream_workers=1,
         train=dataclasses.replace(_settings(d).train, max_steps=40, eval_every=20, checkpoint_every=20))
     out = run_training(s, log=lambda m: None)
     assert out["finished"] and out["steps"] == 40
     meta = load_model(str(tmp_path / "st")).posterior.metadata
     st = meta["training"]["stream_last_session"]
-    assert st["plan"]["first_shard"] == 3 and st["plan"]["rows"] == 600 and st["plan"]["seed"] == 3
-    assert st["shards_added"] + st["shards_not_added"] == 1
-    assert st["initial_rows"] + st["rows_added"] <= st["initial_rows"] + 600
+    plan = st["plan"]
+    assert (plan["seed"], plan["first_shard"], plan["rows"], plan["shard_size"]) == (3, 3, 600, 600)
+    assert (plan["enrich_seed"], plan["enrich_first_shard"], plan["enrich_rows"], plan["enrich_shard_size"],
+            plan["enrich_batch_size"], plan["q_max"]) == (4, 1, 40, 40, 128, 0.01)
+    from mulens_sbi.stream import StreamPlan
+
+    man = json.loads((d / "sim" / "manifest.json").read_text())
+    ref = StreamPlan(spec_text=man["spec_text"], **{k: v for k, v in plan.items() if k != "workers"})
+    cfg = _settings(d).preprocess
+    n_prior = len(sync_stream.stream_shard(ref, "prior", 3, 600, cfg)["theta_net"])
+    n_enr = len(sync_stream.stream_shard(ref, "enrich", 1, 40, cfg)["theta_net"])
+    assert st["shards_added"] == 1 and st["rows_added"] == n_prior > 0
+    assert st["enrich_shards_added"] == 1 and st["enrich_rows_added"] == n_enr > 0
+    assert st["failed_shards"] == 0 and st["shards_not_added"] == 0
+    # resume (the finished checkpoint) with another number of workers: same fingerprint
+    again = run_training(dataclasses.replace(s, out=str(tmp_path / "st2"), stream_workers=2),
+                         log=lambda m: None)
+    assert again["finished"] and again["steps"] == 40
     with pytest.raises(ValueError, match="needs sampler='device'"):
         run_training(dataclasses.replace(s, sampler="host", out=str(tmp_path / "x")), log=lambda m: None)
     with pytest.raises(ValueError, match="needs an enrichment folder"):
-        run_training(dataclasses.replace(s, stream_enrich_rows=10, out=str(tmp_path / "y")),
+        run_training(dataclasses.replace(s, enrich=None, out=str(tmp_path / "y")), log=lambda m: None)
+    with pytest.raises(ValueError, match="conditioned simulation"):
+        run_training(dataclasses.replace(s, data=str(tmp_path / "cross"), holdout_shards=0,
+                                         out=str(tmp_path / "z"), checkpoint_dir=str(tmp_path / "ck4")),
                      log=lambda m: None)
+    assert not (tmp_path / "ck4").exists()                                  # refused before any work
 
 
 def test_streaming_in_spawned_workers_matches_this_process():

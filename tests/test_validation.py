@@ -69,3 +69,18 @@ def test_weighted_planet_probability_of_one_event():
     assert np.isnan(planet_probability(np.array([np.nan])))
     with pytest.raises(ValueError, match="weights"):
         planet_probability(q, [1.0, 2.0])
+
+
+def test_events_without_samples_are_left_out_and_small_sets_have_no_max_z():
+    S = np.ones((3, 2, 6))
+    S[0, :, 4] = np.nan                                  # no usable sample: NaN, not "not a planet"
+    S[1, :, 4] = [1e-3, 0.5]
+    p = planet_probabilities(S)
+    assert np.isnan(p[0]) and p[1] == 0.5 and p[2] == 0.0
+    rel = class_reliability(p, np.array([True, True, False]))
+    assert rel["n_excluded"] == 1 and rel["n_events"] == 2
+    assert rel["max_z"] is None                          # no bin of 10 events
+    with pytest.raises(ValueError, match="edges must increase from 0 to 1"):
+        class_reliability(p, np.array([True, True, False]), edges=(0.0, 0.6, 0.5, 1.0))
+    with pytest.raises(ValueError, match="edges must increase from 0 to 1"):
+        class_reliability(p, np.array([True, True, False]), edges=(0.1, 1.0))
