@@ -312,12 +312,15 @@ class StreamingSampler:
         """Stop the workers: queued shards are dropped and shards being simulated are abandoned (the
         processes are terminated, so that a run out of time does not wait for them)."""
         if self._pool is not None:
-            # the executor has no public way to stop running workers before Python 3.14
-            procs = list((getattr(self._pool, "_processes", None) or {}).values())
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for proc in procs:
-                if proc.is_alive():
-                    proc.terminate()
+            if not self._pending:
+                self._pool.shutdown(wait=True)  # all shards are in: the workers are idle, exit cleanly
+            else:
+                # the executor has no public way to stop running workers before Python 3.14
+                procs = list((getattr(self._pool, "_processes", None) or {}).values())
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                for proc in procs:
+                    if proc.is_alive():
+                        proc.terminate()
             self._pool = None
         self.stats["shards_not_added"] = len(self._pending)
         self._pending = []
