@@ -740,13 +740,7 @@ def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None)
                          f"extends the prior folder with prior draws, so --data must be a plain one")
     kw: dict[str, Any] = {}
     if settings.enrich:
-        epath = Path(settings.enrich) / "manifest.json"
-        if not epath.exists():
-            raise FileNotFoundError(f"{epath} not found (--enrich must be a mulens-sbi simulate --condition "
-                                    f"folder)")
-        em = json.loads(epath.read_text())
-        if not em.get("condition"):
-            raise ValueError(f"{settings.enrich}: not a conditioned simulation (made without --condition)")
+        em = _enrich_manifest(settings, manifest)
         kw = {"enrich_seed": int(em["seed"]), "enrich_first_shard": int(em["n_shards"]),
               "enrich_rows": settings.stream_enrich_rows, "condition": em["condition"],
               "q_max": float(em["q_max"]), "enrich_shard_size": int(em["shard_size"]),
@@ -757,12 +751,9 @@ def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None)
                       workers=settings.stream_workers or settings.workers, **kw)
 
 
-def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list[Path], ckdir: Path
-                ) -> dict[str, Any]:
-    """Read and check an enrichment folder: its pre-binned accepted rows, its condition counts, the
-    class flags of the prior training rows, and the fraction of its rows inference accepts."""
-    from mulens_sbi.simulate import condition_stats
-
+def _enrich_manifest(settings: TrainSettings, manifest: dict) -> dict:
+    """The enrichment folder's manifest, checked: a complete conditioned simulation of the spec of
+    ``data`` (whose manifest is ``manifest``)."""
     epath = Path(settings.enrich) / "manifest.json"
     if not epath.exists():
         raise FileNotFoundError(f"{epath} not found (--enrich must be a mulens-sbi simulate --condition "
@@ -776,6 +767,16 @@ def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list
         raise ValueError(f"{settings.enrich}: simulated with another survey spec (sha256 "
                          f"{str(em.get('spec_sha256'))[:12]}… vs {str(manifest.get('spec_sha256'))[:12]}… of "
                          f"{settings.data})")
+    return em
+
+
+def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list[Path], ckdir: Path
+                ) -> dict[str, Any]:
+    """Read and check an enrichment folder: its pre-binned accepted rows, its condition counts, the
+    class flags of the prior training rows, and the fraction of its rows inference accepts."""
+    from mulens_sbi.simulate import condition_stats
+
+    _enrich_manifest(settings, manifest)
     stats = condition_stats(settings.enrich)
     files = shard_files(settings.enrich)
     eb = prepare_binned(files, settings.preprocess, ckdir / "binned_enrich.npz", settings.progress,
