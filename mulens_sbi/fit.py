@@ -905,9 +905,14 @@ def report_markdown(result: FitResult, figures: bool = True) -> str:
     comp = s.get("companion")
     if comp:
         flow = comp["p_planet_flow"]
+        caveat = ""
+        if s["method"] == "is" and s["status"] == "fail":
+            caveat = (f" The importance sampling failed: the weighted value rests on ESS {s['ess']:.0f} "
+                      "sample(s); the flow's value is the one checked for reliability (model card).")
         lines.append(
             f"Planet probability P(q < {comp['q_max']:g}): {comp['p_planet']:.3f} from {comp['basis']}"
             + (f" (flow alone: {flow:.3f})" if flow is not None and s["method"] != "none" else "") + "."
+            + caveat
         )
         lines.append("")
     modes = s.get("modes") or {}

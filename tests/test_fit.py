@@ -194,6 +194,8 @@ def test_low_efficiency_is_flagged_never_silent(binary):
     assert res.importance["efficiency"] < 0.01 or res.importance["ess"] < 30
     assert any("LOW SAMPLE EFFICIENCY" in m for m in res.summary["messages"])
     assert "LOW SAMPLE EFFICIENCY" in repr(res)
+    # the weighted planet probability is not presented as if it were trustworthy
+    assert "The importance sampling failed: the weighted value rests on ESS" in report_markdown(res)
 
 
 def test_bad_inputs_give_clear_errors(binary):
