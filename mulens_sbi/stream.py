@@ -39,10 +39,10 @@ from mulens_sbi.simulate import cpu_worker, make_shard, shard_rows
 from mulens_sbi.survey import Survey
 from mulens_sbi.training import (
     BinnedSimulator,
+    DeviceSampler,
     MixtureSimulator,
     SharpEmphasis,
     _bin_rows,
-    _draw_on_device,
     accepted_mask,
     crossing_flags,
     table_arrays,
@@ -171,7 +171,7 @@ def _set_rows(arrays: tuple, new: tuple, start: jax.Array) -> tuple:
                  for a, b in zip(arrays, new, strict=True))
 
 
-class StreamingSampler:
+class StreamingSampler(DeviceSampler):
     """A :class:`~mulens_sbi.training.DeviceSampler` whose row set grows during training.
 
     Takes the same host sampler (:class:`BinnedSimulator`, optionally in a :class:`MixtureSimulator`
@@ -185,33 +185,14 @@ class StreamingSampler:
                  plan: StreamPlan, poll_every: int = 10):
         if poll_every < 1:
             raise ValueError(f"poll_every must be >= 1, got {poll_every}")
-        sharp = None
-        if isinstance(sim, SharpEmphasis):
-            sharp, sim = (sim.weight, sim.threshold), sim.sim
-        fraction, w_class, w_other, enrich, w0 = 0.0, 1.0, 1.0, None, None
-        if isinstance(sim, MixtureSimulator):
-            fraction, w_class, w_other = sim.fraction, sim.w_class, sim.w_other
-            enrich, w0, sim = sim.enrich, sim.w_base, sim.base
-        if not isinstance(sim, BinnedSimulator):
-            raise TypeError(f"StreamingSampler: cannot stream into a {type(sim).__name__}")
-        if (enrich is None) != (plan.condition is None):
-            raise ValueError("the stream plan and the sampler disagree on enrichment")
-        self.plan, self.cfg = plan, cfg
-        self.w_class, self.w_other = float(w_class), float(w_other)
-        self.poll_every = int(poll_every)
         # a shard's rows are written padded to its shard size, so the arrays have that much slack
         # (a write never clips at the end)
-        self.base = self._alloc(sim, plan.rows + plan.shard_size)
-        self.n_base = len(sim)
-        self.w_base = None
-        self.enrich = None
-        self.n_enrich = 0
-        if enrich is not None:
-            self.w_base = jnp.zeros(self.base[0].shape[0], jnp.float32).at[:self.n_base].set(w0)
-            self.enrich = self._alloc(enrich, plan.enrich_rows + plan.enrich_shard_size)
-            self.n_enrich = len(enrich)
-        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction, w_class=w_class,
-                                               sharp=sharp), static_argnames=("n",))
+        super().__init__(sim, cfg, room=plan.rows + plan.shard_size,
+                         enrich_room=plan.enrich_rows + plan.enrich_shard_size)
+        if (self.enrich is None) != (plan.condition is None):
+            raise ValueError("the stream plan and the sampler disagree on enrichment")
+        self.plan, self.cfg = plan, cfg
+        self.poll_every = int(poll_every)
         donate = (0,) if jax.default_backend() != "cpu" else ()
         self._set = jax.jit(_set_rows, donate_argnums=donate)
         self._set_w = jax.jit(lambda a, b, s: jax.lax.dynamic_update_slice(a, b, (s,)), donate_argnums=donate)
@@ -228,16 +209,6 @@ class StreamingSampler:
             self._pool = make_executor(plan.workers)
             self._pending = [(self._pool.submit(stream_shard, plan, kind, i, rows, cfg), kind)
                              for kind, i, rows in jobs]
-
-    @staticmethod
-    def _alloc(sim: BinnedSimulator, extra: int) -> tuple:
-        n = len(sim)
-        out = []
-        for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count):
-            buf = np.zeros((n + extra,) + a.shape[1:], a.dtype)
-            buf[:n] = a
-            out.append(jnp.asarray(buf))
-        return tuple(out)
 
     @property
     def pending(self) -> int:
@@ -305,8 +276,7 @@ class StreamingSampler:
         self._calls += 1
         if self._pending and self._calls % self.poll_every == 0:
             self.poll()
-        return self._draw(key, self.base, self.enrich, self.w_base, n=n, n_base=jnp.int32(self.n_base),
-                          n_enrich=jnp.int32(max(self.n_enrich, 1)))
+        return super().__call__(key, n)
 
     def close(self) -> None:
         """Stop the workers: queued shards are dropped and shards being simulated are abandoned (the

@@ -489,30 +489,44 @@ class DeviceSampler:
     :class:`MixtureSimulator` and/or wrapped by :class:`SharpEmphasis`), drawn on the accelerator:
     the pre-binned rows live in device memory, and the rows, the mixture choice and the noise of a
     batch come from ``jax.random`` with the step's key in one compiled function. Same rows, weights
-    and noise distribution as the host path; another random stream."""
+    and noise distribution as the host path; another random stream.
 
-    def __init__(self, sim, cfg: PreprocessConfig):
+    ``room`` / ``enrich_room``: extra, empty rows after the base / enrichment rows, for rows still to
+    come (:class:`mulens_sbi.stream.StreamingSampler`); draws use the first ``n_base`` / ``n_enrich``
+    rows only."""
+
+    def __init__(self, sim: BinnedSimulator | MixtureSimulator | SharpEmphasis, cfg: PreprocessConfig,
+                 room: int = 0, enrich_room: int = 0):
         sharp = None
         if isinstance(sim, SharpEmphasis):
             sharp, sim = (sim.weight, sim.threshold), sim.sim
-        fraction, w_class, enrich, w_base = 0.0, 1.0, None, None
+        fraction, self.w_class, self.w_other = 0.0, 1.0, 1.0
+        self.enrich, self.w_base, self.n_enrich = None, None, 0
         if isinstance(sim, MixtureSimulator):
-            fraction, w_class = sim.fraction, sim.w_class
-            enrich = self._put(sim.enrich)
-            w_base = jnp.asarray(sim.w_base, jnp.float32)
+            fraction, self.w_class, self.w_other = sim.fraction, sim.w_class, sim.w_other
+            self.enrich, self.n_enrich = self._put(sim.enrich, enrich_room), len(sim.enrich)
+            self.w_base = jnp.asarray(np.concatenate([sim.w_base, np.zeros(room, np.float32)]), jnp.float32)
             sim = sim.base
         if not isinstance(sim, BinnedSimulator):
-            raise TypeError(f"DeviceSampler: cannot move a {type(sim).__name__} to the device")
-        self.base, self.enrich, self.w_base = self._put(sim), enrich, w_base
-        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction, w_class=w_class,
-                                               sharp=sharp), static_argnames=("n",))
+            raise TypeError(f"{type(self).__name__}: cannot move a {type(sim).__name__} to the device")
+        self.base, self.n_base = self._put(sim, room), len(sim)
+        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction,
+                                               w_class=self.w_class, sharp=sharp), static_argnames=("n",))
 
     @staticmethod
-    def _put(sim: BinnedSimulator):
-        return tuple(jnp.asarray(a) for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count))
+    def _put(sim: BinnedSimulator, room: int = 0) -> tuple:
+        """The rows (theta as float32, mean, err, count) on the device, followed by ``room`` zero rows."""
+        out = []
+        for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count):
+            if room:
+                a = np.concatenate([a, np.zeros((room,) + a.shape[1:], a.dtype)])
+            out.append(jnp.asarray(a))
+        return tuple(out)
 
-    def __call__(self, key, n: int):
-        return self._draw(key, self.base, self.enrich, self.w_base, n=n)
+    def __call__(self, key: jax.Array, n: int) -> tuple:
+        """A batch ``(theta_net, x[, weights])`` of ``n`` rows."""
+        return self._draw(key, self.base, self.enrich, self.w_base, n=n, n_base=jnp.int32(self.n_base),
+                          n_enrich=jnp.int32(max(self.n_enrich, 1)))
 
 
 def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Path | None = None,
