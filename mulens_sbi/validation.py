@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
 from mulens_sbi.preprocess import preprocess
-from mulens_sbi.summary import PLANET_Q
+from mulens_sbi.summary import PLANET_Q, planet_probability
 
 __all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
            "kde_hpd_level", "simulate_events", "class_reliability", "planet_probabilities"]
@@ -300,11 +300,7 @@ def planet_probabilities(S: np.ndarray) -> np.ndarray:
     their samples ``S`` (M, n, D) in the physical order (q in column 4); NaN samples are ignored, and
     an event without a usable sample gets NaN (the per-event form of
     :func:`mulens_sbi.summary.planet_probability`)."""
-    q = S[..., 4]
-    ok = np.isfinite(q)
-    n_ok = ok.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n_ok > 0, np.sum((q < PLANET_Q) & ok, axis=1) / np.maximum(n_ok, 1), np.nan)
+    return np.array([planet_probability(q, q_max=PLANET_Q) for q in S[..., 4]])
 
 
 def _crossing_planet_probability(p_planet: np.ndarray, levels: np.ndarray) -> dict[str, Any]:
