@@ -191,7 +191,7 @@ class StreamingSampler(DeviceSampler):
                          enrich_room=plan.enrich_rows + plan.enrich_shard_size)
         if (self.enrich is None) != (plan.condition is None):
             raise ValueError("the stream plan and the sampler disagree on enrichment")
-        self.plan, self.cfg = plan, cfg
+        self.plan = plan
         self.poll_every = int(poll_every)
         donate = (0,) if jax.default_backend() != "cpu" else ()
         self._set = jax.jit(_set_rows, donate_argnums=donate)
