@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -599,6 +600,16 @@ def test_training_with_a_stream(trained, tmp_path, sync_stream):
                                          out=str(tmp_path / "z"), checkpoint_dir=str(tmp_path / "ck4")),
                      log=lambda m: None)
     assert not (tmp_path / "ck4").exists()                                  # refused before any work
+    # a --data folder whose manifest lacks spec_text (the workers need the exact spec): refused
+    bare = tmp_path / "bare"
+    shutil.copytree(d / "sim", bare)
+    man_bare = json.loads((bare / "manifest.json").read_text())
+    del man_bare["spec_text"]
+    (bare / "manifest.json").write_text(json.dumps(man_bare))
+    with pytest.raises(ValueError, match="has no spec_text"):
+        run_training(dataclasses.replace(s, data=str(bare), out=str(tmp_path / "w"),
+                                         checkpoint_dir=str(tmp_path / "ck5")), log=lambda m: None)
+    assert not (tmp_path / "ck5").exists()
 
 
 def test_streaming_in_spawned_workers_matches_this_process():
