@@ -85,8 +85,10 @@ def build(folder: Path, notes: str = "") -> str:
         f"| best validation loss (−log q, network space) | {tr['best_val_loss']:.4f} at step "
         f"{tr['best_step']} |",
         f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
-        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min) of the model(s) it "
-           f"was warm-started from (`--init-from`); {(wall + prior['wall_s']) / 60:.1f} min in all"
+        + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min"
+           + (", its flow refit included" if (tr.get("init_from") or {}).get("refit") else "")
+           + f") of the model(s) it was warm-started from (`--init-from`); "
+           f"{(wall + prior['wall_s']) / 60:.1f} min in all"
            if prior else "") + " |",
         (f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
          "shared with other jobs) — **no GPU** |" if hw.get("platform", "cpu") == "cpu" else
@@ -105,6 +107,20 @@ def build(folder: Path, notes: str = "") -> str:
         + ", ".join(f"{h['step']}: {h['val_loss']:.3f}" for h in hist) + ".",
         "",
     ]
+    ws = tr.get("init_from")
+    if ws and ws.get("device"):
+        wrf = ws.get("refit")
+        at = next(i for i, line in enumerate(lines) if line.startswith("| versions |"))
+        lines.insert(at,
+            f"| warm start (`--init-from`) | every weight started from `{ws['source']}`: a network trained "
+            f"{ws['steps_done']:,} steps on {ws['device']} ({ws['platform']})"
+            + (f" on {ws['n_train_rows']:,} light curves" if ws.get("n_train_rows") else "")
+            + (f", whose flow was then refit (`mulens_sbi.refit`) on {wrf['n_rows']:,} other light curves"
+               + (f" and {wrf['n_enrich_rows']:,} caustic-crossing ones" if wrf.get("n_enrich_rows") else "")
+               + f" × {wrf['n_draws']} noise draws ({wrf['steps_done']:,} steps, "
+               f"{wrf['wall_time_s'] / 60:.1f} min on {wrf['device']}; best validation loss "
+               f"{wrf['best_val_loss']:.4f})" if wrf else "")
+            + " |")
     rf = meta.get("refit")
     if rf:
         rtc = rf["train_config"]

@@ -374,6 +374,14 @@ def test_refit_flow_keeps_the_embedding_and_learns_a_new_flow(trained, tmp_path)
     with pytest.raises(FileExistsError, match="overwrite"):
         run_refit(str(d / "model"), str(d / "sim"), str(tmp_path / "rf"), str(tmp_path / "w"), **kw)
     assert rec["model_weights_sha256"] and rec["model"] == str(d / "model")
+    # a warm start from the refitted model records the refit in its lineage (the card shows it)
+    from mulens_sbi.npe.train import warm_start_record
+
+    ws = warm_start_record(new)
+    assert ws["refit"]["n_draws"] == 2 and ws["refit"]["steps_done"] == 300
+    assert ws["steps_done"] == 200 and ws["lineage_steps"] == 200       # the network's own steps
+    assert ws["lineage_wall_s"] == pytest.approx(new.metadata["training"]["train_wall_s_total"]
+                                                 + rec["wall_time_s"])
     with pytest.raises(ValueError, match="n_draws"):
         run_refit(str(d / "model"), str(d / "sim"), str(tmp_path / "rf2"), str(tmp_path / "w"),
                   **{**kw, "n_draws": 0})

@@ -150,15 +150,25 @@ def differing_keys(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> list[str]:
 
 
 def warm_start_record(post: Posterior) -> dict[str, Any]:
-    """What the metadata records of a warm start's initial model: its folder, steps and time, and
-    the steps and time of its whole lineage (itself plus the models it was warm-started from)."""
+    """What the metadata records of a warm start's initial model: its folder, steps, time, device and
+    training-set size, its flow refit (``mulens_sbi.refit``) if it had one, its own warm start, and
+    the steps and time of its whole lineage (itself, its refit and the models it was warm-started
+    from), so that a fine-tuned model's card can say how every part of it was made."""
     tr = post.metadata.get("training", {})
     steps, wall = tr.get("steps_done") or 0, tr.get("train_wall_s_total") or 0.0
     before = tr.get("init_from") or {}
+    rf = post.metadata.get("refit")
+    refit = None if not rf else {
+        k: rf.get(k) for k in ("data", "n_rows", "n_draws", "enrich", "n_enrich_rows", "steps_done",
+                               "best_val_loss", "wall_time_s", "device")}
     return {"source": str(post.metadata.get("_loaded_from", {}).get("path", "in memory")),
             "steps_done": tr.get("steps_done"), "train_wall_s_total": tr.get("train_wall_s_total"),
+            "device": tr.get("device"), "platform": tr.get("platform"),
+            "n_train_rows": post.metadata.get("provenance", {}).get("n_train_rows"),
+            "refit": refit, "init_from": before or None,
             "lineage_steps": steps + before.get("lineage_steps", before.get("steps_done") or 0),
-            "lineage_wall_s": wall + before.get("lineage_wall_s", before.get("train_wall_s_total") or 0.0)}
+            "lineage_wall_s": wall + ((refit["wall_time_s"] or 0.0) if refit else 0.0)
+            + before.get("lineage_wall_s", before.get("train_wall_s_total") or 0.0)}
 
 
 def _warm_start(params, post: Posterior, config: NPEConfig, space: ParameterSpace):
