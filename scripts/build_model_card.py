@@ -33,10 +33,11 @@ def build(folder: Path, notes: str = "") -> str:
     hw = prov.get("hardware", {})
     wall = tr.get("train_wall_s_total", tr.get("wall_time_s_last_session", 0.0))
     # a warm start (``mulens-sbi train --init-from``): the earlier model's steps and time
-    prior = tr.get("init_from") or tr.get("data_source", {}).get("init_from")
-    if prior:
-        prior = {"steps": prior.get("lineage_steps", prior.get("steps_done") or 0),
-                 "wall_s": prior.get("lineage_wall_s", prior.get("train_wall_s_total") or 0.0)}
+    ws = tr.get("init_from") or tr.get("data_source", {}).get("init_from") or {}
+    prior = None
+    if ws:
+        prior = {"steps": ws.get("lineage_steps", ws.get("steps_done") or 0),
+                 "wall_s": ws.get("lineage_wall_s", ws.get("train_wall_s_total") or 0.0)}
     lines = [
         f"# Model card: `{folder.name}` — amortized posterior for {prov['survey']} binary-lens events",
         "",
@@ -86,7 +87,7 @@ def build(folder: Path, notes: str = "") -> str:
         f"{tr['best_step']} |",
         f"| training wall time | {wall / 60:.1f} min in {tr.get('sessions', 1)} session(s)"
         + (f", after {prior['steps']} steps ({prior['wall_s'] / 60:.1f} min"
-           + (", its flow refit included" if (tr.get("init_from") or {}).get("refit") else "")
+           + (", its flow refit included" if ws.get("refit") else "")
            + f") of the model(s) it was warm-started from (`--init-from`); "
            f"{(wall + prior['wall_s']) / 60:.1f} min in all"
            if prior else "") + " |",
@@ -107,8 +108,7 @@ def build(folder: Path, notes: str = "") -> str:
         + ", ".join(f"{h['step']}: {h['val_loss']:.3f}" for h in hist) + ".",
         "",
     ]
-    ws = tr.get("init_from")
-    if ws and ws.get("device"):
+    if ws.get("device"):  # (records written before the warm start kept its device have no row)
         wrf = ws.get("refit")
         at = next(i for i, line in enumerate(lines) if line.startswith("| versions |"))
         lines.insert(at,
