@@ -298,6 +298,10 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="none: flow only; is: importance sampling with the exact likelihood (default); "
                         "nuts: IS, then NUTS started from it")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
+                   help="posterior under the prior restricted to a sub-range (repeatable; either bound may "
+                        "be empty), e.g. --restrict q=:0.01 for 'if the companion is a planet'; "
+                        "parameters u_0, t_E (days), s, q, alpha (degrees)")
     p.add_argument("--kind", choices=("mag", "flux"), default=None,
                    help="column 2 is magnitude or flux (default: from the file's header)")
     p.add_argument("--time-format", default="auto", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
@@ -309,10 +313,12 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
 
 def _fit_run(args: argparse.Namespace) -> int:
     from mulens_sbi.fit import check_output, fit, save_fit
+    from mulens_sbi.restrict import parse_restrict
 
+    restrict = parse_restrict(args.restrict)
     check_output(args.out, args.overwrite)  # refuse before spending time on the fit
     result = fit(args.files, args.model, n=args.n, refine=args.refine, seed=args.seed, kind=args.kind,
-                 time_format=args.time_format, progress=not args.no_progress)
+                 time_format=args.time_format, progress=not args.no_progress, restrict=restrict)
     files = save_fit(result, args.out, overwrite=args.overwrite, figures=not args.no_figures)
     print(repr(result))
     for f in files:

@@ -52,6 +52,7 @@ import numpy as np
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.inference.importance import FAIL_EFFICIENCY, importance_weights, log_prior, parse_priors
 from mulens_sbi.likelihood import evaluate, pack_event
+from mulens_sbi.restrict import describe_restrict, restrict_priors
 from mulens_sbi.summary import (
     PLANET_Q,
     find_modes,
@@ -86,6 +87,9 @@ _NONE_FLUX_SAMPLES = 512
 #: an importance-sampling result with fewer effective samples than this is a failure, whatever its
 #: efficiency (intervals from a handful of samples are not a posterior)
 MIN_ESS = 30.0
+#: rounds of n flow draws for a restricted prior (a range holding less than 1/(rounds n) of the
+#: flow's mass leaves samples missing)
+RESTRICT_ROUNDS = 50
 _PAD = 1024
 
 
@@ -458,6 +462,7 @@ def fit(
     time_format: str = "auto",
     name: str | None = None,
     degeneracy: str = "modes",
+    restrict: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> FitResult:
     """Posterior of one event (see the module docstring for the steps).
 
@@ -477,6 +482,11 @@ def fit(
             (:func:`mulens_sbi.degeneracy.analyze`: modes tested against the offset relation);
             ``"partner"``: also the partner search with the exact likelihood (tens of seconds);
             ``"off"``: none. Stored as ``result.degeneracy`` and ``summary["degeneracy"]``.
+        restrict: the posterior under the model's prior restricted to sub-ranges,
+            ``{name: (low, high)}`` in physical units with ``None`` for the prior's own bound, e.g.
+            ``{"q": (None, 0.01)}`` for "if the companion is a planet" (:mod:`mulens_sbi.restrict`).
+            The flow is truncated by rejection, importance sampling and NUTS use the restricted
+            prior, and ``summary["restrict"]`` reports the flow's probability of the restricted range.
 
     Returns:
         :class:`FitResult`.
@@ -511,7 +521,16 @@ def fit(
     t0 = time.perf_counter()
     ev1 = _proposal_event(event, proposal_dataset)
     key = jax.random.PRNGKey(seed)
-    if "return_info" in inspect.signature(mdl.sample).parameters:
+    restrict = dict(restrict or {})
+    if restrict:
+        if "restrict" not in inspect.signature(mdl.sample).parameters:
+            raise ValueError(f"restrict: model {model_label!r} cannot sample a restricted prior "
+                             "(its sample() takes no restrict argument)")
+        with warnings.catch_warnings():  # unfilled samples are reported below, with the flow's mass
+            warnings.simplefilter("ignore", RuntimeWarning)
+            raw, log_q, info = mdl.sample(ev1, n, key, return_info=True, restrict=restrict,
+                                          max_rounds=RESTRICT_ROUNDS)
+    elif "return_info" in inspect.signature(mdl.sample).parameters:
         raw, log_q, info = mdl.sample(ev1, n, key, return_info=True)
     else:  # a minimal model object
         (raw, log_q), info = mdl.sample(ev1, n, key), {}
@@ -523,7 +542,25 @@ def fit(
     for k in names:
         good &= np.isfinite(raw[k])
     n_missing = int((~good).sum())
-    if n_missing:
+    restriction = None
+    if restrict:
+        mass = float(np.asarray(info.get("mass_within", np.nan)).reshape(-1)[0])
+        restriction = {"ranges": {k: list(v) for k, v in restrict.items()},
+                       "text": describe_restrict(restrict),
+                       "flow_mass": mass,
+                       "note": "the posterior under the model's prior restricted to these ranges; flow_mass "
+                               "is the flow's posterior probability of them (unrestricted prior)"}
+        messages.append(f"prior restricted to {restriction['text']}: the flow gives this range "
+                        f"{100 * mass:.3g}% of its posterior mass")
+        if n_missing == n:
+            raise ValueError(
+                f"restrict {restriction['text']}: no flow sample in {RESTRICT_ROUNDS} rounds of {n} draws "
+                f"(the flow gives this range less than about {1 / (RESTRICT_ROUNDS * n):.1g} of its mass)"
+            )
+        if n_missing:
+            messages.append(f"{n_missing} of {n} samples could not be drawn inside the restricted range; "
+                            "the posterior rests on the others")
+    elif n_missing:
         messages.append(
             f"{n_missing} of {n} flow samples are missing (prior leakage: the flow puts mass outside the "
             "prior; the data may be outside the training distribution)"
@@ -552,6 +589,8 @@ def fit(
 
     # ---- likelihood, prior, weights
     priors = model_priors(mdl, event)
+    if restrict:
+        priors = restrict_priors(priors, restrict)
     lp = np.asarray(log_prior(priors, {k: samples[k] for k in priors if priors[k].dist != "fixed"}))
     importance = None
     nuts_diag = None
@@ -675,6 +714,7 @@ def fit(
         timings,
         p_planet_flow,
     )
+    summary["restrict"] = to_jsonable(restriction)
     deg_report = None
     if degeneracy != "off":
         deg_report = _degeneracy(event, samples, weights, ll, degeneracy == "partner", seed, messages)

@@ -129,6 +129,8 @@ def read_table(
         raise ValueError(f"{label}: zero_point must be a finite number, got {zero_point!r}")
     if not p.exists():
         raise FileNotFoundError(f"{label}: no such file")
+    if p.is_dir():
+        raise DataFormatError(f"{label}: is a folder; give the photometry files in it (e.g. {label}/*.dat)")
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:

@@ -17,6 +17,9 @@ Interface (stable; used by ``mulens_sbi.fit``):
   ``log_q`` (n,) the flow's log density of each sample in those physical units (t_0 = t_ref + dt_0
   is a shift: Jacobian 1). Samples outside the prior bounds are rejected and redrawn (see
   :mod:`mulens_sbi.npe.posterior`); ``info`` with ``return_info=True``.
+* ``restrict={"q": (None, 0.01)}`` (``sample``, ``sample_batched``): the posterior under the prior
+  restricted to a sub-range of some parameters (not ``t_0``), by rejection; ``None`` keeps the
+  prior's bound; ``info["mass_within"]`` is the flow's mass inside (see :mod:`mulens_sbi.restrict`).
 * ``model.log_prob(samples, event) -> (m,)`` the same density at given physical parameters.
 * attributes: ``posterior`` (npe Posterior over the network names ``dt_0, u_0, t_E, s, q,
   alpha``), ``space`` (its ParameterSpace), ``survey_name``, ``preprocess_config``, ``names``
@@ -118,16 +121,24 @@ class Model:
         out["t_0"] = theta_net[..., 0] + t_ref
         return out
 
+    def within(self, restrict: dict | None):
+        """``restrict`` ({name: (low, high)}, physical) as the posterior's ``within`` box, or None."""
+        from mulens_sbi.restrict import restriction_box
+
+        return None if not restrict else restriction_box(self.space, restrict)
+
     def sample(self, event, n: int, key: jax.Array | int = 0, *, return_info: bool = False,
-               max_rounds: int = 20):
+               max_rounds: int = 20, restrict: dict | None = None):
         """``n`` posterior samples for one event: ``(samples dict, log_q (n,))`` (see module docstring).
 
-        Samples that could not be drawn inside the prior bounds in ``max_rounds`` rounds are NaN, with a
-        ``RuntimeWarning`` (the event is probably outside the training distribution)."""
+        Samples that could not be drawn inside the prior bounds (and ``restrict``) in ``max_rounds``
+        rounds are NaN, with a ``RuntimeWarning`` (the event is probably outside the training
+        distribution, or the restriction holds little of the flow's mass)."""
         if isinstance(key, int):
             key = jax.random.PRNGKey(key)
         prep = self.preprocess(event)
-        theta, info = self.posterior.sample(prep.x, n, key, max_rounds=max_rounds, return_info=True)
+        theta, info = self.posterior.sample(prep.x, n, key, max_rounds=max_rounds, return_info=True,
+                                            within=self.within(restrict))
         samples = self._to_physical(np.asarray(theta), prep.t_ref)
         log_q = np.asarray(info["log_prob"])
         if return_info:
@@ -145,13 +156,15 @@ class Model:
         theta = np.stack(cols, axis=-1)
         return np.asarray(self.posterior.log_prob(theta, prep.x))
 
-    def sample_batched(self, xs: np.ndarray, t_ref: np.ndarray, n: int, key: jax.Array):
+    def sample_batched(self, xs: np.ndarray, t_ref: np.ndarray, n: int, key: jax.Array, *,
+                       restrict: dict | None = None, max_rounds: int = 20, return_info: bool = False):
         """Many preprocessed inputs at once: ``xs`` (B, n_bins, 4), ``t_ref`` (B,) -> (samples dict of
-        (B, n), log_q (B, n)). Used by validation and catalogs."""
-        theta, info = self.posterior.sample_batched(xs, n, key, return_info=True)
+        (B, n), log_q (B, n)[, info]). Used by validation and catalogs."""
+        theta, info = self.posterior.sample_batched(xs, n, key, return_info=True, max_rounds=max_rounds,
+                                                    within=self.within(restrict))
         out = {nm: theta[..., j] for j, nm in enumerate(PHYSICAL_NAMES)}
         out["t_0"] = theta[..., 0] + np.asarray(t_ref)[:, None]
-        return out, info["log_prob"]
+        return (out, info["log_prob"], info) if return_info else (out, info["log_prob"])
 
 
 def load_model(name_or_path: str | Path) -> Model:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from mulens_sbi.preprocess import preprocess
 from mulens_sbi.summary import PLANET_Q, planet_probability
 
 __all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
-           "kde_hpd_level", "simulate_events", "class_reliability", "planet_probabilities"]
+           "kde_hpd_level", "kde_hpd_levels", "selected_coverage_if_calibrated",
+           "simulate_events", "class_reliability", "planet_probabilities"]
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)
 FIGURES = ("coverage.png", "recovery.png", "sbc.png", "reliability.png")
@@ -126,23 +128,65 @@ def caustic_crossing(t, mask, params: dict[str, np.ndarray], chunk: int = 64) ->
     return out
 
 
-def kde_hpd_level(samples_2d: np.ndarray, truth_2d: np.ndarray) -> float:
-    """HPD level of ``truth`` under a Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2): the fraction
-    of samples whose KDE density exceeds the truth's. Truth in the 95% HPD region <=> level <= 0.95."""
+def _kde(samples_2d: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2), finite rows only, at ``points`` (m, 2)."""
     s = np.asarray(samples_2d, dtype=np.float64)
     s = s[np.all(np.isfinite(s), axis=1)]
     n, d = s.shape
     cov = np.cov(s.T) * n ** (-2.0 / (d + 4))
     cov += np.eye(d) * 1e-12
     inv = np.linalg.inv(cov)
+    diff = np.asarray(points, dtype=np.float64)[:, None, :] - s[None, :, :]
+    return np.mean(np.exp(-0.5 * np.einsum("abi,ij,abj->ab", diff, inv, diff)), axis=1)
 
-    def dens(p):
-        diff = p[:, None, :] - s[None, :, :]
-        return np.mean(np.exp(-0.5 * np.einsum("abi,ij,abj->ab", diff, inv, diff)), axis=1)
 
-    ds = dens(s)
-    dt = dens(np.asarray(truth_2d, dtype=np.float64)[None])[0]
-    return float(np.mean(ds > dt))
+def kde_hpd_levels(samples_2d: np.ndarray, points_2d: np.ndarray) -> np.ndarray:
+    """HPD level of each of ``points`` (m, 2) under a Gaussian KDE (Scott bandwidth) of ``samples``
+    (n, 2): the fraction of samples whose KDE density exceeds the point's. A point lies in the
+    c HPD region <=> its level <= c."""
+    s = np.asarray(samples_2d, dtype=np.float64)
+    s = s[np.all(np.isfinite(s), axis=1)]
+    ds = _kde(s, s)
+    dt = _kde(s, np.asarray(points_2d, dtype=np.float64).reshape(-1, 2))
+    return np.mean(ds[None, :] > dt[:, None], axis=1)
+
+
+def kde_hpd_level(samples_2d: np.ndarray, truth_2d: np.ndarray) -> float:
+    """HPD level of ``truth`` under a Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2): the fraction
+    of samples whose KDE density exceeds the truth's. Truth in the 95% HPD region <=> level <= 0.95."""
+    return float(kde_hpd_levels(samples_2d, np.asarray(truth_2d, dtype=np.float64)[None])[0])
+
+
+def selected_coverage_if_calibrated(regions: np.ndarray, draws: np.ndarray, selected: np.ndarray,
+                                    levels=(0.5, 0.68, 0.9, 0.95)) -> dict[str, Any]:
+    """What the (log s, log q) HPD figures of events chosen by their *true* parameters would be if
+    the posterior were exact.
+
+    Choosing events by a property of the truth (here q < 0.01) is not choosing them by the data, and
+    a calibrated posterior need not cover at the nominal rate on such a subset: an event whose
+    posterior straddles q = 0.01 enters the subset only when its truth lies in the low-q tail. If
+    the flow q(θ|x) were the exact posterior, the joint law of (x, θ_true) on the subset would be
+    p(x | A) q(θ | x, A), so the expected figure at level c is the mean over the subset's events of
+    Q(HPD_c ∩ A | x) / Q(A | x). Each term is estimated with fresh flow draws (independent of the
+    ones that built the region), ``draws`` (M, m, 2) in (log10 s, log10 q), of which ``selected``
+    (M, m) satisfy A; ``regions`` (M, n, 2) are the samples that define each event's HPD regions
+    (the same ones the truth is scored against). Events without a selected draw are skipped and
+    counted. The gap between this and the measured figure is what miscalibration explains; the rest
+    is the width of the posterior across the selection boundary."""
+    per_event = {c: [] for c in levels}
+    n_none = 0
+    for k in range(regions.shape[0]):
+        pts = draws[k][selected[k] & np.all(np.isfinite(draws[k]), axis=1)]
+        if not len(pts):
+            n_none += 1
+            continue
+        lv = kde_hpd_levels(regions[k], pts)
+        for c in levels:
+            per_event[c].append(float(np.mean(lv <= c)))
+    out = {f"expected_frac_in_{round(100 * c)}_hpd": (float(np.mean(v)) if v else None)
+           for c, v in per_event.items()}
+    return {**out, "n_events_used": int(regions.shape[0] - n_none), "n_events_without_selected_draw": n_none,
+            "n_draws_per_event": int(draws.shape[1])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,20 +381,55 @@ def _crossing_figures(levels: np.ndarray) -> dict[str, Any]:
     return out
 
 
+#: fewer accepted samples than this under the planetary prior: the event counts as a miss
+MIN_RESTRICTED_SAMPLES = 20
+
+
 def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int = 0,
-                      progress: bool = False) -> dict[str, Any]:
+                      progress: bool = False, diagnose: bool = True) -> dict[str, Any]:
     """Caustic-crossing figures on events ``d`` that are all caustic-crossing planetary events (a
     ``--condition caustic-crossing`` simulation): for each, the HPD level of the true (log s, log q)
-    under a KDE of ``n_samples`` flow samples; events that preprocessing refuses are counted."""
+    under a KDE of ``n_samples`` flow samples; events that preprocessing refuses are counted.
+
+    With ``diagnose`` (default) two more figures explain the result:
+
+    * ``if_calibrated``: what the figures would be if the flow were the exact posterior
+      (:func:`selected_coverage_if_calibrated`, ``n_samples`` fresh draws per event);
+    * ``planetary_prior``: the same figures for the posterior under the prior the set was drawn
+      from, q < 0.01 (:mod:`mulens_sbi.restrict`: the flow truncated to q < 0.01 by rejection, at
+      most 20 rounds); an event left with fewer than ``MIN_RESTRICTED_SAMPLES`` samples counts as
+      a miss."""
     names = model.names
     xs, t_ref, keep, failed = _prepare(model, d, progress, "preprocess (caustic set)")
     theta = np.stack([np.asarray(d[n], dtype=np.float64) for n in names], axis=1)[keep]
-    samp, _ = model.sample_batched(xs, t_ref, n_samples, jax.random.PRNGKey(seed))
+    key = jax.random.PRNGKey(seed)
+    samp, _ = model.sample_batched(xs, t_ref, n_samples, key)
     S = np.stack([samp[n] for n in names], axis=-1)
     levels = _logs_logq_levels(S, theta, range(theta.shape[0]))
-    return {**_crossing_figures(levels), "n_preprocess_failed": len(failed),
-            "planet_probability": _crossing_planet_probability(planet_probabilities(S), levels),
-            "_levels": levels}
+    out = {**_crossing_figures(levels), "n_preprocess_failed": len(failed),
+           "planet_probability": _crossing_planet_probability(planet_probabilities(S), levels)}
+    if diagnose:
+        draws, _ = model.sample_batched(xs, t_ref, n_samples, jax.random.fold_in(key, 1))
+        dq = np.asarray(draws["q"])
+        out["if_calibrated"] = {
+            "selection": f"true q < {PLANET_Q:g}",
+            **selected_coverage_if_calibrated(np.log10(S[..., [3, 4]]),
+                                              np.log10(np.stack([draws["s"], dq], axis=-1)), dq < PLANET_Q)}
+        with warnings.catch_warnings():  # events the restriction cannot fill are counted below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rs, _, info = model.sample_batched(xs, t_ref, n_samples, jax.random.fold_in(key, 2),
+                                               restrict={"q": (None, PLANET_Q)}, return_info=True)
+        R = np.log10(np.stack([rs["s"], rs["q"]], axis=-1))
+        n_acc = np.sum(np.all(np.isfinite(R), axis=-1), axis=1)
+        lv_r = np.array([kde_hpd_level(R[k], np.log10(theta[k, [3, 4]])) if n_acc[k] >= MIN_RESTRICTED_SAMPLES
+                         else np.inf for k in range(len(R))])
+        out["planetary_prior"] = {
+            "prior": f"the model's prior restricted to q < {PLANET_Q:g} (the set's own)",
+            **{k: v for k, v in _crossing_figures(lv_r).items() if k != "definition"},
+            "n_too_few_samples": int(np.sum(n_acc < MIN_RESTRICTED_SAMPLES)),
+            "flow_mass_below_q_max_median": float(np.median(info["mass_within"]))}
+    out["_levels"] = levels
+    return out
 
 
 def _figures(rep: dict, out: Path, title: str) -> list[str]:

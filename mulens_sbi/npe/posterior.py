@@ -12,6 +12,12 @@ itself a diagnostic: the observation is probably outside the training distributi
 The returned samples then follow the flow's density truncated to the bounds, i.e. proportional to
 ``log_prob`` (which reports the untruncated flow density in physical units; -inf out of bounds).
 Self-normalized importance weights do not need the truncation constant.
+
+Restriction: ``within=(lower, upper)`` (physical units, in the order of ``space.names``) narrows the
+accepted box further. Since the posterior under a prior restricted to a sub-box is the posterior
+truncated to that box, this gives the posterior under the restricted prior (e.g. planetary
+companions only, q < 0.01); ``info["acceptance"]`` then estimates the flow's probability mass inside
+the box. Rounds after the first draw only for the observations that still need samples.
 """
 
 from __future__ import annotations
@@ -107,26 +113,33 @@ class Posterior:
         return _embed_fn(self.params, xs, self.config, self.space.dim)
 
     def sample(self, x, n: int, key: jax.Array, *, leakage: str = "reject", max_rounds: int = 20,
-               return_info: bool = False):
+               return_info: bool = False, within: tuple[Any, Any] | None = None):
         """n samples (n, D) in physical units for ONE observation ``x`` (no batch axis)."""
         out = self.sample_batched(_add_batch(x), n, key, leakage=leakage, max_rounds=max_rounds,
-                                  return_info=return_info)
+                                  return_info=return_info, within=within)
         if return_info:
             samples, info = out
             return samples[0], {k: v[0] for k, v in info.items()}
         return out[0]
 
     def sample_batched(self, xs, n: int, key: jax.Array, *, leakage: str = "reject", max_rounds: int = 20,
-                       max_points_per_call: int = 2 ** 20, return_info: bool = False):
+                       max_points_per_call: int = 2 ** 20, return_info: bool = False,
+                       within: tuple[Any, Any] | None = None):
         """n samples per observation, (B, n, D) physical, for a batch ``xs`` (leading axis B).
 
         Observations are processed in chunks of at most ``max_points_per_call // n`` (at least 1).
+        ``within``: ``(lower, upper)`` (D,) physical bounds inside the prior's (see the module
+        docstring); only with ``leakage="reject"``.
         ``info`` (if requested): ``log_prob`` (B, n) untruncated flow log density of each sample,
         ``acceptance`` (B,) fraction of draws inside the bounds, ``n_missing`` (B,) samples left NaN
-        (leakage="reject"), ``in_bounds`` (B, n) (leakage="keep").
+        (leakage="reject"), ``in_bounds`` (B, n) (leakage="keep"), with ``within`` also ``mass_within``
+        (B,): the fraction of in-prior draws inside the box, the flow's probability of the box.
         """
         if leakage not in ("reject", "keep"):
             raise ValueError(f"leakage must be 'reject' or 'keep', got {leakage!r}")
+        box = None if within is None else self._check_within(within)
+        if box is not None and leakage != "reject":
+            raise ValueError("within= needs leakage='reject'")
         n = int(n)
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -138,7 +151,7 @@ class Posterior:
         for start in range(0, b_total, chunk):
             key, sub = jax.random.split(key)
             xc = jax.tree_util.tree_map(lambda a, s=start: jnp.asarray(a)[s:s + chunk], xs)
-            o, i = self._sample_chunk(xc, n, sub, leakage, max_rounds)
+            o, i = self._sample_chunk(xc, n, sub, leakage, max_rounds, box)
             outs.append(o)
             infos.append(i)
         samples = np.concatenate(outs, axis=0)
@@ -152,11 +165,33 @@ class Posterior:
                 RuntimeWarning, stacklevel=2)
         return (samples, info) if return_info else samples
 
-    def _sample_chunk(self, xc, n, key, leakage, max_rounds):
+    def _check_within(self, within) -> tuple[np.ndarray, np.ndarray]:
+        """``within`` as two (D,) float arrays, checked to lie inside the prior bounds."""
+        lo, hi = (np.asarray(a, dtype=np.float64).reshape(-1) for a in within)
+        plo, phi = np.asarray(self.space.lower, np.float64), np.asarray(self.space.upper, np.float64)
+        if lo.shape != (self.space.dim,) or hi.shape != (self.space.dim,):
+            raise ValueError(f"within must be two arrays of {self.space.dim} bounds "
+                             f"({', '.join(self.names)})")
+        for j, nm in enumerate(self.names):
+            if not (plo[j] <= lo[j] < hi[j] <= phi[j]):
+                raise ValueError(f"within: {nm} range [{lo[j]:g}, {hi[j]:g}] must be non-empty and inside "
+                                 f"the prior [{plo[j]:g}, {phi[j]:g}]")
+        return lo, hi
+
+    def _draw(self, c, key, n, box):
+        """Draws (b, n, D), their log q, whether each is accepted, and whether it is in the prior."""
+        theta, lq, in_prior = (np.asarray(a)
+                               for a in _draw_fn(self.params, c, key, n, self.config, self.space))
+        ok = in_prior
+        if box is not None:
+            ok = in_prior & np.all((theta >= box[0]) & (theta <= box[1]), axis=-1)
+        return theta, lq, ok, in_prior
+
+    def _sample_chunk(self, xc, n, key, leakage, max_rounds, box=None):
         c = _embed_fn(self.params, xc, self.config, self.space.dim)
         b = c.shape[0]
         key, sub = jax.random.split(key)
-        theta, lq, ok = (np.asarray(a) for a in _draw_fn(self.params, c, sub, n, self.config, self.space))
+        theta, lq, ok, in_prior = self._draw(c, sub, n, box)
         if leakage == "keep":
             return theta, {"log_prob": lq, "acceptance": ok.mean(axis=1), "in_bounds": ok}
         out = np.full((b, n, self.space.dim), np.nan)
@@ -164,24 +199,36 @@ class Posterior:
         filled = np.zeros(b, dtype=np.int64)
         drawn = np.zeros(b, dtype=np.int64)
         accepted = np.zeros(b, dtype=np.int64)
+        n_in_prior = np.zeros(b, dtype=np.int64)
+        rows = np.arange(b)
         for r in range(max_rounds):
             if r > 0:
+                # draw again only for the observations still short, padded to a power of two so that
+                # a handful of compiled shapes serve every round
+                short = np.flatnonzero(filled < n)
+                rows = np.concatenate([short, np.full((1 << int(np.ceil(np.log2(len(short))))) - len(short),
+                                                      short[-1])])
                 key, sub = jax.random.split(key)
-                theta, lq, ok = (np.asarray(a)
-                                 for a in _draw_fn(self.params, c, sub, n, self.config, self.space))
-            need = filled < n
-            drawn += np.where(need, n, 0)
+                theta, lq, ok, in_prior = self._draw(c[rows], sub, n, box)
+            first = np.r_[True, rows[1:] != rows[:-1]]  # padding repeats the last row: count it once
+            theta, lq, ok, in_prior, rows = theta[first], lq[first], ok[first], in_prior[first], rows[first]
+            need = filled[rows] < n
+            drawn[rows] += np.where(need, n, 0)
+            n_in_prior[rows] += np.where(need, in_prior.sum(axis=1), 0)
             ok = ok & need[:, None]
-            accepted += ok.sum(axis=1)
-            rank = np.cumsum(ok, axis=1) - 1 + filled[:, None]
+            accepted[rows] += ok.sum(axis=1)
+            rank = np.cumsum(ok, axis=1) - 1 + filled[rows][:, None]
             take = ok & (rank < n)
             bb, jj = np.nonzero(take)
-            out[bb, rank[bb, jj]] = theta[bb, jj]
-            out_lq[bb, rank[bb, jj]] = lq[bb, jj]
-            filled = np.minimum(filled + ok.sum(axis=1), n)
+            out[rows[bb], rank[bb, jj]] = theta[bb, jj]
+            out_lq[rows[bb], rank[bb, jj]] = lq[bb, jj]
+            filled[rows] = np.minimum(filled[rows] + ok.sum(axis=1), n)
             if np.all(filled >= n):
                 break
         info = {"log_prob": out_lq, "acceptance": accepted / np.maximum(drawn, 1), "n_missing": n - filled}
+        if box is not None:
+            # the flow's probability of the box given the prior bounds (what a restricted prior asks)
+            info["mass_within"] = accepted / np.maximum(n_in_prior, 1)
         return out, info
 
     def log_prob(self, theta, x):
