@@ -345,6 +345,9 @@ def _catalog_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refine", choices=("is", "none"), default="is",
                    help="is: importance sampling with the exact likelihood (default); none: flow only")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
+                   help="posterior under the prior restricted to a sub-range, as in `fit --restrict` "
+                        "(repeatable); column restricted_mass: the flow's probability of the range")
     p.add_argument("--shard-size", type=_positive_int, default=64, help="events per output part (default 64)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="events per flow call (default 16)")
     p.add_argument("--actors", type=_positive_int, default=None, help="Ray actors (default: CPUs / 1)")
@@ -362,7 +365,8 @@ def _catalog_run(args: argparse.Namespace) -> int:
                                n_samples=args.n_samples, refine=args.refine, seed=args.seed,
                                shard_size=args.shard_size, batch_size=args.batch_size,
                                overwrite=args.overwrite, progress=not args.no_progress,
-                               num_actors=args.actors, ray_address=args.ray_address)
+                               num_actors=args.actors, ray_address=args.ray_address,
+                               restrict=",".join(args.restrict))
     s = run_catalog(settings)
     print(f"{s['n_events']} events in {s['n_shards']} parts ({s['shards_made']} made, {s['shards_reused']} "
           f"reused) in {s['wall_s']:.1f} s; status: {s.get('status_counts')}; "

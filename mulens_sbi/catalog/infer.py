@@ -14,6 +14,9 @@
    likelihood (each dataset its own F_s, F_b marginalised; :func:`mulens_sbi.fit.evaluate_samples`,
    jitted, padded shapes) and the model's prior (:func:`mulens_sbi.fit.model_priors`);
    ``refine="none"``: the flow's samples with equal weights (status ``unchecked``);
+   with ``restrict`` (e.g. ``"q=:0.01"``, :mod:`mulens_sbi.restrict`) the flow is truncated to the
+   range and the importance-sampling prior restricted to it; ``restricted_mass`` is the flow's
+   probability of the range;
 5. **summaries** (:mod:`mulens_sbi.summary`): weighted medians and 68/95% intervals, the planet
    probability P(q < 0.01) (weighted and the flow's alone), modes, the best sample and its
    per-dataset fluxes; the **degeneracy** classification of
@@ -67,6 +70,7 @@ def _schema() -> pa.Schema:
     f += [
         ("p_planet", pa.float64()),
         ("p_planet_flow", pa.float64()),
+        ("restricted_mass", pa.float64()),
         ("best_log_likelihood", pa.float64()),
         ("best_chi2", pa.float64()),
         ("n_modes", pa.int32()),
@@ -102,8 +106,18 @@ class InferenceSettings:
     batch_size: int = 16
     chunk_size: int = 256
     degeneracy: bool = True
+    #: a restricted prior, comma-separated ``NAME=LOW:HIGH`` items (``mulens-sbi fit --restrict``); "" none
+    restrict: str = ""
+
+    @property
+    def restrict_map(self) -> dict:
+        """``restrict`` parsed: ``{name: (low, high)}`` (empty without a restriction)."""
+        from mulens_sbi.restrict import parse_restrict
+
+        return parse_restrict([i for i in self.restrict.split(",") if i.strip()]) if self.restrict else {}
 
     def __post_init__(self) -> None:
+        _ = self.restrict_map  # validates the items
         if self.refine not in ("is", "none"):
             raise ValueError(f"refine must be 'is' or 'none' for catalogs, got {self.refine!r}")
         for k in ("n_samples", "batch_size", "chunk_size"):
@@ -129,6 +143,8 @@ class BatchInference:
 
         self.settings = settings
         self.model = load_model(settings.model)
+        self.restrict = settings.restrict_map
+        self.model.within(self.restrict)  # a range outside the model's prior fails here, not per event
         self.has_degeneracy = settings.degeneracy and _degeneracy_available()
 
     # ------------------------------------------------------------------------------------------
@@ -207,7 +223,16 @@ class BatchInference:
                     t_ref = np.concatenate([t_ref, np.repeat(t_ref[:1], pad)])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # leakage: reported per event below
-                    samples, log_q = self.model.sample_batched(xs, t_ref, s.n_samples, key)
+                    if self.restrict:
+                        from mulens_sbi.fit import RESTRICT_ROUNDS
+
+                        samples, log_q, info = self.model.sample_batched(
+                            xs, t_ref, s.n_samples, key, restrict=self.restrict, max_rounds=RESTRICT_ROUNDS,
+                            return_info=True)
+                        for j, r in enumerate(ok):
+                            rows[r.index]["restricted_mass"] = float(info["mass_within"][j])
+                    else:
+                        samples, log_q = self.model.sample_batched(xs, t_ref, s.n_samples, key)
                 samples = {k: np.asarray(v) for k, v in samples.items()}
                 log_q = np.asarray(log_q)
             except Exception as exc:  # noqa: BLE001
@@ -246,18 +271,32 @@ class BatchInference:
             good &= np.isfinite(raw[p])
         messages = []
         row["flow_acceptance"] = float(good.mean())
+        if not good.any() and self.restrict:
+            from mulens_sbi.fit import RESTRICT_ROUNDS
+            from mulens_sbi.restrict import describe_restrict
+
+            raise ValueError(
+                f"no flow sample inside the restricted range {describe_restrict(self.restrict)} in "
+                f"{RESTRICT_ROUNDS} rounds of {good.size} draws (the flow gives it less than about "
+                f"{1 / (RESTRICT_ROUNDS * good.size):.1g} of its mass)"
+            )
         if not good.any():
             raise ValueError(
                 "the model returned no usable sample (all outside the prior): the light curve is "
                 "probably unlike anything the model was trained on"
             )
         if not good.all():
-            messages.append(f"{int((~good).sum())} of {good.size} flow samples missing (prior leakage)")
+            why = "(outside the prior or the restricted range)" if self.restrict else "(prior leakage)"
+            messages.append(f"{int((~good).sum())} of {good.size} flow samples missing {why}")
         samples = {p: raw[p][good] for p in PARAMS}
         lq = log_q[good]
         m = lq.size
         if s.refine == "is":
             priors = model_priors(self.model, event)
+            if self.restrict:
+                from mulens_sbi.restrict import restrict_priors
+
+                priors = restrict_priors(priors, self.restrict)
             lp = np.asarray(log_prior(priors, {k: samples[k] for k in priors if priors[k].dist != "fixed"}))
             ev = evaluate_samples(event, samples, chunk_size=s.chunk_size)
             ll = ev["log_likelihood"]

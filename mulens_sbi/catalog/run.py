@@ -44,7 +44,7 @@ from mulens_sbi.catalog.inputs import EventRef, InputList, list_inputs
 __all__ = ["CATALOG_FORMAT", "CatalogSettings", "read_catalog", "run_catalog"]
 
 CATALOG_FORMAT = "mulens-sbi-catalog"
-FORMAT_VERSION = 2  # 2: p_planet, p_planet_flow columns
+FORMAT_VERSION = 3  # 2: p_planet, p_planet_flow columns; 3: restricted_mass column
 RUN_FILE = "catalog.json"
 TABLE_FILE = "catalog.parquet"
 PARTS = "parts"
@@ -78,6 +78,7 @@ class CatalogSettings:
     cpus_per_actor: float = 1.0
     ray_address: str | None = None
     ray_init: dict | None = None
+    restrict: str = ""
 
     def inference(self) -> InferenceSettings:
         return InferenceSettings(
@@ -88,6 +89,7 @@ class CatalogSettings:
             batch_size=self.batch_size,
             chunk_size=self.chunk_size,
             degeneracy=self.degeneracy,
+            restrict=self.restrict,
         )
 
 

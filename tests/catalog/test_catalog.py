@@ -95,6 +95,38 @@ def test_local_catalog_rows_and_resume(local_run, tmp_path):
     assert pq.read_table(tmp_path / "part" / "catalog.parquet").num_rows == 8
 
 
+def test_restricted_prior_rows(local_run, tmp_path):
+    """``restrict="q=0.01:"`` (stellar binaries): every posterior lies above q = 0.01,
+    ``restricted_mass`` is the flow's probability of the range (1 − the unrestricted run's flow
+    fraction p_planet_flow, 64 samples: within 4 binomial σ + 0.02), an unrestricted catalog leaves
+    the column empty, the restriction is part of the run's identity, a range the flow gives almost no
+    mass is an error row saying so, and a range outside the model's prior is refused before any event
+    runs."""
+    src, _, full_out, _ = local_run
+    run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "r"), restrict="q=0.01:", **SMALL))
+    rows = read_catalog(tmp_path / "r").to_pylist()
+    free = {r["index"]: r for r in read_catalog(full_out).to_pylist()}
+    good = [r for r in rows if r["status"] != "error"]
+    assert [r["index"] for r in good] == [r["index"] for r in free.values() if r["status"] != "error"]
+    for r in good:
+        assert r["q_lo95"] >= 0.01 and r["best_q"] >= 0.01 and r["p_planet"] == 0.0
+        p = 1.0 - free[r["index"]]["p_planet_flow"]
+        assert 0.0 < r["restricted_mass"] <= 1.0
+        assert abs(r["restricted_mass"] - p) < 4 * np.sqrt(max(p * (1 - p), 0.01) / 64) + 0.02
+        assert free[r["index"]]["restricted_mass"] is None
+    # these toy single-lens curves give q < 1e-4 almost no mass
+    run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "tiny"), restrict="q=:1e-4", **SMALL))
+    tiny = [r for r in read_catalog(tmp_path / "tiny").to_pylist() if r["index"] not in (5, 6)]
+    assert any("no flow sample inside the restricted range q ≤ 0.0001" in (r["failure_reason"] or "")
+               for r in tiny)
+    with pytest.raises(OutputExistsError, match="different catalog run"):
+        run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "r"), **SMALL))
+    with pytest.raises(ValueError, match=r"s range \[0.1, 5\] must be non-empty and inside the model"):
+        run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "bad"), restrict="s=0.1:", **SMALL))
+    with pytest.raises(ValueError, match="t_0' cannot be restricted"):
+        run_catalog(CatalogSettings(input=str(src), out=str(tmp_path / "bad"), restrict="t_0=1:2", **SMALL))
+
+
 def test_folder_input_via_cli(tmp_path):
     from mulens_sbi.cli import main
 
