@@ -324,8 +324,13 @@ def _fit_run(args: argparse.Namespace) -> int:
     for f in files:
         print(f"wrote {f}")
     if result.status == "fail":
-        print("mulens-sbi fit: WARNING: the amortized posterior and the likelihood disagree (sample "
-              "efficiency below 1%); see summary.json/report.md and consider --refine nuts", file=sys.stderr)
+        if result.method == "nuts":
+            print("mulens-sbi fit: WARNING: NUTS failed (R-hat, divergences or effective sample size); "
+                  "see summary.json/report.md", file=sys.stderr)
+        else:
+            print("mulens-sbi fit: WARNING: the amortized posterior and the likelihood disagree (sample "
+                  "efficiency below 1%); see summary.json/report.md and consider --refine nuts",
+                  file=sys.stderr)
     return 0
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "evaluate_samples",
     "fit",
     "model_priors",
+    "nuts_status",
     "save_fit",
 ]
 
@@ -691,7 +692,14 @@ def fit(
             )
         if diag["divergences"]:
             messages.append(f"NUTS had {diag['divergences']} divergent transitions")
-        status = "ok" if (chains == 1 or rh <= 1.05) else "caution"
+        status = nuts_status(rh, chains, diag["divergences"], m, min(diag["n_eff"].values()))
+        if status == "fail":
+            msg = ("NUTS FAILED (R-hat, divergences or effective sample size; see the notes above): the "
+                   "chains did not explore the posterior from where they started, typically a local "
+                   "optimum of a caustic-crossing likelihood far from the global one. Do not use these "
+                   "draws as a posterior.")
+            messages.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     timings["total_s"] = time.perf_counter() - t_start
     summary = _build_summary(
@@ -739,6 +747,20 @@ def fit(
         timings=timings,
         degeneracy=deg_report,
     )
+
+
+def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:
+    """Verdict on a NUTS run: ``"fail"`` when the chains disagree badly (max split R-hat > 1.2 with two
+    or more chains), more than 10% of the draws diverged, or fewer than 20 effective samples;
+    ``"caution"`` for R-hat > 1.05, any divergence or fewer than 100 effective samples; else
+    ``"ok"``. (A chain stuck in one place has an undefined or tiny n_eff: a fail.)"""
+    multi = chains > 1 and math.isfinite(r_hat_max)
+    n_eff_ok = math.isfinite(n_eff_min)
+    if (multi and r_hat_max > 1.2) or divergences > 0.1 * n_samples or not n_eff_ok or n_eff_min < 20:
+        return "fail"
+    if (multi and r_hat_max > 1.05) or divergences > 0 or n_eff_min < 100:
+        return "caution"
+    return "ok"
 
 
 def _degeneracy(event, samples, weights, ll, partner: bool, seed: int, messages: list[str]):

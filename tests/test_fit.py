@@ -425,3 +425,19 @@ def test_restricted_prior_truncates_the_flow_and_the_importance_prior(binary, un
         fit(event, untrained_model, n=16, progress=False, restrict={"s": (0.1, None)})
     assert main(["fit", "x.dat", "--out", "nowhere", "--restrict", "t_0=1:2"]) != 0
     assert "t_0' cannot be restricted" in capsys.readouterr().err
+
+
+def test_nuts_status_rule():
+    """The NUTS verdict: the demo event's stuck chains (R-hat 8.8, 594 of 600 divergent) fail, as do a
+    stuck single chain (n_eff NaN) and one with 15 effective samples; mild problems are a caution."""
+    from mulens_sbi.fit import nuts_status
+
+    assert nuts_status(8.79, 2, 594, 600, 1.0) == "fail"
+    assert nuts_status(float("nan"), 1, 0, 300, float("nan")) == "fail"
+    assert nuts_status(1.01, 2, 0, 600, 15.0) == "fail"
+    assert nuts_status(1.01, 2, 61, 600, 400.0) == "fail"
+    assert nuts_status(1.08, 2, 0, 600, 400.0) == "caution"
+    assert nuts_status(1.01, 2, 3, 600, 400.0) == "caution"
+    assert nuts_status(float("nan"), 1, 0, 300, 80.0) == "caution"
+    assert nuts_status(1.01, 2, 0, 600, 400.0) == "ok"
+    assert nuts_status(float("nan"), 1, 0, 300, 250.0) == "ok"

@@ -16,8 +16,9 @@ Self-normalized importance weights do not need the truncation constant.
 Restriction: ``within=(lower, upper)`` (physical units, in the order of ``space.names``) narrows the
 accepted box further. Since the posterior under a prior restricted to a sub-box is the posterior
 truncated to that box, this gives the posterior under the restricted prior (e.g. planetary
-companions only, q < 0.01); ``info["acceptance"]`` then estimates the flow's probability mass inside
-the box. Rounds after the first draw only for the observations that still need samples.
+companions only, q < 0.01); ``info["mass_within"]`` (accepted / in-prior draws) then estimates the
+flow's probability of the box. Rounds after the first draw only for the observations that still need
+samples.
 """
 
 from __future__ import annotations
