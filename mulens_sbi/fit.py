@@ -88,8 +88,8 @@ _NONE_FLUX_SAMPLES = 512
 #: an importance-sampling result with fewer effective samples than this is a failure, whatever its
 #: efficiency (intervals from a handful of samples are not a posterior)
 MIN_ESS = 30.0
-#: rounds of n flow draws for a restricted prior (a range holding less than 1/(rounds n) of the
-#: flow's mass leaves samples missing)
+#: rounds of n flow draws for a restricted prior: a range holding less than 1/rounds (2%) of the
+#: flow's mass leaves some samples missing, less than about 1/(rounds n) leaves none
 RESTRICT_ROUNDS = 50
 _PAD = 1024
 
@@ -615,12 +615,16 @@ def fit(
         timings["likelihood_s"] = time.perf_counter() - t0
         ll, f_s, f_b = ev["log_likelihood"], ev["f_s"], ev["f_b"]
         imp = importance_weights(ll, lp, log_q)
+        # the proposal is the flow truncated to the prior (and to a restriction), a fraction P =
+        # acceptance of its mass, while log_q is the untruncated density: E[L π / q] = Z / P
+        log_acc = _log_acceptance(info)
         importance = {
             "n": imp.n,
             "n_requested": n,
             "ess": imp.ess,
             "efficiency": imp.efficiency,
-            "log_evidence": imp.log_evidence,
+            "log_evidence": imp.log_evidence + log_acc,
+            "proposal_acceptance": math.exp(log_acc),
             "log_evidence_err": imp.log_evidence_err,
             "status": imp.status,
             "verdict": imp.verdict,
@@ -685,14 +689,19 @@ def fit(
         }
         nuts_diag["n_samples"] = m
         nuts_diag["num_warmup"] = nuts_warmup
-        rh = max(diag["r_hat"].values()) if chains > 1 else float("nan")
+        rh_all = np.asarray(list(diag["r_hat"].values()), dtype=float)
+        rh = float("nan")
+        if chains > 1:
+            rh = float(np.max(rh_all)) if np.all(np.isfinite(rh_all)) else math.inf
         if chains > 1 and rh > 1.05:
             messages.append(
                 f"NUTS chains disagree (max R-hat {rh:.3f} > 1.05): run longer or check the modes"
             )
         if diag["divergences"]:
             messages.append(f"NUTS had {diag['divergences']} divergent transitions")
-        status = nuts_status(rh, chains, diag["divergences"], m, min(diag["n_eff"].values()))
+        n_eff_all = np.asarray(list(diag["n_eff"].values()), dtype=float)
+        n_eff_min = float(np.min(n_eff_all)) if np.all(np.isfinite(n_eff_all)) else float("nan")
+        status = nuts_status(rh, chains, diag["divergences"], m, n_eff_min)
         if status == "fail":
             msg = ("NUTS FAILED (R-hat, divergences or effective sample size; see the notes above): the "
                    "chains did not explore the posterior from where they started, typically a local "
@@ -749,14 +758,23 @@ def fit(
     )
 
 
+def _log_acceptance(info: Mapping) -> float:
+    """log of the fraction of flow draws the sampler kept (inside the prior and any restriction);
+    0 when the model does not report it."""
+    acc = np.asarray(info.get("acceptance", 1.0), dtype=float).reshape(-1)
+    return float(np.log(acc[0])) if acc.size and np.isfinite(acc[0]) and acc[0] > 0 else 0.0
+
+
 def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:
-    """Verdict on a NUTS run: ``"fail"`` when the chains disagree badly (max split R-hat > 1.2 with two
-    or more chains), more than 10% of the draws diverged, or fewer than 20 effective samples;
-    ``"caution"`` for R-hat > 1.05, any divergence or fewer than 100 effective samples; else
-    ``"ok"``. (A chain stuck in one place has an undefined or tiny n_eff: a fail.)"""
-    multi = chains > 1 and math.isfinite(r_hat_max)
-    n_eff_ok = math.isfinite(n_eff_min)
-    if (multi and r_hat_max > 1.2) or divergences > 0.1 * n_samples or not n_eff_ok or n_eff_min < 20:
+    """Verdict on a NUTS run: ``"fail"`` when the chains disagree badly (max split R-hat > 1.2, or not
+    finite, with two or more chains), more than 10% of the draws diverged, or fewer than 20 effective
+    samples (or a non-finite count: a stuck chain); ``"caution"`` for R-hat > 1.05, any divergence or
+    fewer than 100 effective samples; else ``"ok"``. ``divergences`` and ``n_samples`` are totals
+    over all chains (sampling phase); ``n_eff_min`` is the smallest effective sample size over the
+    parameters (NaN if any is undefined)."""
+    multi = chains > 1
+    bad_rhat = multi and not (math.isfinite(r_hat_max) and r_hat_max <= 1.2)
+    if bad_rhat or divergences > 0.1 * n_samples or not math.isfinite(n_eff_min) or n_eff_min < 20:
         return "fail"
     if (multi and r_hat_max > 1.05) or divergences > 0 or n_eff_min < 100:
         return "caution"

@@ -77,6 +77,8 @@ def _resolved(name: str, rng, prior_lo: float, prior_hi: float) -> tuple[float, 
         lo, hi = rng
     except (TypeError, ValueError):
         raise ValueError(f"restrict: {name} needs a (low, high) pair, got {rng!r}") from None
+    if lo is None and hi is None:
+        raise ValueError(f"restrict: {name} needs at least one bound (low or high)")
     lo = prior_lo if lo is None else float(lo)
     hi = prior_hi if hi is None else float(hi)
     if not (prior_lo <= lo < hi <= prior_hi):
@@ -92,6 +94,9 @@ def restriction_box(space, restrict: Restriction) -> tuple[np.ndarray, np.ndarra
     hi = np.asarray(space.upper, dtype=np.float64).copy()
     names = list(space.names)
     for name, rng in restrict.items():
+        if name not in RESTRICTABLE:
+            raise ValueError(f"restrict: parameter {name!r} cannot be restricted; "
+                             f"allowed: {', '.join(RESTRICTABLE)}")
         if name not in names:
             raise ValueError(f"restrict: the model has no parameter {name!r} (it has {', '.join(names)})")
         j = names.index(name)

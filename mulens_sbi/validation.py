@@ -170,22 +170,29 @@ def selected_coverage_if_calibrated(regions: np.ndarray, draws: np.ndarray, sele
     Q(HPD_c ∩ A | x) / Q(A | x). Each term is estimated with fresh flow draws (independent of the
     ones that built the region), ``draws`` (M, m, 2) in (log10 s, log10 q), of which ``selected``
     (M, m) satisfy A; ``regions`` (M, n, 2) are the samples that define each event's HPD regions
-    (the same ones the truth is scored against). Events without a selected draw are skipped and
-    counted. The gap between this and the measured figure is what miscalibration explains; the rest
-    is the width of the posterior across the selection boundary."""
+    (the same ones the truth is scored against). An event without a selected draw gives A almost no
+    mass, so its truth would lie outside the region: it counts 0 (and is counted). ``levels``: the
+    HPD credibilities to report.
+
+    Compare the measured figure with this one two-sidedly (binomial error of the set): below it,
+    the flow is over-confident on the subset; above it, under-confident (or the selection is only
+    partly captured by ``selected``, e.g. a condition on the trajectory as well as on q); equal,
+    the shortfall from nominal is the selection acting on the posterior's width."""
     per_event = {c: [] for c in levels}
     n_none = 0
     for k in range(regions.shape[0]):
         pts = draws[k][selected[k] & np.all(np.isfinite(draws[k]), axis=1)]
         if not len(pts):
             n_none += 1
+            for c in levels:
+                per_event[c].append(0.0)
             continue
         lv = kde_hpd_levels(regions[k], pts)
         for c in levels:
             per_event[c].append(float(np.mean(lv <= c)))
     out = {f"expected_frac_in_{round(100 * c)}_hpd": (float(np.mean(v)) if v else None)
            for c, v in per_event.items()}
-    return {**out, "n_events_used": int(regions.shape[0] - n_none), "n_events_without_selected_draw": n_none,
+    return {**out, "n_events": int(regions.shape[0]), "n_events_without_selected_draw": n_none,
             "n_draws_per_event": int(draws.shape[1])}
 
 
@@ -395,10 +402,12 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
 
     * ``if_calibrated``: what the figures would be if the flow were the exact posterior
       (:func:`selected_coverage_if_calibrated`, ``n_samples`` fresh draws per event);
-    * ``planetary_prior``: the same figures for the posterior under the prior the set was drawn
-      from, q < 0.01 (:mod:`mulens_sbi.restrict`: the flow truncated to q < 0.01 by rejection, at
-      most 20 rounds); an event left with fewer than ``MIN_RESTRICTED_SAMPLES`` samples counts as
-      a miss."""
+    * ``planetary_prior``: the same figures for the posterior under the prior restricted to
+      q < 0.01, the set's condition on q (:mod:`mulens_sbi.restrict`: the flow truncated to
+      q < 0.01 by rejection, at most 20 rounds; ``fit --restrict`` uses 50). The set's other
+      condition, a caustic crossing in the data, is not imposed on either figure (it would need the
+      lens equation solved along every draw's trajectory); it is mostly visible in the data. An
+      event left with fewer than ``MIN_RESTRICTED_SAMPLES`` samples counts as a miss."""
     names = model.names
     xs, t_ref, keep, failed = _prepare(model, d, progress, "preprocess (caustic set)")
     theta = np.stack([np.asarray(d[n], dtype=np.float64) for n in names], axis=1)[keep]
@@ -412,7 +421,8 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
         draws, _ = model.sample_batched(xs, t_ref, n_samples, jax.random.fold_in(key, 1))
         dq = np.asarray(draws["q"])
         out["if_calibrated"] = {
-            "selection": f"true q < {PLANET_Q:g}",
+            "selection": f"true q < {PLANET_Q:g} (the caustic-crossing condition is not imposed on the "
+                         "draws)",
             **selected_coverage_if_calibrated(np.log10(S[..., [3, 4]]),
                                               np.log10(np.stack([draws["s"], dq], axis=-1)), dq < PLANET_Q)}
         with warnings.catch_warnings():  # events the restriction cannot fill are counted below
@@ -424,7 +434,7 @@ def crossing_coverage(model, d: dict[str, np.ndarray], n_samples: int, seed: int
         lv_r = np.array([kde_hpd_level(R[k], np.log10(theta[k, [3, 4]])) if n_acc[k] >= MIN_RESTRICTED_SAMPLES
                          else np.inf for k in range(len(R))])
         out["planetary_prior"] = {
-            "prior": f"the model's prior restricted to q < {PLANET_Q:g} (the set's own)",
+            "prior": f"the model's prior restricted to q < {PLANET_Q:g} (the set's condition on q)",
             **{k: v for k, v in _crossing_figures(lv_r).items() if k != "definition"},
             "n_too_few_samples": int(np.sum(n_acc < MIN_RESTRICTED_SAMPLES)),
             "flow_mass_below_q_max_median": float(np.median(info["mass_within"]))}

@@ -37,6 +37,10 @@ def test_restriction_box_fills_the_prior_and_checks_the_range():
         restriction_box(SPACE, {"s": (0.1, None)})
     with pytest.raises(ValueError, match="cannot be restricted"):
         restriction_box(SPACE, {"dt_0": (0.0, 1.0)})
+    with pytest.raises(ValueError, match="'t_0' cannot be restricted"):
+        restriction_box(SPACE, {"t_0": (0.0, 1.0)})
+    with pytest.raises(ValueError, match="q needs at least one bound"):
+        restriction_box(SPACE, {"q": (None, None)})
 
 
 def test_restrict_priors_keeps_the_distribution_on_the_narrower_range():

@@ -232,7 +232,9 @@ class BatchInference:
                         for j, r in enumerate(ok):
                             rows[r.index]["restricted_mass"] = float(info["mass_within"][j])
                     else:
-                        samples, log_q = self.model.sample_batched(xs, t_ref, s.n_samples, key)
+                        samples, log_q, info = self.model.sample_batched(xs, t_ref, s.n_samples, key,
+                                                                         return_info=True)
+                    acceptance = np.asarray(info["acceptance"], dtype=float)
                 samples = {k: np.asarray(v) for k, v in samples.items()}
                 log_q = np.asarray(log_q)
             except Exception as exc:  # noqa: BLE001
@@ -243,7 +245,8 @@ class BatchInference:
                 t0 = time.perf_counter()
                 try:
                     self._event_posterior(
-                        rows[r.index], events[r.index], {k: v[j] for k, v in samples.items()}, log_q[j]
+                        rows[r.index], events[r.index], {k: v[j] for k, v in samples.items()}, log_q[j],
+                        float(acceptance[j]),
                     )
                 except Exception as exc:  # noqa: BLE001
                     self._fail(rows[r.index], "posterior", exc)
@@ -260,7 +263,8 @@ class BatchInference:
         row["failure_reason"] = f"{step}: {type(exc).__name__}: {msg}"[:2000]
 
     # ------------------------------------------------------------------------------------------
-    def _event_posterior(self, row: dict, event, raw: dict, log_q: np.ndarray) -> None:
+    def _event_posterior(self, row: dict, event, raw: dict, log_q: np.ndarray,
+                         acceptance: float = 1.0) -> None:
         from mulens_sbi.fit import evaluate_samples, model_priors
         from mulens_sbi.inference.importance import importance_weights, log_prior
         from mulens_sbi.summary import find_modes, planet_probability, summarize_parameters, to_jsonable
@@ -310,7 +314,9 @@ class BatchInference:
             row.update(
                 ess=imp.ess,
                 efficiency=imp.efficiency,
-                log_evidence=imp.log_evidence,
+                # the proposal is the flow truncated to the prior (and restriction): a fraction
+                # `acceptance` of its mass, while log_q is the untruncated density
+                log_evidence=imp.log_evidence + (math.log(acceptance) if acceptance > 0 else 0.0),
                 log_evidence_err=imp.log_evidence_err,
             )
             if status != "ok":

@@ -132,7 +132,8 @@ class Posterior:
         ``within``: ``(lower, upper)`` (D,) physical bounds inside the prior's (see the module
         docstring); only with ``leakage="reject"``.
         ``info`` (if requested): ``log_prob`` (B, n) untruncated flow log density of each sample,
-        ``acceptance`` (B,) fraction of draws inside the bounds, ``n_missing`` (B,) samples left NaN
+        ``acceptance`` (B,) fraction of draws inside the bounds (and ``within``), ``n_missing`` (B,)
+        samples left NaN
         (leakage="reject"), ``in_bounds`` (B, n) (leakage="keep"), with ``within`` also ``mass_within``
         (B,): the fraction of in-prior draws inside the box, the flow's probability of the box.
         """
@@ -159,8 +160,10 @@ class Posterior:
         info = {k: np.concatenate([i[k] for i in infos], axis=0) for k in infos[0]}
         if leakage == "reject" and np.any(info["n_missing"] > 0):
             bad = np.flatnonzero(info["n_missing"] > 0)
+            what = "prior leakage or a restriction the flow gives little mass" if box is not None else \
+                "prior leakage"
             warnings.warn(
-                f"prior leakage: {len(bad)} observation(s) (first indices {bad[:10].tolist()}) could not be "
+                f"{what}: {len(bad)} observation(s) (first indices {bad[:10].tolist()}) could not be "
                 f"filled with {n} in-bounds samples in {max_rounds} rounds (acceptance "
                 f"{info['acceptance'][bad[:10]].round(4).tolist()}); missing samples are NaN",
                 RuntimeWarning, stacklevel=2)
@@ -207,8 +210,8 @@ class Posterior:
                 # draw again only for the observations still short, padded to a power of two so that
                 # a handful of compiled shapes serve every round
                 short = np.flatnonzero(filled < n)
-                rows = np.concatenate([short, np.full((1 << int(np.ceil(np.log2(len(short))))) - len(short),
-                                                      short[-1])])
+                size = min(1 << (len(short) - 1).bit_length(), b)  # never above the chunk's own size
+                rows = np.concatenate([short, np.full(size - len(short), short[-1])])
                 key, sub = jax.random.split(key)
                 theta, lq, ok, in_prior = self._draw(c[rows], sub, n, box)
             first = np.r_[True, rows[1:] != rows[:-1]]  # padding repeats the last row: count it once
@@ -229,7 +232,8 @@ class Posterior:
         info = {"log_prob": out_lq, "acceptance": accepted / np.maximum(drawn, 1), "n_missing": n - filled}
         if box is not None:
             # the flow's probability of the box given the prior bounds (what a restricted prior asks)
-            info["mass_within"] = accepted / np.maximum(n_in_prior, 1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                info["mass_within"] = np.where(n_in_prior > 0, accepted / np.maximum(n_in_prior, 1), np.nan)
         return out, info
 
     def log_prob(self, theta, x):
