@@ -52,7 +52,7 @@ import numpy as np
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.inference.importance import FAIL_EFFICIENCY, importance_weights, log_prior, parse_priors
 from mulens_sbi.likelihood import evaluate, pack_event
-from mulens_sbi.restrict import describe_restrict, restrict_priors
+from mulens_sbi.restrict import RESTRICT_ROUNDS, describe_restrict, no_sample_message, restrict_priors
 from mulens_sbi.summary import (
     PLANET_Q,
     find_modes,
@@ -88,9 +88,6 @@ _NONE_FLUX_SAMPLES = 512
 #: an importance-sampling result with fewer effective samples than this is a failure, whatever its
 #: efficiency (intervals from a handful of samples are not a posterior)
 MIN_ESS = 30.0
-#: rounds of n flow draws for a restricted prior: a range holding less than 1/rounds (2%) of the
-#: flow's mass leaves some samples missing, less than about 1/(rounds n) leaves none
-RESTRICT_ROUNDS = 50
 _PAD = 1024
 
 
@@ -554,10 +551,7 @@ def fit(
         messages.append(f"prior restricted to {restriction['text']}: the flow gives this range "
                         f"{100 * mass:.3g}% of its posterior mass")
         if n_missing == n:
-            raise ValueError(
-                f"restrict {restriction['text']}: no flow sample in {RESTRICT_ROUNDS} rounds of {n} draws "
-                f"(the flow gives this range less than about {1 / (RESTRICT_ROUNDS * n):.1g} of its mass)"
-            )
+            raise ValueError(f"restrict: {no_sample_message(restrict, n)}")
         if n_missing:
             messages.append(f"{n_missing} of {n} samples could not be drawn inside the restricted range; "
                             "the posterior rests on the others")
@@ -614,17 +608,17 @@ def fit(
         ev = evaluate_samples(event, samples, chunk_size=chunk_size, progress=progress)
         timings["likelihood_s"] = time.perf_counter() - t0
         ll, f_s, f_b = ev["log_likelihood"], ev["f_s"], ev["f_b"]
-        imp = importance_weights(ll, lp, log_q)
-        # the proposal is the flow truncated to the prior (and to a restriction), a fraction P =
-        # acceptance of its mass, while log_q is the untruncated density: E[L π / q] = Z / P
-        log_acc = _log_acceptance(info)
+        # the proposal is the flow truncated to the prior (and to a restriction): the fraction of
+        # draws the sampler kept is the mass of the untruncated density log_q it samples
+        acceptance = float(np.asarray(info.get("acceptance", 1.0), dtype=float).reshape(-1)[0])
+        imp = importance_weights(ll, lp, log_q, proposal_mass=acceptance)
         importance = {
             "n": imp.n,
             "n_requested": n,
             "ess": imp.ess,
             "efficiency": imp.efficiency,
-            "log_evidence": imp.log_evidence + log_acc,
-            "proposal_acceptance": math.exp(log_acc),
+            "log_evidence": imp.log_evidence,
+            "proposal_acceptance": acceptance,
             "log_evidence_err": imp.log_evidence_err,
             "status": imp.status,
             "verdict": imp.verdict,
@@ -756,13 +750,6 @@ def fit(
         timings=timings,
         degeneracy=deg_report,
     )
-
-
-def _log_acceptance(info: Mapping) -> float:
-    """log of the fraction of flow draws the sampler kept (inside the prior and any restriction);
-    0 when the model does not report it."""
-    acc = np.asarray(info.get("acceptance", 1.0), dtype=float).reshape(-1)
-    return float(np.log(acc[0])) if acc.size and np.isfinite(acc[0]) and acc[0] > 0 else 0.0
 
 
 def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:

@@ -22,10 +22,14 @@ from dataclasses import replace
 
 import numpy as np
 
-__all__ = ["RESTRICTABLE", "parse_restrict", "restriction_box", "restrict_priors", "describe_restrict"]
+__all__ = ["RESTRICTABLE", "RESTRICT_ROUNDS", "parse_restrict", "restriction_box", "restrict_priors",
+           "describe_restrict", "no_sample_message"]
 
 #: parameters a restriction may name (physical names of the amortized models)
 RESTRICTABLE = ("u_0", "t_E", "s", "q", "alpha")
+#: rounds of n flow draws for a restricted prior (fit, catalog): a range holding less than 1/rounds
+#: (2%) of the flow's mass leaves some samples missing, less than about 1/(rounds n) leaves none
+RESTRICT_ROUNDS = 50
 
 Restriction = Mapping[str, tuple[float | None, float | None]]
 
@@ -128,3 +132,9 @@ def describe_restrict(restrict: Restriction) -> str:
         else:
             parts.append(f"{lo:g} ≤ {name}")
     return ", ".join(parts)
+
+
+def no_sample_message(restrict: Restriction, n: int, rounds: int = RESTRICT_ROUNDS) -> str:
+    """The error when ``rounds`` rounds of ``n`` flow draws left no sample inside the restriction."""
+    return (f"no flow sample inside the restricted range {describe_restrict(restrict)} in {rounds} rounds "
+            f"of {n} draws (the flow gives it less than about {1 / (rounds * n):.1g} of its mass)")

@@ -129,9 +129,8 @@ def caustic_crossing(t, mask, params: dict[str, np.ndarray], chunk: int = 64) ->
 
 
 def _kde(samples_2d: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2), finite rows only, at ``points`` (m, 2)."""
+    """Gaussian KDE (Scott bandwidth) of ``samples`` (n, 2), all finite, at ``points`` (m, 2)."""
     s = np.asarray(samples_2d, dtype=np.float64)
-    s = s[np.all(np.isfinite(s), axis=1)]
     n, d = s.shape
     cov = np.cov(s.T) * n ** (-2.0 / (d + 4))
     cov += np.eye(d) * 1e-12

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from mulens_sbi.catalog.inputs import EventRef, event_from_record, load_event, read_parquet_rows
+from mulens_sbi.restrict import RESTRICT_ROUNDS, no_sample_message, parse_restrict, restrict_priors
 
 __all__ = ["PARAMS", "SCHEMA", "BatchInference", "InferenceSettings", "empty_row"]
 
@@ -112,8 +113,6 @@ class InferenceSettings:
     @property
     def restrict_map(self) -> dict:
         """``restrict`` parsed: ``{name: (low, high)}`` (empty without a restriction)."""
-        from mulens_sbi.restrict import parse_restrict
-
         return parse_restrict([i for i in self.restrict.split(",") if i.strip()]) if self.restrict else {}
 
     def __post_init__(self) -> None:
@@ -223,18 +222,13 @@ class BatchInference:
                     t_ref = np.concatenate([t_ref, np.repeat(t_ref[:1], pad)])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # leakage: reported per event below
-                    if self.restrict:
-                        from mulens_sbi.fit import RESTRICT_ROUNDS
-
-                        samples, log_q, info = self.model.sample_batched(
-                            xs, t_ref, s.n_samples, key, restrict=self.restrict, max_rounds=RESTRICT_ROUNDS,
-                            return_info=True)
-                        for j, r in enumerate(ok):
-                            rows[r.index]["restricted_mass"] = float(info["mass_within"][j])
-                    else:
-                        samples, log_q, info = self.model.sample_batched(xs, t_ref, s.n_samples, key,
-                                                                         return_info=True)
-                    acceptance = np.asarray(info["acceptance"], dtype=float)
+                    samples, log_q, info = self.model.sample_batched(
+                        xs, t_ref, s.n_samples, key, restrict=self.restrict, return_info=True,
+                        **({"max_rounds": RESTRICT_ROUNDS} if self.restrict else {}))
+                if self.restrict:
+                    for j, r in enumerate(ok):
+                        rows[r.index]["restricted_mass"] = float(info["mass_within"][j])
+                acceptance = np.asarray(info["acceptance"], dtype=float)
                 samples = {k: np.asarray(v) for k, v in samples.items()}
                 log_q = np.asarray(log_q)
             except Exception as exc:  # noqa: BLE001
@@ -276,14 +270,7 @@ class BatchInference:
         messages = []
         row["flow_acceptance"] = float(good.mean())
         if not good.any() and self.restrict:
-            from mulens_sbi.fit import RESTRICT_ROUNDS
-            from mulens_sbi.restrict import describe_restrict
-
-            raise ValueError(
-                f"no flow sample inside the restricted range {describe_restrict(self.restrict)} in "
-                f"{RESTRICT_ROUNDS} rounds of {good.size} draws (the flow gives it less than about "
-                f"{1 / (RESTRICT_ROUNDS * good.size):.1g} of its mass)"
-            )
+            raise ValueError(no_sample_message(self.restrict, good.size))
         if not good.any():
             raise ValueError(
                 "the model returned no usable sample (all outside the prior): the light curve is "
@@ -298,13 +285,12 @@ class BatchInference:
         if s.refine == "is":
             priors = model_priors(self.model, event)
             if self.restrict:
-                from mulens_sbi.restrict import restrict_priors
-
                 priors = restrict_priors(priors, self.restrict)
             lp = np.asarray(log_prior(priors, {k: samples[k] for k in priors if priors[k].dist != "fixed"}))
             ev = evaluate_samples(event, samples, chunk_size=s.chunk_size)
             ll = ev["log_likelihood"]
-            imp = importance_weights(ll, lp, lq)
+            # the flow was truncated to the prior (and restriction): `acceptance` of its mass
+            imp = importance_weights(ll, lp, lq, proposal_mass=acceptance)
             if imp.ess <= 0:
                 raise ValueError(f"importance sampling failed: {imp.verdict}")
             weights = imp.weights
@@ -314,9 +300,7 @@ class BatchInference:
             row.update(
                 ess=imp.ess,
                 efficiency=imp.efficiency,
-                # the proposal is the flow truncated to the prior (and restriction): a fraction
-                # `acceptance` of its mass, while log_q is the untruncated density
-                log_evidence=imp.log_evidence + (math.log(acceptance) if acceptance > 0 else 0.0),
+                log_evidence=imp.log_evidence,
                 log_evidence_err=imp.log_evidence_err,
             )
             if status != "ok":

@@ -340,13 +340,19 @@ def _verdict(n, ess, eff, n_out, n_fail) -> tuple[str, str]:
 
 
 def importance_weights(
-    log_likelihood, log_prior, log_proposal, samples: Mapping | None = None
+    log_likelihood, log_prior, log_proposal, samples: Mapping | None = None, proposal_mass: float = 1.0
 ) -> ImportanceResult:
     """Weights, ESS, efficiency, evidence and a verdict from the three log-densities (arrays (n,)).
 
     ``log_proposal`` must be finite (a sample has positive proposal density by construction); NaN
-    in any input is an error. ``−inf`` likelihood or prior gives weight 0.
+    in any input is an error. ``−inf`` likelihood or prior gives weight 0. ``proposal_mass`` in
+    (0, 1]: when the samples come from a density truncated by rejection (a flow restricted to the
+    prior box) while ``log_proposal`` is the untruncated one, the fraction of its mass kept
+    (the sampler's acceptance); the proposal actually sampled is exp(log_proposal)/proposal_mass,
+    so the log evidence gains log(proposal_mass) (weights and ESS are unchanged).
     """
+    if not (isinstance(proposal_mass, int | float) and 0.0 < proposal_mass <= 1.0):
+        raise ValueError(f"proposal_mass must be in (0, 1], got {proposal_mass!r}")
     ll = np.asarray(log_likelihood, dtype=float).reshape(-1)
     lp = np.asarray(log_prior, dtype=float).reshape(-1)
     lq = np.asarray(log_proposal, dtype=float).reshape(-1)
@@ -368,7 +374,7 @@ def importance_weights(
     if np.isfinite(logw_sum):
         w = np.exp(logw - logw_sum)
         ess = float(1.0 / np.sum(w**2))
-        log_z = logw_sum - math.log(n)
+        log_z = logw_sum - math.log(n) + math.log(proposal_mass)
         log_z_err = math.sqrt(max(n - ess, 0.0) / (n * ess))
     else:
         w = np.zeros(n)

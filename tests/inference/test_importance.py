@@ -129,6 +129,9 @@ def test_zero_weights_outside_prior_and_failed_likelihood_are_reported():
         importance_weights([0.0, 0.0], [0.0, 0.0], [0.0, -np.inf])
     with pytest.raises(ValueError, match="equal non-zero lengths"):
         importance_weights([0.0], [0.0, 0.0], [0.0, 0.0])
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"proposal_mass must be in \(0, 1\]"):
+            importance_weights([0.0, 0.0], [0.0, 0.0], [0.0, 0.0], proposal_mass=bad)
 
 
 # ----------------------------------------------------------------------------------------------
