@@ -461,8 +461,10 @@ class RestrictableGaussian(GaussianProposal):
             lqs.append(lq[ok])
             if kept >= n:
                 break
-        smp = {k: np.concatenate([o[k] for o in out])[:n] for k in NAMES}
-        lq = np.concatenate(lqs)[:n]
+        # samples that could not be drawn are NaN, as the real sampler leaves them
+        smp = {k: np.concatenate([np.concatenate([o[k] for o in out]), np.full(n, np.nan)])[:n]
+               for k in NAMES}
+        lq = np.concatenate([np.concatenate(lqs), np.full(n, np.nan)])[:n]
         info = {"acceptance": kept / drawn, "mass_within": kept / drawn}
         return (smp, lq, info) if return_info else (smp, lq)
 
@@ -485,3 +487,6 @@ def test_log_evidence_adds_up_over_a_split_prior(binary):
     err = math.sqrt(full["log_evidence_err"] ** 2 + a["log_evidence_err"] ** 2 + b["log_evidence_err"] ** 2)
     assert abs(z_sum - full["log_evidence"]) < 4 * err + 0.02, (z_sum, full["log_evidence"], err)
     assert err < 0.1  # so that a log 2 error could not pass
+    # a range the proposal gives no mass: a clear error, not an empty posterior
+    with pytest.raises(ValueError, match=r"no flow sample inside the restricted range q ≤ 0.0001 in 50"):
+        fit(event, model, restrict={"q": (None, 1e-4)}, **dict(kw, n=16))

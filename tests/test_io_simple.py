@@ -114,6 +114,9 @@ def test_argument_errors(tmp_path):
         read_table(p, time_format="BJD")
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_table(tmp_path / "missing.dat")
+    (tmp_path / "event_dir").mkdir()
+    with pytest.raises(DataFormatError, match="event_dir: is a folder; give the photometry files in it"):
+        read_table(tmp_path / "event_dir")
     with pytest.raises(DataFormatError, match="not a text file"):
         read_table(write_bytes(tmp_path, b"\xff\xfe\x00\x81 binary"))
 
