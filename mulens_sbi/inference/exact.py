@@ -1,0 +1,599 @@
+"""The exact stage: every solution of a binary-lens event, then the exact posterior around them.
+
+It does not need a sharp amortized proposal. Steps (:func:`find_modes`, :func:`exact_posterior`):
+
+1. **Search** (:mod:`mulens_sbi.inference.search`): a single-lens fit with the anomaly masked,
+   candidates placed by the anomaly's geometry, a coarse (s, q, alpha) grid, and the flow's best
+   draws when given. Every candidate's χ² is screened on a thinned copy of the data (all points
+   near the anomalies, every ``thin``-th point elsewhere).
+2. **Local fits** (:mod:`mulens_sbi.inference.localfit`): Levenberg–Marquardt from the best
+   distinct candidates, all at once, fluxes solved linearly.
+3. **Modes**: converged optima merged when they lie within ``merge_sigma`` of each other in the
+   metric of their Gauss–Newton covariance; each mode's reflection ``(u_0, alpha) → (−u_0,
+   −alpha)`` (same light curve) and its offset-degeneracy partner (``f(s') = 2·x0 − f(s)``,
+   :mod:`mulens_sbi.lensing.offset`) refined and added; modes within ``keep_delta_chi2`` of the
+   best are kept.
+4. **Finite source**: the best modes refitted with ``rho`` free from a few starts; ``rho`` is kept
+   when it lowers χ² by more than ``rho_delta_chi2`` (the data ask for it), else left out.
+5. **Posterior**: a mixture of multivariate Student-t laws (``df`` degrees of freedom, covariance
+   the Gauss–Newton one scaled by ``scale²``) centred on the modes, weights ∝ their Laplace
+   evidence mixed half-and-half with equal weights, plus a defensive share of the flow (when a
+   same laws ``defensive_scale`` times wider. Its draws are
+   importance-sampled with the exact likelihood and prior by the caller
+   (:func:`mulens_sbi.inference.importance.importance_weights`): the ESS then measures how well
+   the modes' Gaussians describe the exact posterior, and the evidence is the exact one.
+
+Sampling space as in :mod:`mulens_sbi.inference.importance` (natural log of ``t_E, s, q, rho``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+
+from mulens_sbi.event import Event
+from mulens_sbi.inference.localfit import (
+    LOG_NAMES,
+    chi2_batch,
+    gauss_newton_hessian,
+    levenberg_marquardt,
+    to_physical,
+    to_z,
+)
+from mulens_sbi.inference.search import (
+    BINARY,
+    Anomaly,
+    SingleLensFit,
+    anomaly_candidates,
+    evaluate_candidates,
+    fit_single_lens,
+    grid_candidates,
+)
+from mulens_sbi.lensing.offset import axis_crossing, partner_separation
+from mulens_sbi.likelihood import PackedEvent, pack_event
+
+__all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "exact_proposal", "find_modes"]
+
+
+@dataclass(frozen=True)
+class ExactSettings:
+    """Settings of the exact stage (validated on construction).
+
+    Attributes:
+        n_starts: local fits from the best distinct candidates (≥ 1).
+        first_iter: steps every start gets; the best third then runs to ``max_iter``.
+        max_iter: Levenberg–Marquardt steps per fit.
+        accept_chi2_dof: χ²/dof below which a fit is acceptable (the coarse grid is then skipped,
+            and the verdict of the posterior requires it).
+        thin: screening keeps every ``thin``-th point away from the anomalies (≥ 1).
+        keep_delta_chi2: modes within this Δχ² of the best are kept (> 0).
+        merge_sigma: optima closer than this (Mahalanobis, Gauss–Newton metric) are one mode.
+        max_modes: at most this many modes (best first).
+        finite: ``"auto"`` (rho when the data ask), ``"never"`` or ``"always"``.
+        rho_delta_chi2: Δχ² by which rho must improve a mode to be kept (> 0).
+        rho_starts: the rho grid (θ_E) tried at each point-source mode.
+        df: Student-t degrees of freedom of the per-mode laws (> 2).
+        scale: covariance scale of the per-mode laws (> 0).
+        defensive: share of the defensive component (0 ≤ · < 1).
+        defensive_scale: width factor of the defensive laws when no flow density is given.
+        time_budget_s: stop adding starts and partner fits past this wall time (> 0).
+        grid: include the coarse (s, q, alpha) grid (stellar binaries).
+    """
+
+    n_starts: int = 48
+    first_iter: int = 15
+    max_iter: int = 60
+    accept_chi2_dof: float = 2.0
+    thin: int = 4
+    keep_delta_chi2: float = 25.0
+    merge_sigma: float = 5.0
+    max_modes: int = 8
+    finite: str = "auto"
+    rho_delta_chi2: float = 10.0
+    rho_starts: tuple = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    df: float = 5.0
+    scale: float = 1.3
+    defensive: float = 0.1
+    defensive_scale: float = 3.0
+    time_budget_s: float = 600.0
+    grid: bool = True
+
+    def __post_init__(self):
+        checks = {
+            "n_starts": (self.n_starts >= 1, ">= 1"),
+            "max_iter": (self.max_iter >= 1, ">= 1"),
+            "first_iter": (self.first_iter >= 1, ">= 1"),
+            "accept_chi2_dof": (self.accept_chi2_dof > 0, "> 0"),
+            "thin": (self.thin >= 1, ">= 1"),
+            "keep_delta_chi2": (self.keep_delta_chi2 > 0, "> 0"),
+            "merge_sigma": (self.merge_sigma > 0, "> 0"),
+            "max_modes": (self.max_modes >= 1, ">= 1"),
+            "finite": (self.finite in ("auto", "never", "always"), "one of auto, never, always"),
+            "rho_delta_chi2": (self.rho_delta_chi2 > 0, "> 0"),
+            "rho_starts": (len(self.rho_starts) > 0 and all(0 < r < 1 for r in self.rho_starts),
+                           "non-empty, each 0 < rho < 1"),
+            "df": (self.df > 2, "> 2"),
+            "scale": (self.scale > 0, "> 0"),
+            "defensive": (0 <= self.defensive < 1, "0 <= defensive < 1"),
+            "defensive_scale": (self.defensive_scale >= 1, ">= 1"),
+            "time_budget_s": (self.time_budget_s > 0, "> 0"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"ExactSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+
+@dataclass
+class Mode:
+    """One solution: a local optimum of χ² (fluxes profiled).
+
+    Attributes:
+        params: physical parameters (alpha in degrees), floats.
+        chi2: χ² at the optimum; ``names``: its free parameters (sampling space order).
+        z: (P,) sampling-space optimum; ``cov``: (P, P) Gauss–Newton covariance ``(JᵀJ)⁻¹``.
+        n_starts: local fits that ended here; ``origin``: how it was found (``anomaly``,
+            ``grid``, ``flow``, ``reflection``, ``partner``).
+        finite: rho is a free parameter of this mode.
+    """
+
+    params: dict
+    chi2: float
+    names: tuple
+    z: np.ndarray
+    cov: np.ndarray
+    n_starts: int = 1
+    origin: str = "search"
+    finite: bool = False
+
+    def to_dict(self) -> dict:
+        sd = np.sqrt(np.clip(np.diag(self.cov), 0, None))
+        err = {k: float(math.exp(self.z[i]) * sd[i]) if k in LOG_NAMES else float(sd[i])
+               for i, k in enumerate(self.names)}
+        return {"params": {k: float(v) for k, v in self.params.items()}, "errors": err,
+                "chi2": float(self.chi2), "n_starts": int(self.n_starts), "origin": self.origin,
+                "finite_source": bool(self.finite)}
+
+
+@dataclass
+class ModeSearch:
+    """What :func:`find_modes` found and how."""
+
+    modes: list
+    single: SingleLensFit
+    anomalies: list
+    n_points: int
+    n_candidates: int
+    n_fits: int
+    timings: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    @property
+    def best(self) -> Mode:
+        return self.modes[0]
+
+    def chi2_dof(self) -> float:
+        m = self.best
+        return float(m.chi2 / max(self.n_points - len(m.names) - 2, 1))
+
+    def to_dict(self) -> dict:
+        best = self.modes[0].chi2 if self.modes else math.nan
+        return {
+            "modes": [dict(m.to_dict(), delta_chi2=float(m.chi2 - best)) for m in self.modes],
+            "single_lens": {"params": self.single.params, "chi2": self.single.chi2_all,
+                            "n_masked": int(self.single.mask.sum())},
+            "anomalies": [asdict(a) for a in self.anomalies],
+            "n_points": self.n_points,
+            "chi2_dof": self.chi2_dof() if self.modes else math.nan,
+            "n_candidates": self.n_candidates,
+            "n_local_fits": self.n_fits,
+            "timings": self.timings,
+            "notes": self.notes,
+        }
+
+
+def _screen_packed(packed: PackedEvent, anomalies: list[Anomaly], thin: int) -> PackedEvent:
+    """Zero weight on all but the anomaly stretches and every ``thin``-th point elsewhere, then
+    drop the zero-weight points (a smaller compiled shape for the screening)."""
+    t = np.asarray(packed.t)
+    valid = np.asarray(packed.valid)
+    keep = valid & (np.arange(t.size) % thin == 0)
+    for a in anomalies:
+        pad = 0.5 * (a.t_end - a.t_start) + 0.5
+        keep |= valid & (t >= a.t_start - pad) & (t <= a.t_end + pad)
+    idx = np.flatnonzero(keep)
+    return PackedEvent(t=packed.t[idx], flux=packed.flux[idx], weight=packed.weight[idx],
+                       onehot=packed.onehot[:, idx], valid=packed.valid[idx], log_norm=packed.log_norm)
+
+
+def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` best candidates, at most two per (log s, log q, alpha) cell."""
+    order = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf))
+    cell = (np.round(np.log(cand["s"]) / 0.03).astype(int), np.round(np.log10(cand["q"]) / 0.25).astype(int),
+            np.round(np.asarray(cand["alpha"]) / 3.0).astype(int) % 120,
+            np.round(np.log(np.abs(cand["u_0"]) + 1e-6) / 0.1).astype(int))
+    seen: dict = {}
+    out = []
+    for i in order:
+        if not np.isfinite(chi2[i]):
+            break
+        key = tuple(c[i] for c in cell)
+        if seen.get(key, 0) >= 2:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        out.append(i)
+        if len(out) >= n:
+            break
+    return np.asarray(out, dtype=int)
+
+
+def _covariances(packed, z, names, fixed):
+    jtj, ok = gauss_newton_hessian(jnp.asarray(z), tuple(names), fixed, packed)
+    jtj, ok = np.asarray(jtj), np.asarray(ok)
+    covs = []
+    for k in range(z.shape[0]):
+        h = jtj[k]
+        try:
+            d = np.sqrt(np.clip(np.diag(h), 1e-300, None))
+            c = np.linalg.inv(h / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
+            c = 0.5 * (c + c.T)
+            np.linalg.cholesky(c)
+            good = ok[k]
+        except np.linalg.LinAlgError:
+            c, good = np.diag(np.full(len(names), 1e-2)), False
+        covs.append((c, bool(good)))
+    return covs
+
+
+def _merge(z, chi2, covs, names, merge_sigma, origin, finite, fixed) -> list[Mode]:
+    order = np.argsort(chi2)
+    modes: list[Mode] = []
+    for i in order:
+        if not np.isfinite(chi2[i]):
+            continue
+        c, good = covs[i]
+        if not good:
+            continue
+        hit = None
+        for m in modes:
+            d = z[i] - m.z
+            if "alpha" in names:
+                j = names.index("alpha")
+                d[j] = (d[j] + 180.0) % 360.0 - 180.0
+            try:
+                dist = math.sqrt(float(d @ np.linalg.solve(m.cov, d)))
+            except np.linalg.LinAlgError:
+                dist = math.inf
+            if dist < merge_sigma:
+                hit = m
+                break
+        if hit is not None:
+            hit.n_starts += 1
+            continue
+        phys = {k: float(v[0]) for k, v in to_physical(z[i:i + 1], names).items()}
+        phys.update({k: float(v) for k, v in fixed.items()})
+        modes.append(Mode(params=phys, chi2=float(chi2[i]), names=tuple(names), z=z[i].copy(), cov=c,
+                          origin=origin[i] if isinstance(origin, list | tuple) else origin, finite=finite))
+    return modes
+
+
+def _bounds(priors: Mapping | None) -> dict:
+    out = {"u_0": (-3.0, 3.0), "t_E": (0.05, 2e3), "s": (0.05, 20.0), "q": (1e-7, 1.0), "rho": (1e-5, 0.2)}
+    for k, p in (priors or {}).items():
+        if getattr(p, "dist", None) in ("uniform", "log_uniform") and k in ("s", "q", "t_E", "rho"):
+            lo, hi = out.get(k, (p.low, p.high))
+            out[k] = (min(lo, p.low), max(hi, p.high))
+    return out
+
+
+def find_modes(
+    event: Event,
+    *,
+    priors: Mapping | None = None,
+    flow_samples: Mapping | None = None,
+    flow_chi2: np.ndarray | None = None,
+    settings: ExactSettings | None = None,
+    progress: bool = False,
+) -> ModeSearch:
+    """Every binary-lens solution of ``event`` within ``settings.keep_delta_chi2`` of the best.
+
+    Args:
+        event: the data.
+        priors: the lens priors (:func:`mulens_sbi.inference.importance.parse_priors`), used for
+            the optimization box (the final posterior applies them exactly).
+        flow_samples: optional proposal draws (physical, dict of arrays); with ``flow_chi2``
+            (their χ², e.g. ``−2 log L``) the best distinct ones become starts too.
+        settings: :class:`ExactSettings`.
+    """
+    st = settings or ExactSettings()
+    t_begin = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    packed = pack_event(event)
+    n_points = int(event.n_points)
+    bounds = _bounds(priors)
+
+    t0 = time.perf_counter()
+    single, anomalies = fit_single_lens(packed)
+    timings["single_lens_s"] = time.perf_counter() - t0
+
+    # ---- candidates and local fits: the anomaly's geometry (and the flow) first, the grid when
+    # no fit is acceptable yet
+    t0 = time.perf_counter()
+    screen = _screen_packed(packed, anomalies, st.thin)
+    rounds = [[(anomaly_candidates(single.params, a), "anomaly") for a in anomalies[:2]]]
+    if st.grid or not anomalies:
+        rounds.append([(grid_candidates(single.params), "grid")])
+    n_candidates, n_fits = 0, 0
+    z_fit, c_fit, o_fit = [], [], []
+    for r, parts in enumerate(rounds):
+        if r > 0 and c_fit and np.min(np.concatenate(c_fit)) / max(n_points - 8, 1) < st.accept_chi2_dof:
+            notes.append("an acceptable fit came from the anomaly's geometry: the coarse grid was skipped")
+            break
+        if r > 0 and time.perf_counter() - t_begin > st.time_budget_s:
+            notes.append("time budget spent before the coarse grid")
+            break
+        starts = {k: [] for k in BINARY}
+        origin: list = []
+        if parts:
+            cand = {k: np.concatenate([p[k] for p, _ in parts]) for k in BINARY}
+            org = np.concatenate([np.full(len(p["s"]), o) for p, o in parts])
+            c = evaluate_candidates(screen, cand, progress=progress)
+            n_candidates += len(c)
+            pick = _distinct(cand, c, st.n_starts)
+            for k in BINARY:
+                starts[k].append(cand[k][pick])
+            origin += list(org[pick])
+        if r == 0 and flow_samples is not None and flow_chi2 is not None:
+            fs = {k: np.asarray(flow_samples[k], dtype=float) for k in BINARY}
+            fpick = _distinct(fs, np.asarray(flow_chi2, dtype=float), max(4, st.n_starts // 4))
+            for k in BINARY:
+                starts[k].append(fs[k][fpick])
+            origin += ["flow"] * len(fpick)
+        if not origin:
+            continue
+        starts = {k: np.concatenate(v) for k, v in starts.items()}
+        # two stages: a few steps for every start, then the best third to convergence
+        first = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.first_iter,
+                                    chunk=st.n_starts, progress=progress, desc="local fits")
+        keep = _distinct(first.physical(), first.chi2, max(1, st.n_starts // 3))
+        second = levenberg_marquardt(packed, {k: v[keep] for k, v in first.physical().items()}, BINARY,
+                                     bounds=bounds, max_iter=st.max_iter, chunk=max(1, st.n_starts // 3),
+                                     progress=progress, desc="local fits")
+        n_fits += len(first.chi2)
+        z_fit.append(second.z)
+        c_fit.append(second.chi2)
+        o_fit += [origin[i] for i in keep]
+    timings["search_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not z_fit:
+        notes.append("no candidate could be evaluated")
+        return ModeSearch([], single, anomalies, n_points, n_candidates, n_fits, timings, notes)
+    z_fit, c_fit = np.concatenate(z_fit), np.concatenate(c_fit)
+    covs = _covariances(packed, z_fit, BINARY, {})
+    modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit, False, {})
+    timings["modes_s"] = time.perf_counter() - t0
+    if not modes:
+        notes.append("no local fit converged to a certified optimum")
+        return ModeSearch([], single, anomalies, n_points, n_candidates, n_fits, timings, notes)
+
+    # ---- reflections and offset partners of the good modes
+    t0 = time.perf_counter()
+    best = modes[0].chi2
+    good = [m for m in modes if m.chi2 - best < max(st.keep_delta_chi2, 0.01 * best)][: st.max_modes]
+    extra = {k: [] for k in BINARY}
+    extra_origin = []
+    for m in good:
+        p = m.params
+        x0 = float(axis_crossing(p["u_0"], p["alpha"], p["s"], p["q"]))
+        if np.isfinite(x0) and abs(x0) < 10:
+            s_b = float(partner_separation(p["s"], x0))
+            if abs(math.log(s_b / p["s"])) > 0.01:
+                for k in BINARY:
+                    extra[k].append(s_b if k == "s" else p[k])
+                extra_origin.append("partner")
+    if extra_origin and time.perf_counter() - t_begin < st.time_budget_s:
+        ex = {k: np.asarray(v) for k, v in extra.items()}
+        r2 = levenberg_marquardt(packed, ex, BINARY, bounds=bounds, max_iter=st.max_iter,
+                                 chunk=len(extra_origin), progress=progress, desc="partner fits")
+        n_fits += len(r2.chi2)
+        covs2 = _covariances(packed, r2.z, BINARY, {})
+        z_all = np.concatenate([np.stack([m.z for m in modes]), r2.z])
+        c_all = np.concatenate([[m.chi2 for m in modes], r2.chi2])
+        cov_all = [(m.cov, True) for m in modes] + covs2
+        orig_all = [m.origin for m in modes] + extra_origin
+        counts = {id(m): m.n_starts for m in modes}
+        merged = _merge(z_all, c_all, cov_all, list(BINARY), st.merge_sigma, orig_all, False, {})
+        for m in merged:  # keep the start counts of the modes found by the search
+            for old in modes:
+                if np.allclose(old.z, m.z):
+                    m.n_starts = counts[id(old)] + m.n_starts - 1
+        modes = merged
+    timings["partners_s"] = time.perf_counter() - t0
+
+    # ---- finite source
+    t0 = time.perf_counter()
+    best = modes[0].chi2
+    modes = [m for m in modes if m.chi2 - best < max(st.keep_delta_chi2, 0.01 * best)][: st.max_modes]
+    if st.finite != "never":
+        modes, fnotes = _finite_source(packed, modes, st, bounds, progress)
+        notes += fnotes
+    timings["finite_source_s"] = time.perf_counter() - t0
+
+    # ---- reflections (same light curve: a separate, equally good mode)
+    refl = []
+    for m in modes:
+        z = m.z.copy()
+        iu, ia = m.names.index("u_0"), m.names.index("alpha")
+        z[iu], z[ia] = -z[iu], (-z[ia]) % 360.0
+        jac = np.eye(len(z))
+        jac[iu, iu] = jac[ia, ia] = -1.0
+        params = dict(m.params, u_0=-m.params["u_0"], alpha=float((-m.params["alpha"]) % 360.0))
+        refl.append(Mode(params=params, chi2=m.chi2, names=m.names, z=z, cov=jac @ m.cov @ jac,
+                         n_starts=0, origin="reflection", finite=m.finite))
+    modes = sorted(modes + refl, key=lambda m: m.chi2)
+    timings["total_s"] = time.perf_counter() - t_begin
+    return ModeSearch(modes, single, anomalies, n_points, n_candidates, n_fits, timings, notes)
+
+
+def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progress) -> tuple[list[Mode], list]:
+    """Does a mode need rho? χ² on a grid of rho at the point-source optimum first (one batch);
+    only where some rho lowers χ² by more than ``rho_delta_chi2`` (or ``finite="always"``) a
+    Levenberg–Marquardt fit with rho free from the best grid value."""
+    names = BINARY + ("rho",)
+    rho_grid = np.asarray(st.rho_starts, dtype=float)
+    starts = {k: np.repeat([m.params[k] for m in modes], rho_grid.size) for k in BINARY}
+    starts["rho"] = np.tile(rho_grid, len(modes))
+    chi = np.asarray(chi2_batch(jnp.asarray(to_z(starts, names)), names, {}, packed))
+    chi = chi.reshape(len(modes), rho_grid.size)
+    out, notes = [], []
+    todo = []
+    for i, m in enumerate(modes):
+        finite_chi = chi[i][np.isfinite(chi[i])]
+        gain = m.chi2 - finite_chi.min() if finite_chi.size else -np.inf
+        if st.finite == "always" or gain > st.rho_delta_chi2:
+            todo.append((i, int(np.nanargmin(np.where(np.isfinite(chi[i]), chi[i], np.inf)))))
+        else:
+            out.append(m)
+            notes.append(f"mode {i}: rho in [{rho_grid.min():g}, {rho_grid.max():g}] lowers chi2 by at most "
+                         f"{max(gain, 0.0):.1f} (< {st.rho_delta_chi2:g}): point source")
+    if todo:
+        fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
+        fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
+        res = levenberg_marquardt(packed, fs, names, bounds=bounds, max_iter=st.max_iter, chunk=len(todo),
+                                  progress=progress, desc="finite-source fits")
+        covs = _covariances(packed, res.z, names, {})
+        for r, (i, _) in enumerate(todo):
+            m = modes[i]
+            gain = m.chi2 - res.chi2[r]
+            wanted = st.finite == "always" or gain > st.rho_delta_chi2
+            if covs[r][1] and np.isfinite(res.chi2[r]) and wanted:
+                phys = {k: float(v[0]) for k, v in to_physical(res.z[r:r + 1], names).items()}
+                out.append(Mode(params=phys, chi2=float(res.chi2[r]), names=names, z=res.z[r].copy(),
+                                cov=covs[r][0], n_starts=m.n_starts, origin=m.origin, finite=True))
+                notes.append(f"mode {i}: rho = {phys['rho']:.3g} lowers chi2 by {gain:.1f}: finite source")
+            else:
+                out.append(m)
+                notes.append(f"mode {i}: the finite-source fit did not improve chi2 enough ({gain:.1f})")
+    out.sort(key=lambda m: m.chi2)
+    return out, notes
+
+
+@dataclass
+class MixtureProposal:
+    """Student-t mixture over the modes plus a defensive component, in the sampling space.
+
+    ``log_prob`` returns the density with respect to the **physical** parameters (the log
+    Jacobian of the log transforms subtracted), as importance sampling needs.
+    """
+
+    names: tuple
+    means: np.ndarray  # (M, P)
+    covs: np.ndarray  # (M, P, P)
+    weights: np.ndarray  # (M,) of the mode components (sum 1 - defensive)
+    df: float
+    defensive: float
+    defensive_scale: float
+
+    def _t_logpdf(self, z: np.ndarray, scale: float) -> np.ndarray:
+        m, p = self.means.shape
+        out = np.empty((m, z.shape[0]))
+        for k in range(m):
+            cov = self.covs[k] * scale**2
+            chol = np.linalg.cholesky(cov)
+            d = z - self.means[k]
+            if "alpha" in self.names:
+                j = self.names.index("alpha")
+                d[:, j] = (d[:, j] + 180.0) % 360.0 - 180.0
+            sol = np.linalg.solve(chol, d.T)
+            maha = np.sum(sol**2, axis=0)
+            nu = self.df
+            out[k] = (float(gammaln((nu + p) / 2) - gammaln(nu / 2)) - 0.5 * p * math.log(nu * math.pi)
+                      - np.sum(np.log(np.diag(chol))) - 0.5 * (nu + p) * np.log1p(maha / nu))
+        return out
+
+    def sample(self, n: int, seed: int = 0) -> dict:
+        rng = np.random.default_rng(seed)
+        m, p = self.means.shape
+        n_def = rng.binomial(n, self.defensive) if self.defensive > 0 else 0
+        comp = rng.choice(m, size=n - n_def, p=self.weights / self.weights.sum())
+        z = np.empty((n, p))
+        for k in range(m):
+            idx = np.flatnonzero(comp == k)
+            z[idx] = self._draw(rng, k, idx.size, 1.0)
+        if n_def:
+            kk = rng.choice(m, size=n_def, p=self.weights / self.weights.sum())
+            zd = np.empty((n_def, p))
+            for k in range(m):
+                idx = np.flatnonzero(kk == k)
+                zd[idx] = self._draw(rng, k, idx.size, self.defensive_scale)
+            z[n - n_def:] = zd
+        if "alpha" in self.names:
+            j = self.names.index("alpha")
+            z[:, j] = np.mod(z[:, j], 360.0)
+        return {k: np.asarray(v) for k, v in to_physical(z, self.names).items()}
+
+    def _draw(self, rng, k, size, scale):
+        p = self.means.shape[1]
+        chol = np.linalg.cholesky(self.covs[k] * scale**2)
+        g = rng.standard_normal((size, p))
+        w = rng.chisquare(self.df, size=size) / self.df
+        return self.means[k] + (g @ chol.T) / np.sqrt(w)[:, None]
+
+    def log_prob(self, params: Mapping) -> np.ndarray:
+        z = to_z(params, self.names)
+        lw = np.log(self.weights / self.weights.sum() * (1.0 - self.defensive))
+        parts = [self._t_logpdf(z.copy(), 1.0) + lw[:, None]]
+        if self.defensive > 0:
+            ld = np.log(self.weights / self.weights.sum() * self.defensive)
+            parts.append(self._t_logpdf(z.copy(), self.defensive_scale) + ld[:, None])
+        allp = np.concatenate(parts, axis=0)
+        mx = np.max(allp, axis=0)
+        lq_z = mx + np.log(np.sum(np.exp(allp - mx), axis=0))
+        jac = sum(np.log(np.asarray(params[k], dtype=float)) for k in self.names if k in LOG_NAMES)
+        return lq_z - jac
+
+    def component(self, params: Mapping) -> np.ndarray:
+        """Index of the mode component each point is most likely drawn from."""
+        z = to_z(params, self.names)
+        return np.argmax(self._t_logpdf(z, 1.0) + np.log(self.weights)[:, None], axis=0)
+
+
+def exact_proposal(search: ModeSearch, settings: ExactSettings | None = None) -> MixtureProposal:
+    """The mixture proposal of :func:`find_modes`'s modes (see the module docstring).
+
+    Modes with and without rho are put on one footing: when some mode is finite-source, the
+    point-source modes get ``rho`` at the smallest prior-like value 1e-5 with a narrow width
+    (their light curve is then the point-source one to that precision).
+    """
+    st = settings or ExactSettings()
+    modes = search.modes
+    finite = any(m.finite for m in modes)
+    names = BINARY + (("rho",) if finite else ())
+    means, covs, logz = [], [], []
+    for m in modes:
+        mu = np.array([m.z[m.names.index(k)] if k in m.names else math.log(1e-4) for k in names])
+        c = np.zeros((len(names), len(names)))
+        c[: len(m.names), : len(m.names)] = m.cov
+        if len(m.names) < len(names):
+            c[-1, -1] = 0.5**2
+        means.append(mu)
+        covs.append(c * st.scale**2)
+        logz.append(-0.5 * m.chi2 + 0.5 * np.linalg.slogdet(m.cov)[1])
+    logz = np.asarray(logz)
+    w_ev = np.exp(logz - logz.max())
+    w = 0.5 * w_ev / w_ev.sum() + 0.5 / len(modes)
+    return MixtureProposal(names=names, means=np.asarray(means), covs=np.asarray(covs), weights=w,
+                           df=st.df, defensive=st.defensive, defensive_scale=st.defensive_scale)
+
+
+def chi2_of(event: Event, params: Mapping) -> np.ndarray:
+    """(K,) profile χ² of physical parameter sets (a convenience for reports and tests)."""
+    names = tuple(k for k in BINARY + ("rho",) if k in params)
+    z = jnp.asarray(to_z(params, names))
+    return np.asarray(chi2_batch(z, names, {}, pack_event(event)))
