@@ -50,7 +50,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulens_sbi.event import Dataset, Event
-from mulens_sbi.inference.importance import FAIL_EFFICIENCY, importance_weights, log_prior, parse_priors
+from mulens_sbi.inference import exact as exact_stage
+from mulens_sbi.inference.exact import ExactSettings
+from mulens_sbi.inference.importance import (
+    FAIL_EFFICIENCY,
+    LensPrior,
+    importance_weights,
+    log_prior,
+    parse_priors,
+)
 from mulens_sbi.likelihood import evaluate, pack_event
 from mulens_sbi.restrict import RESTRICT_ROUNDS, describe_restrict, no_sample_message, restrict_priors
 from mulens_sbi.summary import (
@@ -74,7 +82,7 @@ __all__ = [
     "save_fit",
 ]
 
-REFINE = ("none", "is", "nuts")
+REFINE = ("none", "is", "auto", "exact", "nuts")
 #: files written by :func:`save_fit` / ``mulens-sbi fit``
 FIT_FILES = ("samples.parquet", "summary.json", "report.md", "lightcurve.png", "corner.png", "caustics.png",
              "degeneracy.png")
@@ -448,7 +456,7 @@ def fit(
     model: Any = "roman",
     *,
     n: int = 10_000,
-    refine: str = "is",
+    refine: str = "auto",
     seed: int = 0,
     proposal_dataset: str | None = None,
     chunk_size: int = 256,
@@ -461,6 +469,7 @@ def fit(
     name: str | None = None,
     degeneracy: str = "modes",
     restrict: Mapping[str, tuple[float | None, float | None]] | None = None,
+    exact: ExactSettings | None = None,
 ) -> FitResult:
     """Posterior of one event (see the module docstring for the steps).
 
@@ -469,7 +478,10 @@ def fit(
         model: a model name (``"roman"``), a model folder, or a loaded model object with
             ``sample(event, n, key) -> (samples, log_q)`` and priors (``.priors`` or ``.spec``).
         n: number of amortized samples (proposal draws).
-        refine: ``"is"`` (importance sampling, default), ``"nuts"`` (IS then NUTS) or ``"none"``.
+        refine: ``"auto"`` (default: importance sampling of the flow; where that fails, the exact
+            stage), ``"exact"`` (the exact stage always: global search, local fits, modes,
+            importance sampling of the modes' mixture, :mod:`mulens_sbi.inference.exact`),
+            ``"is"`` (importance sampling of the flow only), ``"nuts"`` (IS then NUTS) or ``"none"``.
         seed: seed of everything random (flow draws, NUTS, plot draws).
         proposal_dataset: the dataset the flow sees (default: the one with the most points).
         chunk_size: parameter sets per likelihood call.
@@ -485,6 +497,7 @@ def fit(
             ``{"q": (None, 0.01)}`` for "if the companion is a planet" (:mod:`mulens_sbi.restrict`).
             The flow is truncated by rejection, importance sampling and NUTS use the restricted
             prior, and ``summary["restrict"]`` reports the flow's probability of the restricted range.
+        exact: settings of the exact stage (:class:`mulens_sbi.inference.exact.ExactSettings`).
 
     Returns:
         :class:`FitResult`.
@@ -627,11 +640,15 @@ def fit(
             "fail_efficiency": FAIL_EFFICIENCY,
         }
         status = imp.status
-        if imp.ess <= 0 and refine != "nuts":
+        if imp.ess <= 0 and refine not in ("nuts", "auto", "exact"):
             raise ValueError(f"importance sampling failed: {imp.verdict}")
         weights = imp.weights if imp.ess > 0 else np.full(m, 1.0 / m)
         flux_w = weights
-        if status == "fail" or imp.ess < MIN_ESS:
+        if (status == "fail" or imp.ess < MIN_ESS) and refine in ("auto", "exact"):
+            status = "fail"
+            messages.append(f"flow importance sampling: ESS {imp.ess:.1f} of {imp.n} "
+                            f"({100 * imp.efficiency:.2g}%), too few to rely on")
+        elif status == "fail" or imp.ess < MIN_ESS:
             status = "fail"
             msg = (
                 f"LOW SAMPLE EFFICIENCY {100 * imp.efficiency:.2g}% (ESS {imp.ess:.1f} of {imp.n}; "
@@ -643,6 +660,22 @@ def fit(
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         elif status == "caution":
             messages.append(imp.verdict)
+
+    exact_info = None
+    method = "is" if refine == "auto" else refine
+    if refine == "exact" or (refine == "auto" and status == "fail"):
+        method = "exact"
+        if refine == "auto":
+            messages.append("importance sampling of the flow failed: the exact stage (global search, local "
+                            "fits, importance sampling around every mode) gives the posterior below")
+        t0 = time.perf_counter()
+        out = _exact_stage(event, priors, samples, ll, n, seed, exact, progress, chunk_size, messages)
+        timings["exact_s"] = time.perf_counter() - t0
+        if out is not None:
+            samples, ll, f_s, f_b, lp, log_q, weights, importance, status, exact_info, priors = out
+            names = [k for k in _PARAM_ORDER if k in samples]
+            m = log_q.size
+            flux_w = weights
 
     if refine == "nuts":
         from mulens_sbi.inference.nuts import run_nuts
@@ -714,7 +747,7 @@ def fit(
         f_s,
         f_b,
         flux_w,
-        refine,
+        method,
         importance,
         nuts_diag,
         status,
@@ -726,6 +759,7 @@ def fit(
         p_planet_flow,
     )
     summary["restrict"] = to_jsonable(restriction)
+    summary["exact"] = to_jsonable(exact_info)
     deg_report = None
     if degeneracy != "off":
         deg_report = _degeneracy(event, samples, weights, ll, degeneracy == "partner", seed, messages)
@@ -739,7 +773,7 @@ def fit(
         f_s=f_s,
         f_b=f_b,
         dataset_names=event.names,
-        method=refine,
+        method=method,
         importance=importance,
         nuts=nuts_diag,
         summary=summary,
@@ -750,6 +784,68 @@ def fit(
         timings=timings,
         degeneracy=deg_report,
     )
+
+
+def _exact_stage(event, priors, flow_samples, flow_ll, n, seed, settings, progress, chunk_size, messages):
+    """The exact stage (:mod:`mulens_sbi.inference.exact`) inside :func:`fit`: modes, their mixture
+    proposal, importance sampling with the exact likelihood. Returns the new samples and their
+    diagnostics, or ``None`` (with a message) when no mode was found."""
+    st = settings or ExactSettings()
+    binary = all(k in flow_samples for k in ("s", "q", "alpha"))
+    if not binary:
+        messages.append("the exact stage needs a binary-lens model; not run")
+        return None
+    search = exact_stage.find_modes(event, priors=priors, flow_samples=flow_samples,
+                                    flow_chi2=-2.0 * np.asarray(flow_ll), settings=st, progress=progress)
+    if not search.modes:
+        messages.append("EXACT STAGE FAILED: no mode found (" + "; ".join(search.notes) + ")")
+        return None
+    prop = exact_stage.exact_proposal(search, st)
+    priors = dict(priors)
+    if "rho" in prop.names and "rho" not in priors:
+        priors["rho"] = LensPrior("rho", "log_uniform", float(st.rho_prior[0]), float(st.rho_prior[1]))
+        messages.append(f"the data ask for a finite source: rho gets a log-uniform prior on "
+                        f"[{st.rho_prior[0]:g}, {st.rho_prior[1]:g}] (the model's prior has none)")
+    draws = prop.sample(n, seed=seed)
+    log_q = prop.log_prob(draws)
+    ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
+    lp = np.asarray(log_prior(priors, {k: draws[k] for k in priors if priors[k].dist != "fixed"}))
+    imp = importance_weights(ev["log_likelihood"], lp, log_q)
+    importance = {
+        "n": imp.n, "n_requested": n, "ess": imp.ess, "efficiency": imp.efficiency,
+        "log_evidence": imp.log_evidence, "proposal_acceptance": 1.0,
+        "log_evidence_err": imp.log_evidence_err,
+        "status": imp.status, "verdict": imp.verdict, "n_outside_prior": imp.n_outside_prior,
+        "n_likelihood_failed": imp.n_likelihood_failed, "fail_efficiency": FAIL_EFFICIENCY,
+        "proposal": "exact-stage mixture of the modes",
+    }
+    status = imp.status
+    weights = imp.weights if imp.ess > 0 else np.full(imp.n, 1.0 / imp.n)
+    comp = prop.component(draws)
+    mode_w = [float(np.sum(weights[comp == k])) for k in range(len(search.modes))]
+    info = search.to_dict()
+    for md, w in zip(info["modes"], mode_w, strict=True):
+        md["posterior_weight"] = w
+    info["chi2_dof_accept"] = st.accept_chi2_dof
+    chi2_dof = search.chi2_dof()
+    if not chi2_dof <= st.accept_chi2_dof:
+        status = "fail"
+        messages.append(f"EXACT STAGE: the best mode has chi2/dof {chi2_dof:.2f} > {st.accept_chi2_dof:g}: "
+                        "no acceptable binary-lens solution was found (or the error bars are underestimated)")
+    elif imp.ess < MIN_ESS or status == "fail":
+        status = "fail"
+        messages.append(f"EXACT STAGE: importance sampling around the modes gave ESS {imp.ess:.1f} of "
+                        f"{imp.n}: the modes' Gaussian laws do not describe the posterior")
+    else:
+        best = search.best
+        messages.append(
+            f"exact stage: {len(search.modes)} mode(s) within chi2 {st.keep_delta_chi2:g} of the best "
+            f"(chi2 {best.chi2:.1f}, chi2/dof {chi2_dof:.3f}), ESS {imp.ess:.0f} of {imp.n}"
+        )
+    if status == "fail":
+        warnings.warn(messages[-1], RuntimeWarning, stacklevel=3)
+    return (draws, ev["log_likelihood"], ev["f_s"], ev["f_b"], lp, log_q, weights, importance, status, info,
+            priors)
 
 
 def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:
@@ -809,6 +905,7 @@ def _build_summary(
     companion = None
     if "q" in samples:
         basis = {"none": "the flow's samples", "is": "the importance-weighted samples",
+                 "exact": "the importance-weighted samples of the exact stage (mixture around the modes)",
                  "nuts": "the NUTS draws"}[method]
         companion = {
             "q_max": PLANET_Q,

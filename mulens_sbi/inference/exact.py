@@ -83,7 +83,10 @@ class ExactSettings:
         defensive: share of the defensive component (0 ≤ · < 1).
         defensive_scale: width factor of the defensive laws when no flow density is given.
         time_budget_s: stop adding starts and partner fits past this wall time (> 0).
-        grid: include the coarse (s, q, alpha) grid (stellar binaries).
+        grid: include the coarse (s, q, alpha) grid (stellar binaries) when the anomaly's
+            candidates give no acceptable fit.
+        rho_prior: (low, high) of the log-uniform prior on rho when the data ask for a finite
+            source and the model's prior has none (θ_E).
     """
 
     n_starts: int = 48
@@ -103,6 +106,7 @@ class ExactSettings:
     defensive_scale: float = 3.0
     time_budget_s: float = 600.0
     grid: bool = True
+    rho_prior: tuple = (1e-4, 0.05)
 
     def __post_init__(self):
         checks = {
@@ -123,6 +127,8 @@ class ExactSettings:
             "defensive": (0 <= self.defensive < 1, "0 <= defensive < 1"),
             "defensive_scale": (self.defensive_scale >= 1, ">= 1"),
             "time_budget_s": (self.time_budget_s > 0, "> 0"),
+            "rho_prior": (len(self.rho_prior) == 2 and 0 < self.rho_prior[0] < self.rho_prior[1] < 1,
+                          "(low, high) with 0 < low < high < 1"),
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
