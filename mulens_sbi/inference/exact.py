@@ -213,8 +213,13 @@ def _screen_packed(packed: PackedEvent, anomalies: list[Anomaly], thin: int) -> 
         pad = 0.5 * (a.t_end - a.t_start) + 0.5
         keep |= valid & (t >= a.t_start - pad) & (t <= a.t_end + pad)
     idx = np.flatnonzero(keep)
-    return PackedEvent(t=packed.t[idx], flux=packed.flux[idx], weight=packed.weight[idx],
-                       onehot=packed.onehot[:, idx], valid=packed.valid[idx], log_norm=packed.log_norm)
+    # pad to a multiple of 256 points (zero weight, not valid) so that events share compilations
+    n_pad = int(math.ceil(idx.size / 256) * 256)
+    idx = np.concatenate([idx, np.full(n_pad - idx.size, idx[-1])])
+    real = np.arange(n_pad) < keep.sum()
+    return PackedEvent(t=packed.t[idx], flux=jnp.where(real, packed.flux[idx], 0.0),
+                       weight=jnp.where(real, packed.weight[idx], 0.0), onehot=packed.onehot[:, idx],
+                       valid=jnp.where(real, packed.valid[idx], False), log_norm=packed.log_norm)
 
 
 def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
@@ -238,9 +243,15 @@ def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
-def _covariances(packed, z, names, fixed):
-    jtj, ok = gauss_newton_hessian(jnp.asarray(z), tuple(names), fixed, packed)
-    jtj, ok = np.asarray(jtj), np.asarray(ok)
+def _covariances(packed, z, names, fixed, chunk: int = 16):
+    k_all = z.shape[0]
+    jtj = np.empty((k_all, z.shape[1], z.shape[1]))
+    ok = np.empty(k_all, dtype=bool)
+    for i0 in range(0, k_all, chunk):  # fixed compiled size
+        idx = np.minimum(np.arange(i0, i0 + chunk), k_all - 1)
+        h, o = gauss_newton_hessian(jnp.asarray(z[idx]), tuple(names), fixed, packed)
+        m = min(chunk, k_all - i0)
+        jtj[i0:i0 + m], ok[i0:i0 + m] = np.asarray(h)[:m], np.asarray(o)[:m]
     covs = []
     for k in range(z.shape[0]):
         h = jtj[k]
@@ -320,8 +331,8 @@ def find_modes(
     t_begin = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    packed = pack_event(event)
     n_points = int(event.n_points)
+    packed = pack_event(event, pad_to=int(math.ceil(n_points / 1024) * 1024))  # shared compiled shapes
     bounds = _bounds(priors)
 
     t0 = time.perf_counter()
@@ -406,7 +417,7 @@ def find_modes(
     if extra_origin and time.perf_counter() - t_begin < st.time_budget_s:
         ex = {k: np.asarray(v) for k, v in extra.items()}
         r2 = levenberg_marquardt(packed, ex, BINARY, bounds=bounds, max_iter=st.max_iter,
-                                 chunk=len(extra_origin), progress=progress, desc="partner fits")
+                                 chunk=max(1, st.n_starts // 3), progress=progress, desc="partner fits")
         n_fits += len(r2.chi2)
         covs2 = _covariances(packed, r2.z, BINARY, {})
         z_all = np.concatenate([np.stack([m.z for m in modes]), r2.z])
@@ -455,7 +466,10 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
     rho_grid = np.asarray(st.rho_starts, dtype=float)
     starts = {k: np.repeat([m.params[k] for m in modes], rho_grid.size) for k in BINARY}
     starts["rho"] = np.tile(rho_grid, len(modes))
-    chi = np.asarray(chi2_batch(jnp.asarray(to_z(starts, names)), names, {}, packed))
+    z = to_z(starts, names)
+    n_rows = rho_grid.size * st.max_modes  # one compiled size for any number of modes
+    z = z[np.minimum(np.arange(n_rows), len(z) - 1)]
+    chi = np.asarray(chi2_batch(jnp.asarray(z), names, {}, packed))[: rho_grid.size * len(modes)]
     chi = chi.reshape(len(modes), rho_grid.size)
     out, notes = [], []
     todo = []
@@ -471,7 +485,7 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
     if todo:
         fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
         fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
-        res = levenberg_marquardt(packed, fs, names, bounds=bounds, max_iter=st.max_iter, chunk=len(todo),
+        res = levenberg_marquardt(packed, fs, names, bounds=bounds, max_iter=st.max_iter, chunk=4,
                                   progress=progress, desc="finite-source fits")
         covs = _covariances(packed, res.z, names, {})
         for r, (i, _) in enumerate(todo):

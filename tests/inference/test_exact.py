@@ -1,0 +1,171 @@
+"""The exact stage: local fits, the anomaly-placed search, modes, the finite-source decision and
+the mixture proposal. References: MulensModel (single-lens and binary point-source light curves
+of the constructed events), VBMicrolensing (finite source), scipy (Student-t density), and the
+true parameters of the constructed events."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mulens_sbi.event import Dataset, Event
+from mulens_sbi.inference.exact import ExactSettings, Mode, ModeSearch, exact_proposal, find_modes
+from mulens_sbi.inference.localfit import levenberg_marquardt, time_smoother
+from mulens_sbi.inference.search import fit_single_lens
+from mulens_sbi.likelihood import pack_event
+
+MM = pytest.importorskip("MulensModel")
+
+BINARY = ("t_0", "u_0", "t_E", "s", "q", "alpha")
+#: a wide planet whose trajectory crosses the planetary caustic (as the demo event)
+S, Q, ALPHA, T_E, T_0 = 1.25, 2e-3, 55.0, 20.0, 100.0
+X_PC = S * Q / (1 + Q) - (S - 1 / S)
+TRUTH = {"t_0": T_0, "u_0": -X_PC * math.sin(math.radians(ALPHA)), "t_E": T_E, "s": S, "q": Q, "alpha": ALPHA}
+
+
+def _mm_binary(t, p):
+    model = MM.Model({k: p[k] for k in BINARY})
+    model.set_magnification_methods([t.min() - 1, "point_source", t.max() + 1])
+    return np.asarray(model.get_magnification(t))
+
+
+def _event(mag, t, seed, frac=0.003, f_s=1.0, f_b=0.2):
+    rng = np.random.default_rng(seed)
+    flux_true = f_s * mag + f_b
+    sigma = frac * flux_true
+    return Event(datasets=(Dataset(name="sim", t=t, flux=flux_true + sigma * rng.standard_normal(t.size),
+                                   sigma=sigma),), name="sim")
+
+
+@pytest.fixture(scope="module")
+def crossing():
+    t = np.linspace(T_0 - 2 * T_E, T_0 + 2 * T_E, 700)
+    mag = _mm_binary(t, TRUTH)
+    ev = _event(mag, t, seed=3)
+    pk = pack_event(ev)
+    chi2_truth = float(levenberg_marquardt(pk, {k: np.array([v]) for k, v in TRUTH.items()}, BINARY,
+                                           max_iter=1).chi2_start[0])
+    return ev, pk, chi2_truth
+
+
+def test_lm_single_lens_from_far_start():
+    """Levenberg–Marquardt reaches the true single lens (MulensModel light curve) from 40% off."""
+    t = np.linspace(-40, 40, 400)
+    p = {"t_0": 1.5, "u_0": 0.2, "t_E": 15.0}
+    mag = np.asarray(MM.Model(p).get_magnification(t))
+    ev = _event(mag, t, seed=1, frac=0.01)
+    pk = pack_event(ev)
+    start = {"t_0": np.array([4.0]), "u_0": np.array([0.12]), "t_E": np.array([21.0])}
+    res = levenberg_marquardt(pk, start, ("t_0", "u_0", "t_E"), max_iter=80)
+    at_truth = levenberg_marquardt(pk, {k: np.array([v]) for k, v in p.items()}, ("t_0", "u_0", "t_E"),
+                                   max_iter=1).chi2_start[0]
+    assert res.chi2[0] <= at_truth + 1e-6  # the optimum is at least as good as the truth
+    assert at_truth - res.chi2[0] < 10  # and statistically close (3 parameters)
+    phys = res.physical()
+    assert abs(phys["u_0"][0] - 0.2) < 0.01 and abs(phys["t_E"][0] - 15.0) < 0.5
+
+
+def test_time_smoother_is_an_average():
+    t = np.sort(np.random.default_rng(0).uniform(0, 10, 300))
+    ev = Event(datasets=(Dataset(name="a", t=t, flux=np.ones(300), sigma=np.ones(300)),))
+    sm = time_smoother(pack_event(ev), 0.2)
+    w = np.asarray(sm.weight)
+    assert np.allclose(w.sum(axis=1), 1.0) and np.all(w >= 0)
+    assert time_smoother(pack_event(ev), 0.0) is None
+
+
+def test_single_lens_masks_the_anomaly(crossing):
+    """With the anomaly masked, the single lens recovers u_0 and t_E of the binary (the planet
+    perturbs only the anomaly), and the anomaly's time is the caustic crossing's."""
+    _, pk, _ = crossing
+    fit, anomalies = fit_single_lens(pk)
+    assert anomalies, "the caustic crossing must be found"
+    t_cross = T_0 - T_E * TRUTH["u_0"] / math.tan(math.radians(ALPHA))  # axis crossing time
+    assert abs(anomalies[0].t_peak - t_cross) < 1.0
+    assert abs(abs(fit.params["u_0"]) - abs(TRUTH["u_0"])) < 0.02
+    assert abs(fit.params["t_E"] - T_E) / T_E < 0.03
+
+
+@pytest.mark.slow
+def test_search_finds_the_crossing_from_outside_its_basin(crossing):
+    """Local fits from 5% off in s or 5 degrees off in alpha end in false minima; the search
+    reaches the truth's basin (χ² within 10 of the truth's, or below) and reports the reflection."""
+    ev, pk, chi2_truth = crossing
+    starts = {k: np.array([v, v]) for k, v in TRUTH.items()}
+    starts["s"] = np.array([S * 1.05, S])
+    starts["alpha"] = np.array([ALPHA, ALPHA + 5.0])
+    local = levenberg_marquardt(pk, starts, BINARY, max_iter=60)
+    assert np.all(local.chi2 > chi2_truth + 100), "the constructed event must have a narrow basin"
+    res = find_modes(ev, settings=ExactSettings(n_starts=24, grid=False, finite="never"))
+    best = res.best
+    assert best.chi2 < chi2_truth + 10
+    assert abs(math.log(best.params["s"] / S)) < 0.01 and abs(math.log10(best.params["q"] / Q)) < 0.05
+    refl = [m for m in res.modes if m.origin == "reflection"]
+    assert refl and abs(refl[0].chi2 - best.chi2) < 1e-6 and refl[0].params["u_0"] == -best.params["u_0"]
+    # the posterior around the modes: importance sampling is efficient and the truth is inside
+    prop = exact_proposal(res)
+    draws = prop.sample(2000, seed=1)
+    from mulens_sbi.fit import evaluate_samples
+    from mulens_sbi.inference.importance import importance_weights
+
+    ll = evaluate_samples(ev, draws)["log_likelihood"]
+    imp = importance_weights(ll, np.zeros(ll.size), prop.log_prob(draws))
+    assert imp.efficiency > 0.1
+    w = imp.weights
+    for k in ("s", "q"):
+        order = np.argsort(draws[k])
+        cdf = np.cumsum(w[order])
+        lo, hi = draws[k][order][np.searchsorted(cdf, 0.001)], draws[k][order][np.searchsorted(cdf, 0.999)]
+        assert lo < TRUTH[k] < hi
+
+
+def _mode(z, chi2, cov=None):
+    names = BINARY
+    params = {k: float(np.exp(z[i]) if k in ("t_E", "s", "q") else z[i]) for i, k in enumerate(names)}
+    return Mode(params=params, chi2=chi2, names=names, z=np.asarray(z, float),
+                cov=np.eye(6) * 1e-4 if cov is None else cov)
+
+
+def test_mixture_density_matches_scipy_student_t():
+    """One mode, no defensive share: log_prob equals scipy's multivariate t (sampling space) minus
+    the log Jacobian of the log transforms; a sample's mean and covariance match the law's."""
+    st = pytest.importorskip("scipy.stats")
+    z = np.array([100.0, 0.3, math.log(20.0), math.log(1.2), math.log(1e-3), 40.0])
+    cov = np.diag([1e-4, 1e-6, 1e-5, 1e-6, 1e-4, 1e-2])
+    search = ModeSearch([_mode(z, 10.0, cov)], None, [], 100, 0, 0)
+    prop = exact_proposal(search, ExactSettings(defensive=0.0, scale=1.0, df=5.0))
+    draws = prop.sample(20000, seed=0)
+    zz = np.stack([np.log(draws[k]) if k in ("t_E", "s", "q") else draws[k] for k in BINARY], axis=1)
+    ref = st.multivariate_t(loc=z, shape=cov, df=5.0).logpdf(zz)
+    jac = np.log(draws["t_E"]) + np.log(draws["s"]) + np.log(draws["q"])
+    np.testing.assert_allclose(prop.log_prob(draws), ref - jac, rtol=0, atol=1e-8)
+    assert np.all(np.abs(zz.mean(axis=0) - z) < 4 * np.sqrt(np.diag(cov) * 5 / 3 / 20000))
+
+
+def test_mixture_is_normalized_with_defensive_share():
+    """Importance sampling of the mixture by itself: E_q[p/q] = 1 for p a known Gaussian."""
+    z1 = np.array([0.0, 0.3, math.log(20.0), math.log(1.2), math.log(1e-3), 40.0])
+    z2 = z1.copy()
+    z2[3] = math.log(1 / 1.2)
+    modes = [_mode(z1, 0.0), _mode(z2, 1.0)]
+    prop = exact_proposal(ModeSearch(modes, None, [], 100, 0, 0), ExactSettings(defensive=0.2))
+    draws = prop.sample(40000, seed=2)
+    lq = prop.log_prob(draws)
+    # the target: the first mode's Gaussian (physical density = z-density minus the log Jacobian)
+    zz = np.stack([np.log(draws[k]) if k in ("t_E", "s", "q") else draws[k] for k in BINARY], axis=1)
+    d = zz - z1
+    lp = -0.5 * np.sum(d**2 / 1e-4, axis=1) - 3 * math.log(2 * math.pi * 1e-4)
+    lp -= np.log(draws["t_E"]) + np.log(draws["s"]) + np.log(draws["q"])
+    ratio = np.exp(lp - lq)
+    assert abs(ratio.mean() - 1.0) < 4 * ratio.std() / math.sqrt(ratio.size) + 1e-3
+
+
+def test_settings_validate():
+    with pytest.raises(ValueError, match="ExactSettings.df"):
+        ExactSettings(df=1.0)
+    with pytest.raises(ValueError, match="ExactSettings.finite"):
+        ExactSettings(finite="sometimes")
+    with pytest.raises(ValueError, match="ExactSettings.rho_prior"):
+        ExactSettings(rho_prior=(0.1, 0.01))
