@@ -294,9 +294,13 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (samples.parquet, summary.json, report.md, figures)")
     p.add_argument("--n", type=_positive_int, default=10000, help="amortized samples (default 10000)")
-    p.add_argument("--refine", choices=("none", "is", "nuts"), default="is",
-                   help="none: flow only; is: importance sampling with the exact likelihood (default); "
-                        "nuts: IS, then NUTS started from it")
+    p.add_argument("--refine", choices=("auto", "exact", "is", "nuts", "none"), default="auto",
+                   help="auto (default): importance sampling of the flow with the exact likelihood, and "
+                        "where it fails the exact stage (global search, local fits, importance sampling "
+                        "around every mode); exact: the exact stage always; is: flow importance sampling "
+                        "only; nuts: IS, then NUTS started from it; none: flow only")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="time budget of the exact stage's search (default 600 s)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
                    help="posterior under the prior restricted to a sub-range (repeatable; either bound may "
@@ -317,8 +321,12 @@ def _fit_run(args: argparse.Namespace) -> int:
 
     restrict = parse_restrict(args.restrict)
     check_output(args.out, args.overwrite)  # refuse before spending time on the fit
+    from mulens_sbi.inference.exact import ExactSettings
+
+    exact = ExactSettings() if args.time_budget is None else ExactSettings(time_budget_s=args.time_budget)
     result = fit(args.files, args.model, n=args.n, refine=args.refine, seed=args.seed, kind=args.kind,
-                 time_format=args.time_format, progress=not args.no_progress, restrict=restrict)
+                 time_format=args.time_format, progress=not args.no_progress, restrict=restrict,
+                 exact=exact)
     files = save_fit(result, args.out, overwrite=args.overwrite, figures=not args.no_figures)
     print(repr(result))
     for f in files:
@@ -327,6 +335,9 @@ def _fit_run(args: argparse.Namespace) -> int:
         if result.method == "nuts":
             print("mulens-sbi fit: WARNING: NUTS failed (R-hat, divergences or effective sample size); "
                   "see summary.json/report.md", file=sys.stderr)
+        elif result.method == "exact":
+            print("mulens-sbi fit: WARNING: the exact stage failed (" + result.messages[-1] + "); see "
+                  "summary.json/report.md", file=sys.stderr)
         else:
             print("mulens-sbi fit: WARNING: the amortized posterior and the likelihood disagree (sample "
                   "efficiency below 1%); see summary.json/report.md and consider --refine nuts",

@@ -1114,6 +1114,31 @@ def report_markdown(result: FitResult, figures: bool = True) -> str:
             f"Verdict: {imp['verdict']}"
         )
         lines.append("")
+    ex = s.get("exact")
+    if ex:
+        lines += [
+            f"## Exact stage: {len(ex['modes'])} mode(s)",
+            "",
+            f"Single lens with the anomaly masked ({ex['single_lens']['n_masked']} points): "
+            + ", ".join(f"{k} {v:.5g}" for k, v in ex["single_lens"]["params"].items())
+            + f"; {len(ex['anomalies'])} anomal{'y' if len(ex['anomalies']) == 1 else 'ies'}; "
+            f"{ex['n_candidates']} candidates screened, {ex['n_local_fits']} local fits. Best chi2/dof "
+            f"{ex['chi2_dof']:.3f} (acceptable up to {ex['chi2_dof_accept']:g}).",
+            "",
+            "| mode | chi2 | Δchi2 | posterior weight | s | q | u_0 | alpha | t_E | rho | found by |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for i, md in enumerate(ex["modes"]):
+            p = md["params"]
+            rho = f"{p['rho']:.3g}" if "rho" in p else "point source"
+            pw = md.get("posterior_weight", float("nan"))
+            lines.append(
+                f"| {i} | {md['chi2']:.1f} | {md['delta_chi2']:.1f} | {pw:.3f} "
+                f"| {p['s']:.5g} | {p['q']:.4g} | {p['u_0']:.5g} | {p['alpha']:.3f} | {p['t_E']:.4g} "
+                f"| {rho} | "
+                f"{md['origin']} ({md['n_starts']} starts) |"
+            )
+        lines += [""] + [f"- {n}" for n in ex["notes"]] + [""]
     nd = s.get("nuts")
     if nd:
         lines.append(
