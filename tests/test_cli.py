@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mulens_sbi.cli import COMMANDS, main
-from mulens_sbi.simulate import read_simulation
+from mulens_sbi.data.shards import read_simulation
 from mulens_sbi.survey.spec import simulators_dir
 
 

@@ -19,27 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulens_sbi.conditioned import (
+from mulens_sbi.data.classes import caustic_crossing
+from mulens_sbi.data.conditioned import (
     _caustic_points,
     probability_se,
     segment_near_caustics,
     simulate_conditioned,
 )
+from mulens_sbi.data.lightcurves import simulate_lightcurves
+from mulens_sbi.data.samplers import BinnedSimulator, MixtureSimulator
+from mulens_sbi.data.shards import condition_stats, read_simulation
 from mulens_sbi.lightcurve import source_trajectory
 from mulens_sbi.preprocess import PreprocessConfig
-from mulens_sbi.simulate import (
-    OutputExistsError,
-    SimulateSettings,
-    condition_stats,
-    read_simulation,
-    run_simulation,
-    simulate_lightcurves,
-)
+from mulens_sbi.simulate import OutputExistsError, SimulateSettings, run_simulation
 from mulens_sbi.survey import Survey
 from mulens_sbi.survey.cadence import half_width
 from mulens_sbi.survey.spec import simulators_dir
-from mulens_sbi.training import BinnedSimulator, MixtureSimulator
-from mulens_sbi.validation import caustic_crossing
 
 N_POINTS = 256
 KEYS = ("t_0", "u_0", "t_E", "s", "q", "alpha")
@@ -235,7 +230,7 @@ def test_weights_that_depend_on_the_data_only_leave_the_posterior_unchanged():
 
 
 def test_sharp_feature_statistic_and_emphasis_weights():
-    from mulens_sbi.training import SharpEmphasis, sharp_feature
+    from mulens_sbi.data.samplers import SharpEmphasis, sharp_feature
 
     rng = np.random.default_rng(3)
     n_bins, b = 512, 200
@@ -278,7 +273,7 @@ def test_sharp_feature_statistic_and_emphasis_weights():
 def test_condition_is_checked_before_anything_is_written(spec_path, tmp_path):
     from types import SimpleNamespace
 
-    from mulens_sbi.conditioned import check_condition
+    from mulens_sbi.data.conditioned import check_condition
 
     single = SimpleNamespace(path="single.toml", model=SimpleNamespace(lens="single"))
     with pytest.raises(ValueError, match=r"single.toml: condition 'caustic-crossing' needs a binary-lens"):

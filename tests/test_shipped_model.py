@@ -71,7 +71,7 @@ def test_caustic_crossing_figure_of_the_model_card_reproduces(model):
     import json
     from pathlib import Path
 
-    from mulens_sbi.conditioned import simulate_conditioned
+    from mulens_sbi.data.conditioned import simulate_conditioned
     from mulens_sbi.survey import Survey
     from mulens_sbi.validation import crossing_coverage
 
