@@ -83,7 +83,7 @@ def plot_lightcurve(
     return fig
 
 
-def _lens_positions(s: float, q: float) -> tuple[float, float]:
+def lens_positions(s: float, q: float) -> tuple[float, float]:
     """x of the primary and of the companion (centre-of-mass frame, θ_E)."""
     return s * q / (1.0 + q), -s / (1.0 + q)
 
@@ -120,7 +120,7 @@ def plot_caustics(
     """
     from mulens_sbi.lightcurve import source_trajectory
 
-    x1, x2 = _lens_positions(s, q)
+    x1, x2 = lens_positions(s, q)
     tt = np.linspace(t_range[0], t_range[1], 2001)
     xs, ys = (np.asarray(v) for v in source_trajectory(tt, t_0, u_0, t_E, alpha))
     caus = caustic_points(s, q, n_points)
@@ -196,7 +196,7 @@ PLOT_ROWS = 48
 PLOT_POINTS = 4096
 
 
-def _magnifications(t: np.ndarray, params: dict) -> np.ndarray:
+def magnifications(t: np.ndarray, params: dict) -> np.ndarray:
     """(B, N) magnification of B parameter sets (dict of (B,) arrays) at sorted times t; NaN where
     unsolved. Padded to (``PLOT_ROWS``, multiple of ``PLOT_POINTS``) blocks to reuse one compilation."""
     from mulens_sbi.lightcurve import magnification_batch
@@ -268,7 +268,7 @@ def plot_fit_lightcurve(
         rows = {k: np.append(v, float(truth[k])) for k, v in rows.items()}
     n_lin = max(PLOT_POINTS - np.unique(t_all).size, PLOT_POINTS // 2)
     grid = np.unique(np.concatenate([np.linspace(t_all.min(), t_all.max(), n_lin), t_all]))
-    mags = _magnifications(grid, rows)
+    mags = magnifications(grid, rows)
     if zoom is None:
         zoom = anomaly_window(grid, mags[b], best)
     a_best_data = [mags[b][np.searchsorted(grid, d.t)] for d in event.datasets]
@@ -277,7 +277,7 @@ def plot_fit_lightcurve(
     if zoom is not None:
         gz = np.linspace(zoom[0], zoom[1], PLOT_POINTS)
         grids.append(gz)
-        mag_sets.append(_magnifications(gz, rows))
+        mag_sets.append(magnifications(gz, rows))
     fs0, fb0 = float(best_f_s[0]), float(best_f_b[0])
     dfs, dfb = np.asarray(draw_f_s)[:, :1], np.asarray(draw_f_b)[:, :1]
     if have_truth:  # the truth's own best-fit fluxes for the first dataset (weighted least squares)
@@ -405,14 +405,14 @@ def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n
             dist = np.abs(c[:, None] - (xs + 1j * ys)[None, :])
             k = np.unravel_index(np.argmin(dist), dist.shape)
             focus = (float(c[k[0]].real), float(c[k[0]].imag), float(max(0.02, min(1.0, 4 * dist[k]))))
-            extent = max(1.5, 1.2 * abs(_lens_positions(p["s"], p["q"])[1]), 1.5 * abs(p["u_0"]))
+            extent = max(1.5, 1.2 * abs(lens_positions(p["s"], p["q"])[1]), 1.5 * abs(p["u_0"]))
         for ax in axes:
             if caus is not None:
                 for br in np.atleast_2d(caus):
                     ax.plot(br.real, br.imag, ".", ms=0.6 if i else 1.0, color=color, alpha=alpha)
             ax.plot(xs, ys, "-", color=color, lw=lw, alpha=alpha, label="best sample" if i == 0 else None)
             if "s" in p:
-                x1, x2 = _lens_positions(p["s"], p["q"])
+                x1, x2 = lens_positions(p["s"], p["q"])
                 ax.plot([x1, x2], [0.0, 0.0], "o", color=color, ms=3, alpha=alpha)
     for k, ax in enumerate(axes):
         ax.set_aspect("equal", adjustable="box")

@@ -84,10 +84,10 @@ def _is_json_manifest(p: Path) -> bool:
 
 
 def _manifest_files(p: Path) -> set[Path]:
-    from mulens_sbi.readers.manifest import _parse
+    from mulens_sbi.readers.manifest import parse_manifest
 
     try:
-        data = _parse(p)
+        data = parse_manifest(p)
     except (OSError, ValueError):
         return set()  # reported when the event is loaded
     out = set()
