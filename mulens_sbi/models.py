@@ -39,6 +39,7 @@ from mulens_sbi.npe.checkpoint import load_posterior
 from mulens_sbi.npe.posterior import Posterior
 from mulens_sbi.npe.transforms import ParameterSpace
 from mulens_sbi.preprocess import Prepared, PreprocessConfig, preprocess, preprocess_event
+from mulens_sbi.restrict import restriction_box
 
 __all__ = ["Model", "load_model", "trained_dir", "available_models"]
 
@@ -123,8 +124,6 @@ class Model:
 
     def within(self, restrict: dict | None):
         """``restrict`` ({name: (low, high)}, physical) as the posterior's ``within`` box, or None."""
-        from mulens_sbi.restrict import restriction_box
-
         return None if not restrict else restriction_box(self.space, restrict)
 
     def sample(self, event, n: int, key: jax.Array | int = 0, *, return_info: bool = False,

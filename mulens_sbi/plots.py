@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from mulens_sbi.lightcurve import magnification_batch, source_trajectory
+from mulens_sbi.summary import unwrap_angle
 from mulens_sbi.survey.noise import flux_to_mag
 
 _MAG_PER_FLUX = 2.5 / np.log(10.0)
@@ -118,8 +120,6 @@ def plot_caustics(
     ``zoom = (x, y, half_width)`` adds a second panel around (x, y). ``t_data`` marks the source
     positions at the observation times; ``rho`` draws the source disc at t_0.
     """
-    from mulens_sbi.lightcurve import source_trajectory
-
     x1, x2 = lens_positions(s, q)
     tt = np.linspace(t_range[0], t_range[1], 2001)
     xs, ys = (np.asarray(v) for v in source_trajectory(tt, t_0, u_0, t_E, alpha))
@@ -199,8 +199,6 @@ PLOT_POINTS = 4096
 def magnifications(t: np.ndarray, params: dict) -> np.ndarray:
     """(B, N) magnification of B parameter sets (dict of (B,) arrays) at sorted times t; NaN where
     unsolved. Padded to (``PLOT_ROWS``, multiple of ``PLOT_POINTS``) blocks to reuse one compilation."""
-    from mulens_sbi.lightcurve import magnification_batch
-
     t = np.asarray(t, float)
     keys = [k for k in ("t_0", "u_0", "t_E", "s", "q", "alpha", "rho") if k in params]
     p = {k: np.atleast_1d(np.asarray(params[k], float)) for k in keys}
@@ -341,8 +339,6 @@ def plot_corner(samples: dict, weights: np.ndarray, *, truth: dict | None = None
     unwrapped across 0°/360° (see :func:`mulens_sbi.summary.unwrap_angle`). Quantile lines at 16/50/84%."""
     import corner
 
-    from mulens_sbi.summary import unwrap_angle
-
     names = [k for k in (parameters or samples) if k in samples]
     w = np.asarray(weights, float)
     cols, labels, truths = [], [], []
@@ -387,8 +383,6 @@ def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n
     """Caustics and source trajectories (over ``t_range``) of several posterior draws; the first draw
     (e.g. the best sample) is drawn solid and thick. A second panel zooms on the point where the
     first draw's trajectory passes closest to its caustic. Positions in θ_E, CoM frame (MulensModel v3)."""
-    from mulens_sbi.lightcurve import source_trajectory
-
     tt = np.linspace(t_range[0], t_range[1], 3000)
     fig = Figure(figsize=(11.0, 5.2), layout="constrained")
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mulens_sbi.degeneracy.relation import partner_separation
-from mulens_sbi.plots import caustic_points, lens_positions, magnifications
+from mulens_sbi.plots import anomaly_window, caustic_points, lens_positions, magnifications
 
 __all__ = ["plot_mode_caustics", "plot_mode_lightcurves", "plot_relation"]
 
@@ -100,8 +100,6 @@ def plot_mode_lightcurves(report, t=None) -> Figure:
             ax2.plot(
                 tt, (mag[i] - mag[0]) / mag[0], "-", lw=1.0, color=f"C{i}", label=f"mode {i + 1} − mode 1"
             )
-    from mulens_sbi.plots import anomaly_window
-
     win = anomaly_window(tt, mag[0], {k: float(params[k][0]) for k in keys}, threshold=0.002)
     if win is not None:
         ax1.set_xlim(*win)
