@@ -53,6 +53,7 @@ def survey(spec_path) -> Survey:
     return Survey.load(str(spec_path))
 
 
+@pytest.mark.slow
 def test_segment_distance_against_dense_sampling():
     rng = np.random.default_rng(0)
     L, M, K = 3, 50, 40
@@ -71,6 +72,7 @@ def test_segment_distance_against_dense_sampling():
         assert sure.mean() > 0.95 and 0 < got.sum() < got.size
 
 
+@pytest.mark.slow
 def test_prefilter_keeps_every_caustic_crossing(survey):
     """The geometric pre-filter is a necessary condition: no event of the class is rejected by it.
     Candidates are drawn near resonance (big caustics) so that many of them cross."""
@@ -108,6 +110,7 @@ def test_conditioned_draws_are_in_the_class(conditioned):
     assert st.n_accepted >= 300 and st.n_prefiltered >= st.n_accepted and st.n_candidates > st.n_prefiltered
 
 
+@pytest.mark.slow
 def test_conditioned_draws_match_plain_prior_rejection(survey, conditioned):
     """Brute force: plain prior draws, each classified. The class probability must agree with the
     conditioned sampler's acceptance, and the class's (log s, log q, |u_0|) distributions with the
@@ -183,6 +186,7 @@ def test_mixture_weights_restore_prior_expectations():
         MixtureSimulator(BinnedSimulator(base, cfg), in_class, BinnedSimulator(enrich, cfg), 1.0, p_class)
 
 
+@pytest.mark.slow
 def test_simulate_cli_condition_records_and_refuses_a_mixed_resume(spec_path, tmp_path):
     from mulens_sbi.cli import main
 

@@ -98,6 +98,7 @@ def test_same_seed_same_set_and_shards(tmp_path):
     assert not np.array_equal(a["t_0"], c["t_0"])
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_shards(tmp_path):
     """Shards are pure functions of (spec, seed, index): two worker processes give byte-identical
     shards to one process."""

@@ -323,3 +323,15 @@ def test_every_public_name_resolves(graph):
         m = importlib.import_module(mod)
         missing += [f"{mod}.{n}" for n in getattr(m, "__all__", ()) if not hasattr(m, n)]
     assert not missing, f"names in __all__ that do not exist: {missing}"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    """README's second set-up command runs the same pytest commands as .ci/run, in the same order."""
+    root = PACKAGE.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    readme_runs = [c.strip() for c in block[1].split("&&") if "pytest" in c]
+    ci_runs = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()
+               if "pytest" in line and not line.lstrip().startswith("#")]
+    assert readme_runs == ci_runs
+    assert any('-m "not slow"' in c for c in ci_runs) and any(c.endswith("-m slow") for c in ci_runs)

@@ -98,6 +98,7 @@ def test_binned_simulator_is_seeded_and_redraws_noise(tiny_sim):
     assert np.median(np.abs(b["theta_net"][:, 0])) < 0.5 * np.median(b["theta_net"][:, 2])
 
 
+@pytest.mark.slow
 def test_device_sampler_draws_the_host_distribution(tiny_sim, tmp_path):
     """The device sampler (rows, mixture, noise and weights drawn with jax.random in one compiled
     function) against the host sampler it is built from: same rows in the same proportions (binomial,
@@ -175,6 +176,7 @@ def test_training_end_to_end(trained):
     assert abs(np.median(np.log10(med["q"])) + 2.5) < 1.0
 
 
+@pytest.mark.slow
 def test_validate_library_and_cli(trained, tmp_path):
     d, _ = trained
     rep = run_validation(ValidateSettings(model=str(d / "model"), data=str(d / "sim"), n=60, n_samples=64,
@@ -282,6 +284,7 @@ def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
         assert accepted == bool(ok_rule[i]), i
 
 
+@pytest.mark.slow
 def test_training_with_an_enriched_mixture(trained, tmp_path):
     """``enrich``: a conditioned folder of the same spec joins the batches with the mixture weights
     (recorded in the model's metadata, with the class probability and the prior rows in the class);
@@ -330,6 +333,7 @@ def test_validate_caustic_data_refuses_a_plain_folder(trained, tmp_path):
     assert not (tmp_path / "v" / "validation.json").exists()
 
 
+@pytest.mark.slow
 def test_refit_flow_keeps_the_embedding_and_learns_a_new_flow(trained, tmp_path):
     """``mulens_sbi.refit.run_refit``: the embedding is the trained model's, bit for bit; the flow is
     fitted anew on contexts of the training shards and must recover t_0 and t_E on held-out events as
@@ -554,6 +558,7 @@ def test_a_failed_streamed_shard_is_recorded_and_training_data_go_on(tiny_sim, s
                                      poll_every=0)
 
 
+@pytest.mark.slow
 def test_training_with_a_stream(trained, tmp_path, sync_stream):
     """``stream_rows`` / ``stream_enrich_rows`` with an enrichment folder: the next shard of each
     folder (its seed, index and size) joins the training set at the first poll, exactly the rows
@@ -612,6 +617,7 @@ def test_training_with_a_stream(trained, tmp_path, sync_stream):
     assert not (tmp_path / "ck5").exists()
 
 
+@pytest.mark.slow
 def test_streaming_in_spawned_workers_matches_this_process():
     """The real path: a spawned worker process (JAX on the CPU, the binary-lens solver) streams a
     shard; its rows equal ``stream_shard`` run here (shards are pure functions of (spec, seed, index))."""
