@@ -13,7 +13,7 @@ Data flow:
    Gaussian noise ``err * N(0, 1)`` is added to the binned noiseless flux (exact in distribution:
    the weighted mean of Gaussian points is Gaussian with that error) and step 5 of the preprocessing
    (:func:`mulens_sbi.preprocess.network_input`) normalizes it. So each epoch sees new noise.
-3. :func:`mulens_sbi.npe.train.train` with a :class:`mulens_sbi.npe.ParameterSpace` over
+3. :func:`mulens_sbi.npe.train.train` with a :class:`mulens_sbi.npe.transforms.ParameterSpace` over
    ``(dt_0, u_0, t_E, s, q, alpha)`` (``dt_0 = t_0 - t_ref``; transforms identity, identity, log,
    log, log, identity), bounds from the survey spec's priors, standardization fitted on the training
    rows. A fixed validation set (held-out rows, noise drawn once from the seed) drives early stopping.

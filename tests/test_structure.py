@@ -45,6 +45,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("interfaces", ("demo", "cli", "__main__")),
 ]
 
+#: Inside ``data/`` (docs/architecture.md and the package docstring): each module imports only
+#: modules before it in this list.
+DATA_ORDER = ("parallel", "lightcurves", "classes", "conditioned", "shards", "prebin", "samplers", "stream")
+
 #: Known imports against the layer order, (importer, imported) -> why. Keep it empty: an entry is a
 #: debt with a name on it, not a permission.
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
@@ -237,6 +241,15 @@ def test_import_graph_has_no_cycle(graph):
 def test_imports_follow_the_layer_order(graph):
     bad = layer_violations(graph)
     assert not bad, "imports against the layer order:\n" + "\n".join(bad)
+
+
+def test_data_modules_import_one_way(graph):
+    data = [f"mulens_sbi.data.{m}" for m in DATA_ORDER]
+    assert sorted(m for m in graph.modules if m.startswith("mulens_sbi.data.")) == sorted(data)
+    bad = [f"{a} imports {b}" for a in data for b in graph.edges[a]
+           if b in data and data.index(b) >= data.index(a)]
+    assert not bad
+    assert not graph.edges["mulens_sbi.data"], "mulens_sbi/data/__init__.py imports nothing"
 
 
 def test_layer_exceptions_are_still_needed(graph):
