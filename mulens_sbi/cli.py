@@ -109,7 +109,7 @@ def _simulate_run(args: argparse.Namespace) -> int:
         f"peak memory {s.peak_rss_mb:.0f} MiB, {s.n_unsolved_points} unsolved points"
     )
     if args.condition:
-        from mulens_sbi.simulate import condition_stats
+        from mulens_sbi.data.shards import condition_stats
 
         c = condition_stats(s.out)
         print(

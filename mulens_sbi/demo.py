@@ -35,6 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mulens_sbi import __version__
+from mulens_sbi.fit import fit, report_markdown, save_fit
+from mulens_sbi.io_simple import read_event
+from mulens_sbi.lightcurve import magnification_batch
+from mulens_sbi.models import available_models
+from mulens_sbi.plots import plot_caustics, plot_lightcurve
+from mulens_sbi.simulate import OutputExistsError
+from mulens_sbi.summary import to_jsonable
+from mulens_sbi.survey import Survey, mag_to_flux
+
 DEMO_FILES = ("lightcurve.png", "caustics.png", "report.json", "report.md")
 FIT_DEMO_FILES = (
     "samples.parquet",
@@ -90,14 +100,10 @@ def example_event_dir() -> Path | None:
 
 def fit_demo_available(survey: str = "roman") -> bool:
     """True when the shipped model for ``survey`` and the example event are both present."""
-    from mulens_sbi.models import available_models
-
     return survey == "roman" and survey in available_models() and example_event_dir() is not None
 
 
 def _prepare_out(out: Path, overwrite: bool, ours: tuple[str, ...]) -> None:
-    from mulens_sbi.simulate import OutputExistsError
-
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
@@ -125,8 +131,6 @@ def event_numbers(t, flux, sigma, p: dict, f_s: float, f_b: float) -> dict:
     """Numbers of a simulated binary event given its truth: the anomaly (axis-crossing) time, points
     within ±3 d of it, Δχ² of the true model against the point lens with the same (t_0, u_0, t_E),
     and χ² of the data against the truth."""
-    from mulens_sbi import magnification_batch
-
     a = np.deg2rad(p["alpha"])
     t_anom = p["t_0"] - p["u_0"] * np.cos(a) / np.sin(a) * p["t_E"]
     mag, ok = magnification_batch(np.asarray(t), {k: np.array([p[k]]) for k in ("t_0", "u_0", "t_E", "s", "q",
@@ -148,10 +152,6 @@ def event_numbers(t, flux, sigma, p: dict, f_s: float, f_b: float) -> dict:
 
 def run_fit_demo(settings: DemoSettings) -> dict:
     """Fit the shipped example event with the shipped model; write figures, samples and reports."""
-    from mulens_sbi import __version__
-    from mulens_sbi.fit import fit, report_markdown, save_fit
-    from mulens_sbi.io_simple import read_event
-
     t_start = time.perf_counter()
     out = Path(settings.out)
     _prepare_out(out, settings.overwrite, FIT_DEMO_FILES + DEMO_FILES)
@@ -227,17 +227,11 @@ def _in_interval(x: float, iv, name: str) -> bool:
 
 
 def _jsonable(obj):
-    from mulens_sbi.summary import to_jsonable
-
     return to_jsonable(obj)
 
 
 def run_simulation_demo(settings: DemoSettings) -> dict:
     """Simulate, plot and report the demo event into ``settings.out``. Returns the report dict."""
-    from mulens_sbi import __version__, magnification_batch
-    from mulens_sbi.plots import plot_caustics, plot_lightcurve
-    from mulens_sbi.survey import Survey, mag_to_flux
-
     t_start = time.perf_counter()
     out = Path(settings.out)
     _prepare_out(out, settings.overwrite, DEMO_FILES + FIT_DEMO_FILES)

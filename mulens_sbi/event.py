@@ -159,7 +159,7 @@ class Dataset:
         cls, name: str, t, flux, sigma, mask=None, band: str | None = None
     ) -> Dataset:
         """Build from fixed-length arrays with a boolean ``mask`` (True = keep), e.g. a row of a
-        simulated training set (``mulens_sbi.simulate.read_simulation``): rows with ``mask=False``
+        simulated training set (``mulens_sbi.data.shards.read_simulation``): rows with ``mask=False``
         are excluded because the caller says so; all kept rows are validated as usual."""
         if mask is None:
             return cls(name=name, t=t, flux=flux, sigma=sigma, band=band)

@@ -38,11 +38,11 @@ import numpy as np
 from mulens_sbi.npe.checkpoint import load_posterior
 from mulens_sbi.npe.posterior import Posterior
 from mulens_sbi.npe.transforms import ParameterSpace
+from mulens_sbi.params import PHYSICAL_NAMES
 from mulens_sbi.preprocess import Prepared, PreprocessConfig, preprocess, preprocess_event
+from mulens_sbi.restrict import restriction_box
 
 __all__ = ["Model", "load_model", "trained_dir", "available_models"]
-
-PHYSICAL_NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
 
 
 def trained_dir() -> Path:
@@ -123,8 +123,6 @@ class Model:
 
     def within(self, restrict: dict | None):
         """``restrict`` ({name: (low, high)}, physical) as the posterior's ``within`` box, or None."""
-        from mulens_sbi.restrict import restriction_box
-
         return None if not restrict else restriction_box(self.space, restrict)
 
     def sample(self, event, n: int, key: jax.Array | int = 0, *, return_info: bool = False,

@@ -12,6 +12,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+#: physical parameters of a binary-lens point-source model, in the order the shipped models use
+PHYSICAL_NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
+
 #: allowed open/closed ranges per parameter: (low, high, low_inclusive, high_inclusive)
 RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "t_0": (-math.inf, math.inf, False, False),

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from mulens_sbi.lightcurve import magnification_batch, source_trajectory
+from mulens_sbi.summary import unwrap_angle
 from mulens_sbi.survey.noise import flux_to_mag
 
 _MAG_PER_FLUX = 2.5 / np.log(10.0)
@@ -83,7 +85,7 @@ def plot_lightcurve(
     return fig
 
 
-def _lens_positions(s: float, q: float) -> tuple[float, float]:
+def lens_positions(s: float, q: float) -> tuple[float, float]:
     """x of the primary and of the companion (centre-of-mass frame, θ_E)."""
     return s * q / (1.0 + q), -s / (1.0 + q)
 
@@ -118,9 +120,7 @@ def plot_caustics(
     ``zoom = (x, y, half_width)`` adds a second panel around (x, y). ``t_data`` marks the source
     positions at the observation times; ``rho`` draws the source disc at t_0.
     """
-    from mulens_sbi.lightcurve import source_trajectory
-
-    x1, x2 = _lens_positions(s, q)
+    x1, x2 = lens_positions(s, q)
     tt = np.linspace(t_range[0], t_range[1], 2001)
     xs, ys = (np.asarray(v) for v in source_trajectory(tt, t_0, u_0, t_E, alpha))
     caus = caustic_points(s, q, n_points)
@@ -196,11 +196,9 @@ PLOT_ROWS = 48
 PLOT_POINTS = 4096
 
 
-def _magnifications(t: np.ndarray, params: dict) -> np.ndarray:
+def magnifications(t: np.ndarray, params: dict) -> np.ndarray:
     """(B, N) magnification of B parameter sets (dict of (B,) arrays) at sorted times t; NaN where
     unsolved. Padded to (``PLOT_ROWS``, multiple of ``PLOT_POINTS``) blocks to reuse one compilation."""
-    from mulens_sbi.lightcurve import magnification_batch
-
     t = np.asarray(t, float)
     keys = [k for k in ("t_0", "u_0", "t_E", "s", "q", "alpha", "rho") if k in params]
     p = {k: np.atleast_1d(np.asarray(params[k], float)) for k in keys}
@@ -268,7 +266,7 @@ def plot_fit_lightcurve(
         rows = {k: np.append(v, float(truth[k])) for k, v in rows.items()}
     n_lin = max(PLOT_POINTS - np.unique(t_all).size, PLOT_POINTS // 2)
     grid = np.unique(np.concatenate([np.linspace(t_all.min(), t_all.max(), n_lin), t_all]))
-    mags = _magnifications(grid, rows)
+    mags = magnifications(grid, rows)
     if zoom is None:
         zoom = anomaly_window(grid, mags[b], best)
     a_best_data = [mags[b][np.searchsorted(grid, d.t)] for d in event.datasets]
@@ -277,7 +275,7 @@ def plot_fit_lightcurve(
     if zoom is not None:
         gz = np.linspace(zoom[0], zoom[1], PLOT_POINTS)
         grids.append(gz)
-        mag_sets.append(_magnifications(gz, rows))
+        mag_sets.append(magnifications(gz, rows))
     fs0, fb0 = float(best_f_s[0]), float(best_f_b[0])
     dfs, dfb = np.asarray(draw_f_s)[:, :1], np.asarray(draw_f_b)[:, :1]
     if have_truth:  # the truth's own best-fit fluxes for the first dataset (weighted least squares)
@@ -341,8 +339,6 @@ def plot_corner(samples: dict, weights: np.ndarray, *, truth: dict | None = None
     unwrapped across 0°/360° (see :func:`mulens_sbi.summary.unwrap_angle`). Quantile lines at 16/50/84%."""
     import corner
 
-    from mulens_sbi.summary import unwrap_angle
-
     names = [k for k in (parameters or samples) if k in samples]
     w = np.asarray(weights, float)
     cols, labels, truths = [], [], []
@@ -387,8 +383,6 @@ def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n
     """Caustics and source trajectories (over ``t_range``) of several posterior draws; the first draw
     (e.g. the best sample) is drawn solid and thick. A second panel zooms on the point where the
     first draw's trajectory passes closest to its caustic. Positions in θ_E, CoM frame (MulensModel v3)."""
-    from mulens_sbi.lightcurve import source_trajectory
-
     tt = np.linspace(t_range[0], t_range[1], 3000)
     fig = Figure(figsize=(11.0, 5.2), layout="constrained")
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
@@ -405,14 +399,14 @@ def plot_caustic_draws(draws: Sequence[dict], t_range: tuple[float, float], *, n
             dist = np.abs(c[:, None] - (xs + 1j * ys)[None, :])
             k = np.unravel_index(np.argmin(dist), dist.shape)
             focus = (float(c[k[0]].real), float(c[k[0]].imag), float(max(0.02, min(1.0, 4 * dist[k]))))
-            extent = max(1.5, 1.2 * abs(_lens_positions(p["s"], p["q"])[1]), 1.5 * abs(p["u_0"]))
+            extent = max(1.5, 1.2 * abs(lens_positions(p["s"], p["q"])[1]), 1.5 * abs(p["u_0"]))
         for ax in axes:
             if caus is not None:
                 for br in np.atleast_2d(caus):
                     ax.plot(br.real, br.imag, ".", ms=0.6 if i else 1.0, color=color, alpha=alpha)
             ax.plot(xs, ys, "-", color=color, lw=lw, alpha=alpha, label="best sample" if i == 0 else None)
             if "s" in p:
-                x1, x2 = _lens_positions(p["s"], p["q"])
+                x1, x2 = lens_positions(p["s"], p["q"])
                 ax.plot([x1, x2], [0.0, 0.0], "o", color=color, ms=3, alpha=alpha)
     for k, ax in enumerate(axes):
         ax.set_aspect("equal", adjustable="box")

@@ -24,7 +24,7 @@ Steps (all defined from the data alone, never from the simulator's window):
 4. **Binning** (:func:`bin_points`): inverse-variance weighted mean flux and its error
    ``1/sqrt(sum w)`` per cell; empty cells are flagged. (The weighted mean of Gaussian points is
    Gaussian with that error, so at training time noise can be drawn at the binned level — exact in
-   distribution — which is how :mod:`mulens_sbi.training` makes it cheap.)
+   distribution — which is how :mod:`mulens_sbi.data.prebin` makes it cheap.)
 5. **Flux normalization** (:func:`network_input`, pure JAX, jittable): with ``b`` the
    ``base_quantile`` (10%) quantile of the non-empty cells' fluxes and ``a = max - b``,
    ``flux_norm = (flux - b)/a`` and ``sigma_norm = sigma/a``. Quantiles and the maximum are

@@ -8,7 +8,7 @@ keeping the trained embedding ``e`` (its features are what makes the posteriors 
 new flow ``q(θ | c)`` from scratch by maximum likelihood on simulations it has never seen, with early
 stopping on held-out ones, gives posteriors that are calibrated for the information ``e`` extracts.
 
-Data flow: pre-binned rows (:func:`mulens_sbi.training.prepare_binned`, with the model's
+Data flow: pre-binned rows (:func:`mulens_sbi.data.prebin.prepare_binned`, with the model's
 preprocessing) → ``n_draws`` noise realisations per row → contexts ``e(x)`` (computed once) →
 :func:`mulens_sbi.npe.train.train` with an identity embedding over the contexts (rows drawn with the
 enrichment mixture and its prior weights when an enrichment set is given) → the new flow's
@@ -19,6 +19,9 @@ original configuration, so the result loads and runs like any model.
 from __future__ import annotations
 
 import functools
+import hashlib
+import warnings
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,12 +29,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from mulens_sbi.data.prebin import accepted_mask, class_flags, prepare_binned
+from mulens_sbi.data.samplers import (
+    BinnedSimulator,
+    accepted_class_probability,
+    mixture_rows,
+    mixture_weights,
+)
+from mulens_sbi.data.shards import condition_stats, shard_files
+from mulens_sbi.npe.checkpoint import load_posterior, save_posterior
 from mulens_sbi.npe.config import EmbeddingConfig, NPEConfig, TrainConfig
 from mulens_sbi.npe.model import NPEModel
 from mulens_sbi.npe.posterior import Posterior
 from mulens_sbi.npe.train import train as npe_train
 from mulens_sbi.preprocess import PreprocessConfig
-from mulens_sbi.training import BinnedSimulator, mixture_rows
 
 __all__ = ["embed_rows", "ContextSampler", "refit_flow", "run_refit"]
 
@@ -66,7 +77,7 @@ def _draw(key, base, enrich, w_base, n: int, fraction: float, w_class: float):
 class ContextSampler:
     """``(key, n) -> (theta, context[, weights])`` over stored contexts: uniform rows of the base set,
     or with an enrichment set the mixture ``(1 − λ)·base + λ·enrich`` with the prior weights of
-    :class:`mulens_sbi.training.MixtureSimulator` (``w_base`` per base row, ``w_class`` for the
+    :class:`mulens_sbi.data.samplers.MixtureSimulator` (``w_base`` per base row, ``w_class`` for the
     enrichment rows)."""
 
     def __init__(self, base: tuple[np.ndarray, np.ndarray],
@@ -124,26 +135,11 @@ def run_refit(model: str, data: str, out: str, work: str, *, enrich: str | None 
     ``val_rows`` accepted base rows (one noise draw each) are the early-stopping set and are not
     trained on. Raises ``ValueError`` naming the parameter for bad settings, before any long work.
     Returns a summary."""
-    import hashlib
-    import warnings
-    from pathlib import Path
-
     if not 0.0 < enrich_fraction < 1.0:
         raise ValueError(f"enrich_fraction must be in (0, 1), got {enrich_fraction}")
     if n_draws < 1 or val_rows < 1 or holdout_shards < 0:
         raise ValueError(f"need n_draws >= 1, val_rows >= 1 and holdout_shards >= 0, got {n_draws}, "
                          f"{val_rows} and {holdout_shards}")
-
-    from mulens_sbi.npe.checkpoint import load_posterior, save_posterior
-    from mulens_sbi.simulate import condition_stats
-    from mulens_sbi.training import (
-        accepted_class_probability,
-        accepted_mask,
-        class_flags,
-        mixture_weights,
-        prepare_binned,
-        shard_files,
-    )
 
     outp, wp = Path(out), Path(work)
     if (outp / "posterior.json").exists() and not overwrite:

@@ -36,6 +36,9 @@ __all__ = [
     "INTERVALS",
     "MODE_COORDINATES",
     "find_modes",
+    "fit_gmm",
+    "log_gauss",
+    "merge_groups",
     "parameter_summary",
     "summarize_parameters",
     "to_jsonable",
@@ -162,7 +165,7 @@ def _coordinates(samples: Mapping, w: np.ndarray, coords: Sequence[str]) -> tupl
     return np.stack(cols, axis=1), names
 
 
-def _log_gauss(x, mu, var):
+def log_gauss(x, mu, var):
     """(m, k) log N(x_i | mu_j, diag var_j)."""
     d = x[:, None, :] - mu[None, :, :]
     return -0.5 * np.sum(d * d / var[None] + np.log(2 * np.pi * var[None]), axis=2)
@@ -174,7 +177,7 @@ def _logsumexp(a, axis):
     return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
 
 
-def _fit_gmm(x, c, k, rng, n_iter=200, var_floor=1e-4):
+def fit_gmm(x, c, k, rng, n_iter=200, var_floor=1e-4):
     """Weighted diagonal GMM by EM; ``c`` are point weights summing to 1. Returns (pi, mu, var, ll)."""
     m, d = x.shape
     # k-means++ start
@@ -192,7 +195,7 @@ def _fit_gmm(x, c, k, rng, n_iter=200, var_floor=1e-4):
     prev = -np.inf
     ll = -np.inf
     for _ in range(n_iter):
-        lg = _log_gauss(x, mu, var) + np.log(pi)[None]
+        lg = log_gauss(x, mu, var) + np.log(pi)[None]
         lse = _logsumexp(lg, axis=1)
         ll = float(np.sum(c * lse))
         r = np.exp(lg - lse[:, None]) * c[:, None]  # weighted responsibilities
@@ -209,10 +212,10 @@ def _fit_gmm(x, c, k, rng, n_iter=200, var_floor=1e-4):
 
 
 def _mixture_logpdf(x, pi, mu, var):
-    return _logsumexp(_log_gauss(x, mu, var) + np.log(pi)[None], axis=1)
+    return _logsumexp(log_gauss(x, mu, var) + np.log(pi)[None], axis=1)
 
 
-def _merge_groups(pi, mu, var, dip: float = 0.5) -> list[int]:
+def merge_groups(pi, mu, var, dip: float = 0.5) -> list[int]:
     """Union components whose connecting segment has no density dip below ``dip``× the lower peak."""
     k = len(pi)
     parent = list(range(k))
@@ -295,20 +298,20 @@ def find_modes(
         best_bic = np.inf
         d = z.shape[1]
         for k in range(1, max_modes + 1):
-            fit = max((_fit_gmm(z, c, k, rng) for _ in range(2 if k > 1 else 1)), key=lambda f: f[3])
+            fit = max((fit_gmm(z, c, k, rng) for _ in range(2 if k > 1 else 1)), key=lambda f: f[3])
             k_eff = len(fit[0])
             bic = -2.0 * n_eff * fit[3] + (k_eff * 2 * d + k_eff - 1) * math.log(n_eff)
             if bic < best_bic - 1e-9:
                 best_bic, best_k, best = bic, k_eff, fit
         pi, mu, var, _ = best
-        groups = _merge_groups(pi, mu, var)
+        groups = merge_groups(pi, mu, var)
         method = (f"weighted diagonal Gaussian mixture, k = {best_k} by BIC (n_eff = {n_eff:.0f}), "
                   f"merged to {max(groups) + 1} by the density-dip test")
 
     if z.shape[1] == 0 or len(pi) == 1:
         label = np.zeros(n, dtype=int)
     else:
-        lg = _log_gauss(z_all, mu, var) + np.log(pi)[None]
+        lg = log_gauss(z_all, mu, var) + np.log(pi)[None]
         label = np.asarray(groups)[np.argmax(lg, axis=1)]
     ll = None if log_likelihood is None else np.asarray(log_likelihood, dtype=float)
     modes = []

@@ -2,17 +2,18 @@
 
 Data flow:
 
-1. **Pre-binning** (once, :func:`prepare_binned`): every stored light curve of a
-   ``mulens-sbi simulate`` folder goes through steps 1-4 of :mod:`mulens_sbi.preprocess` with its
+1. **Pre-binning** (once, :func:`mulens_sbi.data.prebin.prepare_binned`): every stored light curve of
+   a ``mulens-sbi simulate`` folder goes through steps 1-4 of :mod:`mulens_sbi.preprocess` with its
    *noiseless* flux ``flux_true`` and the noise model's ``sigma``: ``t_ref`` is the peak estimate of
    the stored noisy realisation ``flux`` (a data-derived estimate, as at inference), then the
    inverse-variance binned noiseless flux and its error per cell. The result is cached in an ``.npz``
    next to the training output (``binned_cache``), keyed by the preprocessing settings.
-2. **Noise on the fly** (every step, :class:`BinnedSimulator`): a batch of rows is drawn, fresh
+2. **Noise on the fly** (every step, :class:`mulens_sbi.data.samplers.BinnedSimulator`): a batch of
+   rows is drawn, fresh
    Gaussian noise ``err * N(0, 1)`` is added to the binned noiseless flux (exact in distribution:
    the weighted mean of Gaussian points is Gaussian with that error) and step 5 of the preprocessing
    (:func:`mulens_sbi.preprocess.network_input`) normalizes it. So each epoch sees new noise.
-3. :func:`mulens_sbi.npe.train.train` with a :class:`mulens_sbi.npe.ParameterSpace` over
+3. :func:`mulens_sbi.npe.train.train` with a :class:`mulens_sbi.npe.transforms.ParameterSpace` over
    ``(dt_0, u_0, t_E, s, q, alpha)`` (``dt_0 = t_0 - t_ref``; transforms identity, identity, log,
    log, log, identity), bounds from the survey spec's priors, standardization fitted on the training
    rows. A fixed validation set (held-out rows, noise drawn once from the seed) drives early stopping.
@@ -23,52 +24,40 @@ Shards: by default the last ``holdout_shards`` shards are never used here (they 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import multiprocessing
+import os
+import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
-from mulens_sbi.npe.checkpoint import save_posterior
+from mulens_sbi.data.prebin import NETWORK_NAMES, accepted_mask, accepted_rows, class_flags, prepare_binned
+from mulens_sbi.data.samplers import (
+    BinnedSimulator,
+    DeviceSampler,
+    MixtureSimulator,
+    SharpEmphasis,
+    accepted_class_probability,
+)
+from mulens_sbi.data.shards import condition_stats, shard_files
+from mulens_sbi.data.stream import StreamingSampler, StreamPlan
+from mulens_sbi.npe.checkpoint import load_posterior, load_train_state, save_posterior, versions
 from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, NPEConfig, TrainConfig
+from mulens_sbi.npe.model import init_params
+from mulens_sbi.npe.posterior import Posterior
+from mulens_sbi.npe.train import adam_direction, differing_keys, warm_start_record
 from mulens_sbi.npe.train import train as npe_train
 from mulens_sbi.npe.transforms import ParameterSpace
-from mulens_sbi.preprocess import PreprocessConfig, bin_points, estimate_peak_time, network_input
-from mulens_sbi.simulate import cpu_worker
+from mulens_sbi.params import PHYSICAL_NAMES
+from mulens_sbi.preprocess import PreprocessConfig
+from mulens_sbi.survey.spec import load_spec, parse_spec
 
-if TYPE_CHECKING:
-    from mulens_sbi.stream import StreamPlan
+__all__ = ["TrainSettings", "NETWORKS", "make_space", "run_training"]
 
-__all__ = [
-    "TrainSettings",
-    "PHYSICAL_NAMES",
-    "NETWORK_NAMES",
-    "make_space",
-    "read_shards",
-    "prepare_binned",
-    "BinnedSimulator",
-    "DeviceSampler",
-    "NETWORKS",
-    "mixture_rows",
-    "mixture_weights",
-    "run_training",
-]
-
-#: physical parameters of a binary-lens point-source model, in network order
-PHYSICAL_NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
-#: names on the network side (t_0 is learned relative to the data's reference time)
-NETWORK_NAMES = ("dt_0", "u_0", "t_E", "s", "q", "alpha")
 _TRANSFORMS = ("identity", "identity", "log", "log", "log", "identity")
 
 
@@ -110,11 +99,12 @@ class TrainSettings:
             same network and simulation folder); None trains from a random initialization.
         enrich: a ``mulens-sbi simulate --condition`` folder of the same spec (rare-event class,
             e.g. caustic crossings): each training row comes from it with probability
-            ``enrich_fraction`` and is weighted back to the prior (see :class:`MixtureSimulator`).
+            ``enrich_fraction`` and is weighted back to the prior (see
+            :class:`mulens_sbi.data.samplers.MixtureSimulator`).
         enrich_fraction: the mixture weight λ of the enrichment rows (0 < λ < 1).
         sharp_weight: loss weight H >= 1 of light curves with a sharp feature (see
-            :func:`sharp_feature`; a function of the network input only, so the posterior the loss
-            targets is unchanged); 1 = off.
+            :func:`mulens_sbi.data.samplers.sharp_feature`; a function of the network input only, so
+            the posterior the loss targets is unchanged); 1 = off.
         sharp_threshold: the feature statistic's threshold (in units of its noise).
         sampler: ``host`` draws each batch's rows and noise with numpy on the host; ``device`` keeps
             the pre-binned set on the accelerator and draws them there with ``jax.random`` (same
@@ -124,7 +114,7 @@ class TrainSettings:
         workers: processes for pre-binning and class flags (1 = this process).
         stream_rows: simulate this many further prior light curves *while training* (the next
             shards of ``data``, with its seed) and add them to the training set as they arrive
-            (:mod:`mulens_sbi.stream`; needs ``sampler="device"``); 0 = off.
+            (:mod:`mulens_sbi.data.stream`; needs ``sampler="device"``); 0 = off.
         stream_enrich_rows: the same for the enrichment folder (needs ``enrich``).
         stream_workers: processes simulating the streamed shards (0 = ``workers``).
         progress: show progress bars.
@@ -189,362 +179,6 @@ def make_space(survey_spec, theta_net: np.ndarray | None, cfg: PreprocessConfig)
 
 
 # ----------------------------------------------------------------------------------------------
-# reading and pre-binning
-
-
-_SERIES = ("t", "flux", "flux_true", "sigma", "mask")
-
-
-def read_shards(files: list[Path], columns: tuple[str, ...] = PHYSICAL_NAMES + ("f_s", "f_b") + _SERIES
-                ) -> dict[str, np.ndarray]:
-    """Read some parquet shards of a simulate folder (series columns as (rows, n_points))."""
-    parts = [table_arrays(pq.read_table(f, columns=list(columns)), columns) for f in files]
-    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
-
-
-def table_arrays(tab: pa.Table, columns: tuple[str, ...] = PHYSICAL_NAMES + ("f_s", "f_b") + _SERIES
-                 ) -> dict[str, np.ndarray]:
-    """Columns of a shard's arrow table as numpy arrays (series columns as (rows, n_points))."""
-    out = {}
-    for c in columns:
-        col = tab[c].combine_chunks()
-        if pa.types.is_fixed_size_list(col.type):
-            out[c] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(tab), -1)
-        else:
-            out[c] = col.to_numpy(zero_copy_only=False)
-    return out
-
-
-def _bin_rows(d: dict[str, np.ndarray], cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    mask = d["mask"].astype(bool)
-    t_ref = estimate_peak_time(d["t"], d["flux"], d["sigma"], mask, cfg.smooth_points)
-    mean, err, cnt = bin_points(d["t"], d["flux_true"], d["sigma"], mask, t_ref, cfg)
-    theta = np.stack([d[n] for n in PHYSICAL_NAMES], axis=1).astype(np.float64)
-    theta_net = theta.copy()
-    theta_net[:, 0] = theta[:, 0] - t_ref
-    return {"theta_net": theta_net, "t_ref": t_ref, "mean": mean.astype(np.float32),
-            "err": err.astype(np.float32), "count": np.minimum(cnt, 65535).astype(np.uint16),
-            "f_s": d["f_s"], "f_b": d["f_b"]}
-
-
-def shard_files(data: str | Path) -> list[Path]:
-    files = sorted(Path(data).glob("shard-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{data}: no shard-*.parquet files (not a mulens-sbi simulate folder)")
-    return files
-
-
-def _cached(cache: str | Path | None, key_obj: dict, compute) -> dict[str, np.ndarray]:
-    """``compute()`` (a dict of arrays), cached in the ``.npz`` ``cache`` under a key hashed from
-    ``key_obj``: a cache written with another key is recomputed and replaced (atomically)."""
-    key = hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:16]
-    if cache is not None and Path(cache).exists():
-        z = np.load(cache)
-        if str(z["key"]) == key:
-            return {k: z[k] for k in z.files if k != "key"}
-    out = compute()
-    if cache is not None:
-        tmp = Path(str(cache) + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), **out)
-        tmp.rename(cache)
-    return out
-
-
-def _files_key(files: list[Path]) -> dict:
-    return {"files": [f.name for f in files], "sizes": [f.stat().st_size for f in files]}
-
-
-def map_files(fn, files: list[Path], workers: int, desc: str, progress: bool) -> list:
-    """``[fn(f) for f in files]``, in ``workers`` spawned CPU processes when ``workers > 1`` (``fn``
-    must be picklable: a module-level function or a ``functools.partial`` of one)."""
-    if workers <= 1 or len(files) < 2:
-        return [fn(f) for f in tqdm(files, desc=desc, disable=not progress)]
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(files)), mp_context=ctx, initializer=cpu_worker) as pool:
-        return list(tqdm(pool.map(fn, files), total=len(files), desc=desc, disable=not progress))
-
-
-def _bin_file(f: Path, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    return _bin_rows(read_shards([f]), cfg)
-
-
-def prepare_binned(files: list[Path], cfg: PreprocessConfig, cache: str | Path | None = None,
-                   progress: bool = True, workers: int = 1) -> dict[str, np.ndarray]:
-    """Pre-bin shards (see the module docstring); cached in ``cache`` if given."""
-
-    def compute():
-        parts = map_files(functools.partial(_bin_file, cfg=cfg), files, workers, "pre-binning shards",
-                          progress)
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    return _cached(cache, {"cfg": cfg.to_dict(), **_files_key(files)}, compute)
-
-
-# ----------------------------------------------------------------------------------------------
-# noise on the fly
-
-
-def accepted_mask(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
-    """(rows,) bool: the pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept
-    (at least ``min_points`` points in the view and ``min_cells`` filled cells)."""
-    cnt = binned["count"]
-    return (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
-
-
-def accepted_rows(binned: dict[str, np.ndarray], cfg: PreprocessConfig) -> tuple[dict[str, np.ndarray], int]:
-    """The pre-binned rows that :func:`mulens_sbi.preprocess.preprocess` would accept (see
-    :func:`accepted_mask`), and how many were dropped."""
-    keep = accepted_mask(binned, cfg)
-    n_drop = int((~keep).sum())
-    if not n_drop:
-        return binned, 0
-    return {k: v[keep] for k, v in binned.items()}, n_drop
-
-
-@jax.jit
-def _noisy(mean, err, noise):
-    return mean + err * noise
-
-
-def _rng_from_key(key) -> np.random.Generator:
-    """A numpy generator seeded from a JAX key (typed or raw), so that a training step's rows and
-    noise are a pure function of the loop's key."""
-    seed = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                      else key).astype(np.uint32).tolist()
-    return np.random.default_rng(seed)
-
-
-class BinnedSimulator:
-    """``simulate(key, n) -> (theta_net, x)`` over pre-binned rows with fresh noise per call.
-
-    Rows are drawn uniformly with replacement by a numpy generator seeded from the JAX key (so the
-    training loop's seeding and resumption stay exact)."""
-
-    def __init__(self, binned: dict[str, np.ndarray], cfg: PreprocessConfig):
-        self.theta = binned["theta_net"]
-        self.mean = binned["mean"]
-        self.err = binned["err"]
-        self.count = binned["count"]
-        self.cfg = cfg
-        self._net = jax.jit(lambda m, e, c: network_input(m, e, c, cfg))
-
-    def __len__(self) -> int:
-        return self.theta.shape[0]
-
-    def inputs(self, mean, err, count, rng: np.random.Generator):
-        """Network inputs of binned noiseless rows with fresh noise drawn from ``rng``."""
-        noise = rng.standard_normal(mean.shape, dtype=np.float32)
-        return self._net(_noisy(mean, err, noise), err, count)
-
-    def rows(self, idx: np.ndarray, rng: np.random.Generator):
-        return jnp.asarray(self.theta[idx]), self.inputs(self.mean[idx], self.err[idx], self.count[idx], rng)
-
-    def __call__(self, key, n: int):
-        rng = _rng_from_key(key)
-        idx = rng.integers(0, len(self), size=n)
-        return self.rows(idx, rng)
-
-
-@jax.jit
-def sharp_feature(x):
-    """(B,) the largest second difference of the normalized binned flux over three consecutive
-    filled cells, in units of its own noise: ``max |f[i+1] − 2f[i] + f[i−1]| / sqrt(e[i+1]² + 4e[i]² +
-    e[i−1]²)`` on the network input ``x`` (B, n_bins, 4). Pure noise gives ~N(0, 1) per triple;
-    caustic crossings and cusp approaches give tens to thousands. A function of the observed light
-    curve only."""
-    f, e, has = x[..., 1], x[..., 2], x[..., 3] > 0
-    d2 = f[..., 2:] - 2.0 * f[..., 1:-1] + f[..., :-2]
-    v = e[..., 2:] ** 2 + 4.0 * e[..., 1:-1] ** 2 + e[..., :-2] ** 2
-    ok = has[..., 2:] & has[..., 1:-1] & has[..., :-2]
-    z = jnp.where(ok, jnp.abs(d2) / jnp.sqrt(jnp.maximum(v, 1e-30)), 0.0)
-    return jnp.max(z, axis=-1)
-
-
-class SharpEmphasis:
-    """Wraps a simulator: rows whose light curve has a sharp feature (:func:`sharp_feature` above
-    ``threshold``) get loss weight ``weight`` (H), the others 1 (times the wrapped simulator's own
-    weights, if any).
-
-    Why this leaves the posterior unchanged: the loss becomes ``E_p[h(x)·(−log q(θ|x))]`` with
-    ``h > 0`` a function of the data ``x`` alone; for every ``x`` its minimizer over ``q(·|x)`` is
-    still ``p(θ|x)``. What changes is where a finite network spends its capacity: on Roman, 9% of
-    the prior's light curves (binary caustic crossings, cusp approaches, sharp high-magnification
-    peaks) and 84% of the caustic-crossing planetary ones pass the default threshold of 8."""
-
-    def __init__(self, sim, weight: float, threshold: float):
-        if not weight >= 1.0:
-            raise ValueError(f"sharp_weight must be >= 1, got {weight}")
-        if not threshold > 0.0:
-            raise ValueError(f"sharp_threshold must be > 0, got {threshold}")
-        self.sim, self.weight, self.threshold = sim, float(weight), float(threshold)
-
-    def __call__(self, key, n: int):
-        theta, x, *w = self.sim(key, n)
-        h = jnp.where(sharp_feature(x) > self.threshold, self.weight, 1.0).astype(jnp.float32)
-        return theta, x, (w[0] * h if w else h)
-
-
-def mixture_weights(fraction: float, p_class: float) -> tuple[float, float]:
-    """``(w_class, w_other)``: the prior / mixture density ratios of :class:`MixtureSimulator` for a
-    row in the class and one outside it, ``1 / ((1 − λ) + λ / P(C))`` and ``1 / (1 − λ)``."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"enrich_fraction must be in (0, 1), got {fraction}")
-    if not 0.0 < p_class < 1.0:
-        raise ValueError(f"the class probability must be in (0, 1), got {p_class}")
-    return 1.0 / ((1.0 - fraction) + fraction / p_class), 1.0 / (1.0 - fraction)
-
-
-def accepted_class_probability(probability: float, enrich_accepted: float, base_accepted: float) -> float:
-    """The class probability among the light curves inference accepts: the conditioned simulation's
-    acceptance ``probability`` times the accepted share of the class rows over that of the prior rows
-    (both sets are filtered alike before training)."""
-    return probability * enrich_accepted / base_accepted
-
-
-class MixtureSimulator:
-    """Rows of a prior set (probability ``1 − λ``) and of a class-conditioned set (``λ``), with the
-    loss weights that make the mixture's expected loss the prior's.
-
-    The training distribution is ``p_mix = (1 − λ)·p + λ·p(·|C)``, with ``p(·|C) = p·1_C / P(C)``,
-    so the density ratio of a row is ``w = p / p_mix = 1 / ((1 − λ) + λ·1_C / P(C))``: it needs the
-    class flag ``1_C`` of every prior row (prior rows that happen to be in the class get the class
-    weight) and the class probability ``P(C)`` (the conditioned simulation's acceptance). Under the
-    mixture ``E[w] = 1`` and ``E[w·ℓ] = E_p[ℓ]``: the objective, hence the posterior it targets, is
-    unchanged; what changes is that the class is seen in ``λ`` of the rows (many distinct light
-    curves, each with a small weight) instead of in ``P(C)`` of them (a few, seen many times).
-    """
-
-    def __init__(self, base: BinnedSimulator, base_in_class: np.ndarray, enrich: BinnedSimulator,
-                 fraction: float, p_class: float):
-        self.base, self.enrich, self.fraction, self.p_class = base, enrich, fraction, p_class
-        self.w_class, self.w_other = mixture_weights(fraction, p_class)
-        self.w_base = np.where(np.asarray(base_in_class, bool), self.w_class, self.w_other).astype(np.float32)
-
-    def __call__(self, key, n: int):
-        rng = _rng_from_key(key)
-        from_enrich = rng.random(n) < self.fraction
-        i_base = rng.integers(0, len(self.base), size=n)
-        i_enr = rng.integers(0, len(self.enrich), size=n)
-        e = from_enrich[:, None]
-        theta = np.where(e, self.enrich.theta[i_enr], self.base.theta[i_base])
-        mean = np.where(e, self.enrich.mean[i_enr], self.base.mean[i_base])
-        err = np.where(e, self.enrich.err[i_enr], self.base.err[i_base])
-        count = np.where(e, self.enrich.count[i_enr], self.base.count[i_base])
-        x = self.base.inputs(mean, err, count, rng)
-        w = np.where(from_enrich, self.w_class, self.w_base[i_base]).astype(np.float32)
-        return jnp.asarray(theta), x, jnp.asarray(w)
-
-
-def _flags_file(f: Path, q_max: float) -> np.ndarray:
-    return crossing_flags(read_shards([f], columns=PHYSICAL_NAMES + ("t", "mask")), q_max)
-
-
-def crossing_flags(d: dict[str, np.ndarray], q_max: float) -> np.ndarray:
-    """(rows,) bool: the caustic-crossing planetary rows (q < q_max and >= 1 used data point with the
-    source inside a caustic) of simulate-style arrays (physical parameters, ``t``, ``mask``)."""
-    from mulens_sbi.validation import caustic_crossing
-
-    flag = np.zeros(d["t"].shape[0], bool)
-    sel = np.flatnonzero(d["q"] < q_max)
-    if sel.size:
-        flag[sel] = caustic_crossing(d["t"][sel], d["mask"][sel], {k: d[k][sel] for k in PHYSICAL_NAMES})
-    return flag
-
-
-def mixture_rows(keys, base: tuple, enrich: tuple | None, w_base, n: int, fraction: float, w_class: float,
-                 n_base: jax.Array | int | None = None, n_enrich: jax.Array | int | None = None):
-    """``n`` rows drawn with ``jax.random`` (jittable) from the arrays ``base`` (a tuple of arrays with
-    the rows first), or with ``enrich`` from the mixture ``(1 − λ)·base + λ·enrich`` of
-    :class:`MixtureSimulator`, and their weights (``w_base[i]`` for base row i, ``w_class`` for
-    enrichment rows; None without ``enrich``). ``keys`` = (rows, enrichment rows, mixture choice).
-    ``n_base`` / ``n_enrich`` (traced integers allowed): draw from the first rows only (default all;
-    the streaming sampler's arrays have room for rows still to come)."""
-    k_row, k_enr, k_mix = keys
-    i = jax.random.randint(k_row, (n,), 0, base[0].shape[0] if n_base is None else n_base)
-    rows = tuple(a[i] for a in base)
-    if enrich is None:
-        return rows, None
-    j = jax.random.randint(k_enr, (n,), 0, enrich[0].shape[0] if n_enrich is None else n_enrich)
-    e = jax.random.uniform(k_mix, (n,)) < fraction
-    rows = tuple(jnp.where(e.reshape((n,) + (1,) * (a.ndim - 1)), b[j], a)
-                 for a, b in zip(rows, enrich, strict=True))
-    return rows, jnp.where(e, jnp.float32(w_class), w_base[i])
-
-
-def _draw_on_device(key, base, enrich, w_base, n: int, cfg: PreprocessConfig, fraction: float,
-                    w_class: float, sharp: tuple[float, float] | None, n_base: jax.Array | int | None = None,
-                    n_enrich: jax.Array | int | None = None):
-    *keys, k_noise = jax.random.split(key, 4)
-    (theta, mean, err, count), w = mixture_rows(keys, base, enrich, w_base, n, fraction, w_class,
-                                                n_base, n_enrich)
-    x = network_input(mean + err * jax.random.normal(k_noise, mean.shape, mean.dtype), err, count, cfg)
-    if sharp is not None:
-        h = jnp.where(sharp_feature(x) > sharp[1], jnp.float32(sharp[0]), jnp.float32(1.0))
-        w = h if w is None else w * h
-    return (theta, x) if w is None else (theta, x, w)
-
-
-class DeviceSampler:
-    """A host sampler's distribution (:class:`BinnedSimulator`, optionally in a
-    :class:`MixtureSimulator` and/or wrapped by :class:`SharpEmphasis`), drawn on the accelerator:
-    the pre-binned rows live in device memory, and the rows, the mixture choice and the noise of a
-    batch come from ``jax.random`` with the step's key in one compiled function. Same rows, weights
-    and noise distribution as the host path; another random stream.
-
-    ``room`` / ``enrich_room``: extra, empty rows after the base / enrichment rows, for rows still to
-    come (:class:`mulens_sbi.stream.StreamingSampler`); draws use the first ``n_base`` / ``n_enrich``
-    rows only."""
-
-    def __init__(self, sim: BinnedSimulator | MixtureSimulator | SharpEmphasis, cfg: PreprocessConfig,
-                 room: int = 0, enrich_room: int = 0):
-        sharp = None
-        if isinstance(sim, SharpEmphasis):
-            sharp, sim = (sim.weight, sim.threshold), sim.sim
-        fraction, self.w_class, self.w_other = 0.0, 1.0, 1.0
-        self.enrich, self.w_base, self.n_enrich = None, None, 0
-        if isinstance(sim, MixtureSimulator):
-            fraction, self.w_class, self.w_other = sim.fraction, sim.w_class, sim.w_other
-            self.enrich, self.n_enrich = self._put(sim.enrich, enrich_room), len(sim.enrich)
-            self.w_base = jnp.asarray(np.concatenate([sim.w_base, np.zeros(room, np.float32)]), jnp.float32)
-            sim = sim.base
-        if not isinstance(sim, BinnedSimulator):
-            raise TypeError(f"{type(self).__name__}: cannot move a {type(sim).__name__} to the device")
-        self.base, self.n_base = self._put(sim, room), len(sim)
-        self._draw = jax.jit(functools.partial(_draw_on_device, cfg=cfg, fraction=fraction,
-                                               w_class=self.w_class, sharp=sharp), static_argnames=("n",))
-
-    @staticmethod
-    def _put(sim: BinnedSimulator, room: int = 0) -> tuple:
-        """The rows (theta as float32, mean, err, count) on the device, followed by ``room`` zero rows."""
-        out = []
-        for a in (sim.theta.astype(np.float32), sim.mean, sim.err, sim.count):
-            if room:
-                a = np.concatenate([a, np.zeros((room,) + a.shape[1:], a.dtype)])
-            out.append(jnp.asarray(a))
-        return tuple(out)
-
-    def __call__(self, key: jax.Array, n: int) -> tuple:
-        """A batch ``(theta_net, x[, weights])`` of ``n`` rows."""
-        return self._draw(key, self.base, self.enrich, self.w_base, n=n, n_base=jnp.int32(self.n_base),
-                          n_enrich=jnp.int32(max(self.n_enrich, 1)))
-
-
-def class_flags(files: list[Path], condition: str, q_max: float, cache: str | Path | None = None,
-                progress: bool = True, workers: int = 1) -> np.ndarray:
-    """(rows,) bool: which rows of the shards are in the class (for ``caustic-crossing``: q < q_max
-    and >= 1 used data point with the source inside a caustic), cached like the pre-binned set."""
-    if condition != "caustic-crossing":
-        raise ValueError(f"unknown condition {condition!r}")
-
-    def compute():
-        parts = map_files(functools.partial(_flags_file, q_max=q_max), files, workers, f"{condition} flags",
-                          progress)
-        return {"flags": np.concatenate(parts)}
-
-    return _cached(cache, {"condition": condition, "q_max": q_max, **_files_key(files)}, compute)["flags"]
-
-
-# ----------------------------------------------------------------------------------------------
 # the command
 
 
@@ -553,8 +187,6 @@ class _TimeUp(Exception):
 
 
 def _hardware() -> dict[str, Any]:
-    import os
-    import platform
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -570,8 +202,6 @@ def _hardware() -> dict[str, Any]:
 def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     """Train and save a model folder; returns a summary dict. Resumable: run the same settings again
     after a kill (or after ``max_minutes`` ran out: the summary then has ``finished: False``)."""
-    from mulens_sbi.survey.spec import load_spec, parse_spec
-
     out = Path(settings.out)
     if settings.sampler not in ("host", "device"):
         raise ValueError(f"sampler must be 'host' or 'device', got {settings.sampler!r}")
@@ -637,7 +267,6 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     space = make_space(spec, tr["theta_net"], settings.preprocess)
     init_post = None
     if settings.init_from:
-        from mulens_sbi.npe.checkpoint import load_posterior
         init_post = load_posterior(settings.init_from)
         space = _warm_start_space(space, init_post.space, settings.init_from)
     sim = BinnedSimulator(tr, settings.preprocess)
@@ -699,8 +328,6 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
                                   init_post)
     finished = True
     if plan is not None:
-        from mulens_sbi.stream import StreamingSampler
-
         sim = StreamingSampler(sim, settings.preprocess, plan)
         log(f"batches drawn on the device ({jax.devices()[0].device_kind}); streaming {plan.rows} prior and "
             f"{plan.enrich_rows} enrichment light curves from {plan.workers} worker processes")
@@ -742,10 +369,8 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
 
 
 def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None) -> StreamPlan:
-    """The :class:`mulens_sbi.stream.StreamPlan` of a run: the next shards of ``data`` (and of
+    """The :class:`mulens_sbi.data.stream.StreamPlan` of a run: the next shards of ``data`` (and of
     ``enrich``), with their folders' seeds and shard sizes."""
-    from mulens_sbi.stream import StreamPlan
-
     if not spec_text:
         raise ValueError(f"{settings.data}: its manifest has no spec_text; streaming needs the spec the "
                          f"folder was simulated with")
@@ -788,8 +413,6 @@ def _enrichment(settings: TrainSettings, spec, manifest: dict, train_files: list
                 ) -> dict[str, Any]:
     """Read and check an enrichment folder: its pre-binned accepted rows, its condition counts, the
     class flags of the prior training rows, and the fraction of its rows inference accepts."""
-    from mulens_sbi.simulate import condition_stats
-
     _enrich_manifest(settings, manifest)
     stats = condition_stats(settings.enrich)
     files = shard_files(settings.enrich)
@@ -806,8 +429,6 @@ def _warm_start_space(space: ParameterSpace, init_space: ParameterSpace, source:
     """The parameter space of a warm start: the initial model's, whose standardization its network
     was trained in (this run's training rows may differ, e.g. sparse rows left out, and would give a
     slightly different one). Names, transforms and bounds must be this run's."""
-    from mulens_sbi.npe.train import differing_keys
-
     diff = differing_keys(space.to_dict(), init_space.to_dict(), ignore=("loc", "scale"))
     if diff:
         raise ValueError(f"init_from {source}: parameter space differs from this run's at {diff} "
@@ -819,14 +440,9 @@ def _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc,
                        log, init_post=None) -> dict[str, Any]:
     """Save the checkpoint's best parameters as the model without training further (a warm start's
     initial model is recorded as in a trained model's metadata)."""
-    from mulens_sbi.npe.checkpoint import load_train_state, versions
-    from mulens_sbi.npe.model import init_params
-    from mulens_sbi.npe.posterior import Posterior
-    from mulens_sbi.npe.train import _direction, warm_start_record
-
     _, params = init_params(config, space.dim, jax.tree_util.tree_map(lambda a: a[:1], val[1]),
                             jax.random.PRNGKey(0))
-    loaded = load_train_state(ckdir, {"params": params, "opt_state": _direction().init(params),
+    loaded = load_train_state(ckdir, {"params": params, "opt_state": adam_direction().init(params),
                                       "best_params": params})
     if loaded is None:
         raise FileNotFoundError(f"{ckdir / 'state.json'}: no checkpoint to save")

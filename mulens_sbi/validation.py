@@ -11,7 +11,7 @@ flow), and :mod:`mulens_sbi.npe.diagnostics` gives:
 * joint HPD coverage (flow density of the truth vs of the samples), TARP coverage and SBC ranks;
 * parameter recovery: posterior median and 68% interval against the truth;
 * for *caustic-crossing planetary events* (q < 0.01 and at least one data point with the source
-  inside a caustic, i.e. 5 images — computed with :mod:`mulens_sbi.lensing.point_source`): the
+  inside a caustic, i.e. 5 images — :func:`mulens_sbi.data.classes.caustic_crossing`): the
   fraction whose true (log s, log q) lies in the 95% highest-density region of the 2-D marginal
   (Gaussian KDE of the samples in (log10 s, log10 q), Scott bandwidth);
 * the reliability of the posterior's *planet probability* P(q < 0.01 | x) (the fraction of samples
@@ -28,7 +28,10 @@ Outputs in ``out``: ``validation.json`` (all numbers, the settings, and the figu
 
 from __future__ import annotations
 
+import hashlib
 import json
+import platform
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -36,15 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from mulens_sbi.data.classes import caustic_crossing
+from mulens_sbi.data.lightcurves import simulate_lightcurves
+from mulens_sbi.data.shards import condition_stats, read_shards, read_simulation, shard_files
+from mulens_sbi.models import load_model
 from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
 from mulens_sbi.preprocess import preprocess
 from mulens_sbi.summary import PLANET_Q, planet_probability
+from mulens_sbi.survey import Survey
 
-__all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays", "caustic_crossing",
+__all__ = ["ValidateSettings", "LEVELS", "run_validation", "validate_arrays",
            "kde_hpd_level", "kde_hpd_levels", "selected_coverage_if_calibrated",
            "simulate_events", "class_reliability", "planet_probabilities"]
 
@@ -89,43 +96,7 @@ class ValidateSettings:
 
 
 # ----------------------------------------------------------------------------------------------
-# event classes
-
-
-@jax.jit
-def _five_images(x, y, used, s, q):
-    """(M,) bool: some used point of each row (source at x + iy, centre-of-mass frame, ordered in
-    time) has 5 images. The roots come from the warm-started trajectory solver (q <= 1)."""
-    from mulens_sbi.lensing.point_source import classify, to_solver_frame, trajectory_roots
-
-    zeta = to_solver_frame(x, y, s, q)
-    _, ok_t, z = trajectory_roots(zeta, s[:, 0], q[:, 0])
-    _, is_img, ok = classify(zeta, z, s, q)
-    return jnp.any((jnp.sum(is_img, axis=-1) == 5) & ok & ok_t & used, axis=-1)
-
-
-def caustic_crossing(t, mask, params: dict[str, np.ndarray], chunk: int = 64) -> np.ndarray:
-    """(M,) bool: at least one used data point has the source inside a caustic (5 images).
-
-    ``t`` (M, L) must be sorted along each row (as the simulator writes it; padding repeats a time).
-    Rows are processed ``chunk`` at a time (the last chunk padded), so every call with the same
-    number of points per row reuses one compiled program."""
-    from mulens_sbi.lightcurve import source_trajectory
-
-    t = np.asarray(t, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
-    m = t.shape[0]
-    out = np.zeros(m, bool)
-    for a in range(0, m, chunk):
-        idx = np.minimum(np.arange(a, a + chunk), m - 1)
-        p = {k: np.asarray(v, dtype=np.float64)[idx] for k, v in params.items()}
-        x, y = source_trajectory(t[idx], p["t_0"][:, None], p["u_0"][:, None], p["t_E"][:, None],
-                                 p["alpha"][:, None])
-        res = np.asarray(_five_images(jnp.asarray(x), jnp.asarray(y), jnp.asarray(mask[idx]),
-                                      jnp.asarray(p["s"])[:, None], jnp.asarray(p["q"])[:, None]))
-        n_real = min(chunk, m - a)
-        out[a:a + n_real] = res[:n_real]
-    return out
+# HPD levels
 
 
 def _kde(samples_2d: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -200,8 +171,6 @@ def selected_coverage_if_calibrated(regions: np.ndarray, draws: np.ndarray, sele
 
 
 def _holdout(data: str, holdout_shards: int, n: int) -> dict[str, np.ndarray]:
-    from mulens_sbi.training import read_shards, shard_files
-
     files = shard_files(data)
     if holdout_shards < 1 or holdout_shards > len(files):
         raise ValueError(f"holdout_shards must be in 1..{len(files)}, got {holdout_shards}")
@@ -214,9 +183,6 @@ def _holdout(data: str, holdout_shards: int, n: int) -> dict[str, np.ndarray]:
 
 def simulate_events(survey: str, n: int, seed: int, batch_size: int = 64) -> dict[str, np.ndarray]:
     """n fresh light curves of a survey spec (name or path), seeded."""
-    from mulens_sbi.simulate import simulate_lightcurves
-    from mulens_sbi.survey import Survey
-
     sv = Survey.load(survey)
     return simulate_lightcurves(sv, np.random.default_rng([int(seed), 4242]), n, batch_size=batch_size)
 
@@ -549,8 +515,6 @@ def _reliability_figure(rep: dict, out: Path, title: str) -> str:
 def _check_crossing_folder(model, folder: Path) -> dict:
     """The manifest of a ``--caustic-data`` folder, checked: a complete caustic-crossing simulation
     (q_max 0.01) of the spec the model was trained on."""
-    import hashlib
-
     mpath = folder / "manifest.json"
     if not mpath.exists():
         raise FileNotFoundError(f"{mpath} not found (--caustic-data must be a mulens-sbi simulate "
@@ -567,8 +531,6 @@ def _check_crossing_folder(model, folder: Path) -> dict:
 
 def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
     """Caustic-crossing figures on a conditioned simulation folder."""
-    from mulens_sbi.simulate import condition_stats, read_simulation
-
     folder = Path(settings.caustic_data)
     man = _check_crossing_folder(model, folder)
     d = read_simulation(folder)
@@ -579,8 +541,6 @@ def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
 
 def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
     """Run the validation, write validation.json and the figures; return the report (without raw arrays)."""
-    from mulens_sbi.models import load_model
-
     model = load_model(settings.model)
     out = Path(settings.out) if settings.out else Path(model.path)
     out.mkdir(parents=True, exist_ok=True)
@@ -598,7 +558,6 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
         spec_text = model.metadata.get("provenance", {}).get("spec_text")
         survey = model.survey_name
         if spec_text:
-            import tempfile
             with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
                 fh.write(spec_text)
                 survey = fh.name
@@ -612,7 +571,6 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
     rep["settings"] = asdict(settings)
     rep["source"] = source
     rep["model"] = str(model.path)
-    import platform
     rep["machine"] = {"platform": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
                       "python": platform.python_version()}
     rep["figures"] = _figures(rep, out, f"{model.survey_name} model")

@@ -35,9 +35,10 @@ def main() -> None:
 
     import jax
 
-    from mulens_sbi.stream import StreamingSampler, StreamPlan, stream_shard
+    from mulens_sbi.data.samplers import BinnedSimulator, MixtureSimulator
+    from mulens_sbi.data.stream import StreamingSampler, StreamPlan, stream_shard
     from mulens_sbi.survey import Survey
-    from mulens_sbi.training import NETWORKS, BinnedSimulator, MixtureSimulator
+    from mulens_sbi.training import NETWORKS
 
     cfg = NETWORKS["fine"][0]
     spec = Survey.load(a.survey).spec

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mulens_sbi.cli import COMMANDS, main
-from mulens_sbi.simulate import read_simulation
+from mulens_sbi.data.shards import read_simulation
 from mulens_sbi.survey.spec import simulators_dir
 
 
@@ -96,6 +96,7 @@ def test_simulate_command(tmp_path, capsys):
     assert f"{bad}:2:8: TOML syntax error" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_command(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out)]) == 0

@@ -19,27 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mulens_sbi.conditioned import (
+from mulens_sbi.data.classes import caustic_crossing
+from mulens_sbi.data.conditioned import (
     _caustic_points,
     probability_se,
     segment_near_caustics,
     simulate_conditioned,
 )
+from mulens_sbi.data.lightcurves import simulate_lightcurves
+from mulens_sbi.data.samplers import BinnedSimulator, MixtureSimulator
+from mulens_sbi.data.shards import condition_stats, read_simulation
 from mulens_sbi.lightcurve import source_trajectory
 from mulens_sbi.preprocess import PreprocessConfig
-from mulens_sbi.simulate import (
-    OutputExistsError,
-    SimulateSettings,
-    condition_stats,
-    read_simulation,
-    run_simulation,
-    simulate_lightcurves,
-)
+from mulens_sbi.simulate import OutputExistsError, SimulateSettings, run_simulation
 from mulens_sbi.survey import Survey
 from mulens_sbi.survey.cadence import half_width
 from mulens_sbi.survey.spec import simulators_dir
-from mulens_sbi.training import BinnedSimulator, MixtureSimulator
-from mulens_sbi.validation import caustic_crossing
 
 N_POINTS = 256
 KEYS = ("t_0", "u_0", "t_E", "s", "q", "alpha")
@@ -58,6 +53,7 @@ def survey(spec_path) -> Survey:
     return Survey.load(str(spec_path))
 
 
+@pytest.mark.slow
 def test_segment_distance_against_dense_sampling():
     rng = np.random.default_rng(0)
     L, M, K = 3, 50, 40
@@ -76,6 +72,7 @@ def test_segment_distance_against_dense_sampling():
         assert sure.mean() > 0.95 and 0 < got.sum() < got.size
 
 
+@pytest.mark.slow
 def test_prefilter_keeps_every_caustic_crossing(survey):
     """The geometric pre-filter is a necessary condition: no event of the class is rejected by it.
     Candidates are drawn near resonance (big caustics) so that many of them cross."""
@@ -113,6 +110,7 @@ def test_conditioned_draws_are_in_the_class(conditioned):
     assert st.n_accepted >= 300 and st.n_prefiltered >= st.n_accepted and st.n_candidates > st.n_prefiltered
 
 
+@pytest.mark.slow
 def test_conditioned_draws_match_plain_prior_rejection(survey, conditioned):
     """Brute force: plain prior draws, each classified. The class probability must agree with the
     conditioned sampler's acceptance, and the class's (log s, log q, |u_0|) distributions with the
@@ -188,6 +186,7 @@ def test_mixture_weights_restore_prior_expectations():
         MixtureSimulator(BinnedSimulator(base, cfg), in_class, BinnedSimulator(enrich, cfg), 1.0, p_class)
 
 
+@pytest.mark.slow
 def test_simulate_cli_condition_records_and_refuses_a_mixed_resume(spec_path, tmp_path):
     from mulens_sbi.cli import main
 
@@ -235,7 +234,7 @@ def test_weights_that_depend_on_the_data_only_leave_the_posterior_unchanged():
 
 
 def test_sharp_feature_statistic_and_emphasis_weights():
-    from mulens_sbi.training import SharpEmphasis, sharp_feature
+    from mulens_sbi.data.samplers import SharpEmphasis, sharp_feature
 
     rng = np.random.default_rng(3)
     n_bins, b = 512, 200
@@ -278,7 +277,7 @@ def test_sharp_feature_statistic_and_emphasis_weights():
 def test_condition_is_checked_before_anything_is_written(spec_path, tmp_path):
     from types import SimpleNamespace
 
-    from mulens_sbi.conditioned import check_condition
+    from mulens_sbi.data.conditioned import check_condition
 
     single = SimpleNamespace(path="single.toml", model=SimpleNamespace(lens="single"))
     with pytest.raises(ValueError, match=r"single.toml: condition 'caustic-crossing' needs a binary-lens"):

@@ -32,7 +32,7 @@ import pytest
 from mulens_sbi.cli import main
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.fit import FIT_FILES, fit, report_markdown
-from mulens_sbi.plots import _magnifications
+from mulens_sbi.plots import magnifications as _magnifications
 
 NAMES = ("t_0", "u_0", "t_E", "s", "q", "alpha")
 LOG = ("t_E", "s", "q")

@@ -43,6 +43,7 @@ def test_loads_and_samples(model):
     np.testing.assert_allclose(lq2, lq, rtol=0, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_calibration_on_fresh_simulations(model):
     d = simulate_events(model.survey_name, M, seed=20261128, batch_size=M)
     rep = validate_arrays(model, d, n_samples=200, seed=1, crossing=False)
@@ -62,6 +63,7 @@ def test_calibration_on_fresh_simulations(model):
     assert not bad, "miscalibrated: " + "; ".join(bad)
 
 
+@pytest.mark.slow
 def test_caustic_crossing_figure_of_the_model_card_reproduces(model):
     """The caustic-crossing figures the model card reports (``caustic_crossing_planetary_set`` of
     validation.json: the fraction of caustic-crossing planetary events whose true (log s, log q) lies
@@ -71,7 +73,7 @@ def test_caustic_crossing_figure_of_the_model_card_reproduces(model):
     import json
     from pathlib import Path
 
-    from mulens_sbi.conditioned import simulate_conditioned
+    from mulens_sbi.data.conditioned import simulate_conditioned
     from mulens_sbi.survey import Survey
     from mulens_sbi.validation import crossing_coverage
 

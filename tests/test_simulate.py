@@ -13,15 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mulens_sbi.simulate import (
-    MANIFEST,
-    OutputExistsError,
-    SimulateSettings,
-    read_simulation,
-    run_simulation,
-    shard_name,
-    simulate_lightcurves,
-)
+from mulens_sbi.data.lightcurves import simulate_lightcurves
+from mulens_sbi.data.shards import MANIFEST, read_simulation, shard_name
+from mulens_sbi.simulate import OutputExistsError, SimulateSettings, run_simulation
 from mulens_sbi.survey import Survey, parse_spec
 from mulens_sbi.survey.spec import simulators_dir
 
@@ -104,6 +98,7 @@ def test_same_seed_same_set_and_shards(tmp_path):
     assert not np.array_equal(a["t_0"], c["t_0"])
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_shards(tmp_path):
     """Shards are pure functions of (spec, seed, index): two worker processes give byte-identical
     shards to one process."""

@@ -20,23 +20,17 @@ import jax
 import numpy as np
 import pytest
 
+import mulens_sbi.data.lightcurves as lightcurves_mod
 import mulens_sbi.simulate as simulate_mod
 from mulens_sbi.cli import main
+from mulens_sbi.data.prebin import accepted_mask, accepted_rows, class_flags, prepare_binned
+from mulens_sbi.data.samplers import BinnedSimulator, DeviceSampler, MixtureSimulator, SharpEmphasis
+from mulens_sbi.data.shards import condition_stats, read_simulation, shard_files
 from mulens_sbi.models import load_model
 from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, TrainConfig
 from mulens_sbi.preprocess import PreprocessConfig
 from mulens_sbi.survey.spec import resolve_spec_path
-from mulens_sbi.training import (
-    BinnedSimulator,
-    DeviceSampler,
-    MixtureSimulator,
-    SharpEmphasis,
-    TrainSettings,
-    class_flags,
-    prepare_binned,
-    run_training,
-    shard_files,
-)
+from mulens_sbi.training import TrainSettings, run_training
 from mulens_sbi.validation import ValidateSettings, run_validation
 
 N_BINS = 64
@@ -54,7 +48,7 @@ def tiny_sim(tmp_path_factory):
     text = re.sub(r"(?m)^n_points = 2048", "n_points = 256", text)
     (d / "tiny.toml").write_text(text)
     mp = pytest.MonkeyPatch()
-    mp.setattr(simulate_mod, "_magnification", _pspl)
+    mp.setattr(lightcurves_mod, "_magnification", _pspl)
     try:
         simulate_mod.run_simulation(simulate_mod.SimulateSettings(
             survey=str(d / "tiny.toml"), n=1800, out=str(d / "sim"), seed=3, shard_size=600, batch_size=600,
@@ -104,6 +98,7 @@ def test_binned_simulator_is_seeded_and_redraws_noise(tiny_sim):
     assert np.median(np.abs(b["theta_net"][:, 0])) < 0.5 * np.median(b["theta_net"][:, 2])
 
 
+@pytest.mark.slow
 def test_device_sampler_draws_the_host_distribution(tiny_sim, tmp_path):
     """The device sampler (rows, mixture, noise and weights drawn with jax.random in one compiled
     function) against the host sampler it is built from: same rows in the same proportions (binomial,
@@ -163,7 +158,7 @@ def test_training_end_to_end(trained):
     assert model.names == ("t_0", "u_0", "t_E", "s", "q", "alpha")
     assert model.preprocess_config.n_bins == N_BINS
     # held-out events (last shard): medians of t_0 and t_E track the truths
-    tab = simulate_mod.read_simulation(d / "sim")
+    tab = read_simulation(d / "sim")
     rows = np.arange(1200, 1240)
     med = {"t_0": [], "t_E": [], "q": []}
     for i in rows:
@@ -181,6 +176,7 @@ def test_training_end_to_end(trained):
     assert abs(np.median(np.log10(med["q"])) + 2.5) < 1.0
 
 
+@pytest.mark.slow
 def test_validate_library_and_cli(trained, tmp_path):
     d, _ = trained
     rep = run_validation(ValidateSettings(model=str(d / "model"), data=str(d / "sim"), n=60, n_samples=64,
@@ -263,7 +259,6 @@ def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
     """Rows that ``preprocess`` would refuse (too few points or filled cells) are left out of training,
     and the rows kept are exactly those ``preprocess`` accepts."""
     from mulens_sbi.preprocess import preprocess
-    from mulens_sbi.training import accepted_rows
 
     cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
     b = prepare_binned(shard_files(tiny_sim / "sim")[:1], cfg, tiny_sim / "b2.npz", progress=False)
@@ -276,7 +271,7 @@ def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
     kept, n_drop = accepted_rows(b, cfg)
     assert n_drop >= 2 and kept["theta_net"].shape[0] == b["theta_net"].shape[0] - n_drop
     # on the real (unmodified) rows the rule agrees with preprocess
-    tab = simulate_mod.read_simulation(tiny_sim / "sim")
+    tab = read_simulation(tiny_sim / "sim")
     b0 = prepare_binned(shard_files(tiny_sim / "sim")[:1], cfg, tiny_sim / "b3.npz", progress=False)
     cnt = b0["count"]
     ok_rule = (cnt.sum(axis=1) >= cfg.min_points) & ((cnt > 0).sum(axis=1) >= cfg.min_cells)
@@ -289,6 +284,7 @@ def test_training_keeps_only_light_curves_inference_accepts(tiny_sim):
         assert accepted == bool(ok_rule[i]), i
 
 
+@pytest.mark.slow
 def test_training_with_an_enriched_mixture(trained, tmp_path):
     """``enrich``: a conditioned folder of the same spec joins the batches with the mixture weights
     (recorded in the model's metadata, with the class probability and the prior rows in the class);
@@ -306,7 +302,7 @@ def test_training_with_an_enriched_mixture(trained, tmp_path):
     out = run_training(s, log=lambda m: None)
     assert out["finished"] and out["steps"] == 30
     enr = load_model(str(tmp_path / "enr")).posterior.metadata["provenance"]["enrichment"]
-    cond = simulate_mod.condition_stats(tmp_path / "cross")
+    cond = condition_stats(tmp_path / "cross")
     assert enr["n_enrich_rows"] == 40 and enr["enrich_fraction"] == 0.3
     assert enr["condition"]["n_accepted"] == cond["n_accepted"] >= 40
     lam, p = 0.3, enr["p_class_accepted_rows"]
@@ -337,6 +333,7 @@ def test_validate_caustic_data_refuses_a_plain_folder(trained, tmp_path):
     assert not (tmp_path / "v" / "validation.json").exists()
 
 
+@pytest.mark.slow
 def test_refit_flow_keeps_the_embedding_and_learns_a_new_flow(trained, tmp_path):
     """``mulens_sbi.refit.run_refit``: the embedding is the trained model's, bit for bit; the flow is
     fitted anew on contexts of the training shards and must recover t_0 and t_E on held-out events as
@@ -361,7 +358,7 @@ def test_refit_flow_keeps_the_embedding_and_learns_a_new_flow(trained, tmp_path)
     rec = new.metadata["refit"]
     assert rec["n_draws"] == 2 and rec["history"][-1]["val_loss"] < rec["history"][0]["val_loss"] - 0.3
     model = load_model(str(tmp_path / "rf"))
-    tab = simulate_mod.read_simulation(d / "sim")
+    tab = read_simulation(d / "sim")
     rows = np.arange(1200, 1240)
     med_t0, med_te = [], []
     for i in rows:
@@ -405,7 +402,7 @@ def test_bad_training_and_refit_settings_are_refused_up_front(tiny_sim, tmp_path
 
 
 # ----------------------------------------------------------------------------------------------
-# streaming (mulens_sbi.stream): the workers are threads here, so that the single-lens stand-in for
+# streaming (mulens_sbi.data.stream): the workers are threads here, so that the single-lens stand-in for
 # the solver applies to them too (real runs use spawned processes: make_executor)
 
 
@@ -413,15 +410,15 @@ def test_bad_training_and_refit_settings_are_refused_up_front(tiny_sim, tmp_path
 def threaded_stream(monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    import mulens_sbi.stream as stream_mod
+    import mulens_sbi.data.stream as stream_mod
 
-    monkeypatch.setattr(simulate_mod, "_magnification", _pspl)
+    monkeypatch.setattr(lightcurves_mod, "_magnification", _pspl)
     monkeypatch.setattr(stream_mod, "make_executor", lambda workers: ThreadPoolExecutor(workers))
     return stream_mod
 
 
 def _plan(d, **kw):
-    from mulens_sbi.stream import StreamPlan
+    from mulens_sbi.data.stream import StreamPlan
 
     man = json.loads((d / "sim" / "manifest.json").read_text())
     return StreamPlan(spec_text=man["spec_text"], seed=man["seed"], shard_size=man["shard_size"],
@@ -432,7 +429,6 @@ def test_a_streamed_shard_is_the_folders_shard_pre_binned(tiny_sim, threaded_str
     """``stream_shard(plan, "prior", k)`` is shard k of the folder (same seed), pre-binned and
     filtered exactly as ``prepare_binned`` + ``accepted_mask`` do, with the class flags of
     ``class_flags``: streaming extends the folder, it does not simulate something else."""
-    from mulens_sbi.training import accepted_mask
 
     cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)
     f = shard_files(tiny_sim / "sim")[1]
@@ -514,15 +510,15 @@ class _SyncExecutor:
 
 @pytest.fixture()
 def sync_stream(monkeypatch):
-    import mulens_sbi.stream as stream_mod
+    import mulens_sbi.data.stream as stream_mod
 
-    monkeypatch.setattr(simulate_mod, "_magnification", _pspl)
+    monkeypatch.setattr(lightcurves_mod, "_magnification", _pspl)
     monkeypatch.setattr(stream_mod, "make_executor", _SyncExecutor)
     return stream_mod
 
 
 def test_stream_plan_interleaves_the_two_sets_and_checks_its_fields():
-    from mulens_sbi.stream import StreamPlan
+    from mulens_sbi.data.stream import StreamPlan
 
     plan = StreamPlan(spec_text="x", seed=1, first_shard=5, rows=3500, shard_size=1000, enrich_seed=2,
                       enrich_first_shard=7, enrich_rows=150, enrich_shard_size=100,
@@ -562,6 +558,7 @@ def test_a_failed_streamed_shard_is_recorded_and_training_data_go_on(tiny_sim, s
                                      poll_every=0)
 
 
+@pytest.mark.slow
 def test_training_with_a_stream(trained, tmp_path, sync_stream):
     """``stream_rows`` / ``stream_enrich_rows`` with an enrichment folder: the next shard of each
     folder (its seed, index and size) joins the training set at the first poll, exactly the rows
@@ -585,7 +582,7 @@ def test_training_with_a_stream(trained, tmp_path, sync_stream):
     assert (plan["seed"], plan["first_shard"], plan["rows"], plan["shard_size"]) == (3, 3, 600, 600)
     assert (plan["enrich_seed"], plan["enrich_first_shard"], plan["enrich_rows"], plan["enrich_shard_size"],
             plan["enrich_batch_size"], plan["q_max"]) == (4, 1, 40, 40, 128, 0.01)
-    from mulens_sbi.stream import StreamPlan
+    from mulens_sbi.data.stream import StreamPlan
 
     man = json.loads((d / "sim" / "manifest.json").read_text())
     ref = StreamPlan(spec_text=man["spec_text"], **{k: v for k, v in plan.items() if k != "workers"})
@@ -620,10 +617,11 @@ def test_training_with_a_stream(trained, tmp_path, sync_stream):
     assert not (tmp_path / "ck5").exists()
 
 
+@pytest.mark.slow
 def test_streaming_in_spawned_workers_matches_this_process():
     """The real path: a spawned worker process (JAX on the CPU, the binary-lens solver) streams a
     shard; its rows equal ``stream_shard`` run here (shards are pure functions of (spec, seed, index))."""
-    from mulens_sbi.stream import StreamingSampler, StreamPlan, stream_shard
+    from mulens_sbi.data.stream import StreamingSampler, StreamPlan, stream_shard
 
     text = re.sub(r"(?m)^n_points = 2048", "n_points = 256", resolve_spec_path("roman").read_text())
     cfg = PreprocessConfig(n_bins=N_BINS, min_points=20, min_cells=8)

@@ -101,6 +101,7 @@ def test_kde_hpd_levels_of_a_gaussian_match_the_chi2_law():
     assert kde_hpd_level(s, pts[0]) == pytest.approx(1 - np.exp(-0.72), abs=0.025)  # r = 1.2, scalar form
 
 
+@pytest.mark.slow
 def test_coverage_on_a_subset_chosen_by_the_truth_is_predicted_for_a_calibrated_posterior():
     """Toy events whose posterior is exactly N(μ_k, I) with μ_k ~ N(0, 0.5² I) and the truth drawn
     from it (calibrated by construction). Keeping the events whose truth has y < -1 (a tail of the

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from mulens_sbi.event import Dataset, Event
+from mulens_sbi.readers import load_event as read_event_file
+from mulens_sbi.readers.manifest import parse_manifest
 
 __all__ = ["DATA_SUFFIXES", "EventRef", "InputList", "list_inputs", "load_event", "read_parquet_rows"]
 
@@ -84,10 +86,8 @@ def _is_json_manifest(p: Path) -> bool:
 
 
 def _manifest_files(p: Path) -> set[Path]:
-    from mulens_sbi.readers.manifest import _parse
-
     try:
-        data = _parse(p)
+        data = parse_manifest(p)
     except (OSError, ValueError):
         return set()  # reported when the event is loaded
     out = set()
@@ -243,7 +243,5 @@ def load_event(ref: EventRef, record: dict | None = None) -> Event:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # an unsorted row is reported, not re-sorted quietly
             return event_from_record(ref, record)
-    from mulens_sbi.readers import load_event as _load
-
-    ev = _load(ref.path)
+    ev = read_event_file(ref.path)
     return Event(datasets=ev.datasets, name=ref.event if ev.name == Path(ref.path).stem else ev.name)

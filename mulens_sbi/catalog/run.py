@@ -38,8 +38,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mulens_sbi.catalog.infer import SCHEMA, BatchInference, InferenceSettings
+from mulens_sbi import __version__
+from mulens_sbi.catalog.infer import SCHEMA, BatchInference, InferenceSettings, _degeneracy_available
 from mulens_sbi.catalog.inputs import EventRef, InputList, list_inputs
+from mulens_sbi.simulate import OutputExistsError
 
 __all__ = ["CATALOG_FORMAT", "CatalogSettings", "read_catalog", "run_catalog"]
 
@@ -116,8 +118,6 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _identity(settings: CatalogSettings, inputs: InputList) -> dict:
-    from mulens_sbi import __version__
-
     inf = asdict(settings.inference())
     return {
         "format": CATALOG_FORMAT,
@@ -136,8 +136,6 @@ _RESUME_KEYS = ("format_version", "input_fingerprint", "n_events", "shard_size",
 
 
 def _prepare_out(out: Path, ident: dict, overwrite: bool) -> str:
-    from mulens_sbi.simulate import OutputExistsError
-
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")
     entries = sorted(out.iterdir()) if out.exists() else []
@@ -292,8 +290,6 @@ def run_catalog(settings: CatalogSettings, log: Callable[[str], None] = print) -
     """Run (or resume) a catalog; returns a summary dict (``out``, ``n_events``, ``shards_made``,
     ``shards_reused``, ``complete``, ``status_counts``, ``wall_s``, ``events_per_s``)."""
     from tqdm.auto import tqdm
-
-    from mulens_sbi.catalog.infer import _degeneracy_available
 
     if settings.engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {settings.engine!r}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mulens_sbi.degeneracy.relation import axis_crossing
-from mulens_sbi.summary import _fit_gmm, _log_gauss, _merge_groups, summarize_parameters, weighted_quantile
+from mulens_sbi.summary import fit_gmm, log_gauss, merge_groups, summarize_parameters, weighted_quantile
 
 __all__ = ["Mode", "find_modes", "fold_reflection"]
 
@@ -147,14 +147,14 @@ def find_modes(
         d = z.shape[1]
         best, best_bic, best_k = None, np.inf, 1
         for k in range(1, max_modes + 1):
-            fit = max((_fit_gmm(z, c, k, rng) for _ in range(3 if k > 1 else 1)), key=lambda f: f[3])
+            fit = max((fit_gmm(z, c, k, rng) for _ in range(3 if k > 1 else 1)), key=lambda f: f[3])
             k_eff = len(fit[0])
             bic = -2.0 * n_eff * fit[3] + (k_eff * 2 * d + k_eff - 1) * math.log(n_eff)
             if bic < best_bic - 1e-9:
                 best, best_bic, best_k = fit, bic, k_eff
         pi, mu, var, _ = best
-        groups = np.asarray(_merge_groups(pi, mu, var))
-        label = groups[np.argmax(_log_gauss(z_all, mu, var) + np.log(pi)[None], axis=1)]
+        groups = np.asarray(merge_groups(pi, mu, var))
+        label = groups[np.argmax(log_gauss(z_all, mu, var) + np.log(pi)[None], axis=1)]
         method = (f"weighted diagonal Gaussian mixture on reflection-folded (log10 s, log10 q, u_0, alpha"
                   f"{', t_0' if 't_0' in folded else ''}), k = {best_k} by BIC (n_eff = {n_eff:.0f}), "
                   f"{groups.max() + 1} after merging components without a density dip")

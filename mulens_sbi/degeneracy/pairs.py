@@ -35,6 +35,7 @@ import numpy as np
 
 from mulens_sbi.degeneracy.modes import Mode
 from mulens_sbi.degeneracy.relation import f_sep, partner_separation
+from mulens_sbi.lensing.caustics import CLOSE, WIDE, close_boundary, wide_boundary
 
 __all__ = [
     "CLASSES",
@@ -109,8 +110,6 @@ class PairResult:
 
 
 def _topology_name(s: float, q: float) -> str:
-    from mulens_sbi.lensing.caustics import CLOSE, WIDE, close_boundary, wide_boundary
-
     code = CLOSE if s < float(close_boundary(q)) else (WIDE if s > float(wide_boundary(q)) else 1)
     return {CLOSE: "close", WIDE: "wide"}.get(code, "resonant")
 

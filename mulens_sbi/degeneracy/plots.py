@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mulens_sbi.degeneracy.relation import partner_separation
-from mulens_sbi.plots import _lens_positions, _magnifications, caustic_points
+from mulens_sbi.plots import anomaly_window, caustic_points, lens_positions, magnifications
 
 __all__ = ["plot_mode_caustics", "plot_mode_lightcurves", "plot_relation"]
 
@@ -33,7 +33,7 @@ def plot_mode_caustics(report, n_points: int = 512) -> Figure:
         ax = fig.add_subplot(1, len(modes), i + 1)
         p = _rep(m)
         s, q, u0, alpha = p["s"], p["q"], p["u_0"], p["alpha"]
-        x1, x2 = _lens_positions(s, q)
+        x1, x2 = lens_positions(s, q)
         x0 = float(np.median(m.x0))
         xc = x1 - x0  # crossing point in the CoM frame
         caus = caustic_points(s, q, n_points)
@@ -91,7 +91,7 @@ def plot_mode_lightcurves(report, t=None) -> Figure:
     tt = _times(report, t)
     keys = [k for k in ("t_0", "u_0", "t_E", "s", "q", "alpha", "rho") if k in _rep(modes[0])]
     params = {k: np.array([_rep(m)[k] for m in modes]) for k in keys}
-    mag = _magnifications(tt, params)
+    mag = magnifications(tt, params)
     ax1 = fig.add_subplot(2, 1, 1)
     ax2 = fig.add_subplot(2, 1, 2, sharex=ax1)
     for i in range(len(modes)):
@@ -100,8 +100,6 @@ def plot_mode_lightcurves(report, t=None) -> Figure:
             ax2.plot(
                 tt, (mag[i] - mag[0]) / mag[0], "-", lw=1.0, color=f"C{i}", label=f"mode {i + 1} − mode 1"
             )
-    from mulens_sbi.plots import anomaly_window
-
     win = anomaly_window(tt, mag[0], {k: float(params[k][0]) for k in keys}, threshold=0.002)
     if win is not None:
         ax1.set_xlim(*win)

@@ -25,7 +25,7 @@ import numpy as np
 
 from mulens_sbi.degeneracy.modes import Mode, find_modes
 from mulens_sbi.degeneracy.pairs import PairResult, compare_modes
-from mulens_sbi.degeneracy.partner import PartnerResult, search_partner
+from mulens_sbi.degeneracy.partner import PartnerResult, predict_partner, search_partner
 from mulens_sbi.summary import to_jsonable
 
 __all__ = ["REPORT_FILES", "DegeneracyReport", "analyze", "read_samples"]
@@ -412,8 +412,6 @@ def analyze(
         raise ValueError("partner search needs the event and samples with t_0 and t_E")
     partners = []
     if partner and modes:
-        from mulens_sbi.degeneracy.partner import predict_partner
-
         sol = modes[0].representative
         pred = predict_partner(sol)
         match = None

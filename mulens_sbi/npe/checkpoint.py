@@ -36,6 +36,7 @@ import jax
 import numpy as np
 import optax
 
+from mulens_sbi import __version__
 from mulens_sbi.npe.config import NPEConfig
 from mulens_sbi.npe.posterior import Posterior
 from mulens_sbi.npe.transforms import ParameterSpace
@@ -57,8 +58,6 @@ SIDECAR = "posterior.json"
 
 def versions() -> dict[str, str]:
     """Versions of the package and the libraries that define the weights' meaning."""
-    from mulens_sbi import __version__
-
     return {
         "mulens_sbi": __version__,
         "jax": jax.__version__,

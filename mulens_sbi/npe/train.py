@@ -76,7 +76,9 @@ def make_schedule(tc: TrainConfig) -> Callable[[int], float]:
     return optax.cosine_decay_schedule(tc.learning_rate, tc.max_steps, tc.final_lr_fraction)
 
 
-def _direction() -> optax.GradientTransformation:
+def adam_direction() -> optax.GradientTransformation:
+    """The optimizer's update direction (Adam moments; its state is the optimizer state of a
+    checkpoint)."""
     # AdamW without the learning rate: clip (traced max norm), Adam moments. The step size, weight
     # decay and clip norm are passed to the jitted step as arrays, so runs that differ only in those
     # (or in the schedule) share one compilation.
@@ -117,7 +119,7 @@ def _train_step(params, opt_state, theta, x, lr, clip_norm, weight_decay, config
     (loss, (_, n_bad)), grads = jax.value_and_grad(_loss, has_aux=True)(params, theta, x, config, space,
                                                                         weights)
     grads, _ = optax.clip_by_global_norm(clip_norm).update(grads, optax.EmptyState())
-    direction, opt_state = _direction().update(grads, opt_state, params)
+    direction, opt_state = adam_direction().update(grads, opt_state, params)
     params = jax.tree_util.tree_map(lambda p, d: p - lr * (d + weight_decay * p).astype(p.dtype),
                                     params, direction)
     return params, opt_state, loss, n_bad
@@ -290,7 +292,7 @@ def train(
         params = _warm_start(params, init_from, config, space)
         init_info = warm_start_record(init_from)
         source = {**source, "init_from": init_info}
-    opt_state = _direction().init(params)
+    opt_state = adam_direction().init(params)
     schedule = make_schedule(tc)
 
     def val_loss(params) -> float:

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mulens_sbi.event import Dataset
+from mulens_sbi.io_simple import read_table
 from mulens_sbi.readers._table import (
     DataFormatError,
     find_column,
@@ -346,8 +347,6 @@ def read_plain(path, *, name=None, band=None, time_format="auto", zero_point=Non
     """Plain ``time mag err`` / ``time flux err`` tables (:func:`mulens_sbi.io_simple.read_table`)."""
     if on_bad != "error":
         raise ValueError(f"{path}: format 'plain' reports every bad row as an error (on_bad='error' only)")
-    from mulens_sbi.io_simple import read_table
-
     ds, info = read_table(
         path,
         kind=kind,

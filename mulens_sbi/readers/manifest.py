@@ -38,7 +38,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["MANIFEST_SUFFIXES", "is_manifest", "read_manifest", "load_event"]
+__all__ = ["MANIFEST_SUFFIXES", "is_manifest", "parse_manifest", "read_manifest", "load_event"]
 
 MANIFEST_SUFFIXES = (".toml", ".json")
 _EVENT_KEYS = {"name", "datasets", "notes", "truth"}
@@ -62,7 +62,9 @@ def is_manifest(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in MANIFEST_SUFFIXES
 
 
-def _parse(path: Path) -> dict:
+def parse_manifest(path: Path) -> dict:
+    """A manifest file's table (TOML or JSON), unchecked beyond being a table; ``DataFormatError``
+    naming the file (and line) when it cannot be parsed."""
     label = str(path)
     if not path.exists():
         raise FileNotFoundError(f"{label}: no such manifest")
@@ -90,7 +92,7 @@ def read_manifest(path: str | os.PathLike, *, return_info: bool = False):
     "unused": [names]}``."""
     path = Path(path)
     label = str(path)
-    data = _parse(path)
+    data = parse_manifest(path)
     unknown = set(data) - _EVENT_KEYS
     if unknown:
         raise DataFormatError(f"{label}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_EVENT_KEYS)}")

@@ -95,6 +95,7 @@ def test_local_catalog_rows_and_resume(local_run, tmp_path):
     assert pq.read_table(tmp_path / "part" / "catalog.parquet").num_rows == 8
 
 
+@pytest.mark.slow
 def test_restricted_prior_rows(local_run, tmp_path):
     """``restrict="q=0.01:"`` (stellar binaries): every posterior lies above q = 0.01,
     ``restricted_mass`` is the flow's probability of the range (1 − the unrestricted run's flow
@@ -171,6 +172,7 @@ def test_folder_input_via_cli(tmp_path):
     shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_ray_engine_equals_local_and_resumes(local_run, tmp_path):
     """The Ray Data engine on a local Ray instance (2 CPUs, small object store) finishes a partial
     local run and gives the local engine's table (all columns but timing; floats to 1e-9)."""

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "degeneracy.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_finds_the_partner():
     """Every code cell runs; the pair's light curves differ by < 15% of the anomaly (test_relation.py's
     bound); the fit carries a degeneracy report; the partner search from the

@@ -44,6 +44,7 @@ def _event(p: dict, seed: int) -> Event:
     return Event.single(t, f + sig * rng.standard_normal(t.size), sig)
 
 
+@pytest.mark.slow
 def test_partner_search_finds_a_degenerate_partner_and_rejects_a_shallow_one():
     """Data from solution B (q = 1e-4, inner–outer on the major-image side, alpha = 90°): starting
     from B, the search refines the relation's partner A to Δχ² < 10, still distinct from B and within

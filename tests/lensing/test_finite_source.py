@@ -109,6 +109,7 @@ def test_gauss_kronrod_table():
     assert abs(np.sum(contour.GK_WG * x**14) - 2.0 / 15) > 1e-6
 
 
+@pytest.mark.slow
 def test_uniform_accuracy_vs_vbm(results):
     a, ok, ref, par = results
     err = np.abs(a / ref - 1.0)
@@ -121,6 +122,7 @@ def test_uniform_accuracy_vs_vbm(results):
     assert ok[-1].all() and np.max(err[-1]) < TOL
 
 
+@pytest.mark.slow
 def test_finite_source_effect_is_real(results):
     """Where the test points lie, a point source would fail TOL, so the comparison can fail."""
     import VBMicrolensing
@@ -133,6 +135,7 @@ def test_finite_source_effect_is_real(results):
     assert np.mean(np.abs(ps / ref[:24] - 1) > TOL) > 0.3
 
 
+@pytest.mark.slow
 def test_limb_darkened_accuracy_vs_vbm(results):
     """Γ = 0.6: annuli split where their radius equals the caustic distance (the kink of A(r))."""
     a, ok, ref, par = results
@@ -142,6 +145,7 @@ def test_limb_darkened_accuracy_vs_vbm(results):
     assert ok[ld].mean() > 0.95
 
 
+@pytest.mark.slow
 def test_certification_rate(results):
     """At least 98% of the hard draw is certified (99.2% when written: three ρ = 1e-4 points on a
     close caustic and two limb-darkened points are refused); every refused point is NaN. The
@@ -212,6 +216,7 @@ def test_contour_path_derivatives_match_finite_differences():
         assert abs(simpson - diff) <= 2e-3 * abs(diff), (rows, diff, simpson)
 
 
+@pytest.mark.slow
 def test_trapezoid_stage_against_gauss_kronrod_and_differences():
     """Circles without crossings that the trapezoid stage accepts (``contour._trapezoid``): the value
     against 64 Gauss–Kronrod panels on the same circle (an independent rule; tolerance 1e-7

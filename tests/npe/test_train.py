@@ -102,6 +102,7 @@ def simulate_square(key, n):
     return theta, theta ** 2 + 0.1 * jax.random.normal(k2, (n, 1))
 
 
+@pytest.mark.slow
 def test_bimodal_posterior():
     space = ParameterSpace.create(["theta"], loc=[0.0], scale=[1.0])
     cfg = NPEConfig(FlowConfig(n_layers=2, hidden=(32, 32), n_bins=8), EmbeddingConfig(kind="mlp", out_dim=8,
@@ -164,6 +165,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path):
               resume=False)
 
 
+@pytest.mark.slow
 def test_time_budget_sets_the_schedule_length_once(tmp_path):
     """``budget_s``: the step count is fixed at the end of the warm-up from the measured rate (capped
     by max_steps), the run ends there, and a resumed run keeps the count it fixed."""

@@ -9,9 +9,9 @@ a device-resident set that grows as the shards arrive.
 
 What is streamed: the shards the training folders would get if their simulation were run with a
 larger ``--n`` — shard ``k`` of a folder is a pure function of (spec, seed, k)
-(:func:`mulens_sbi.simulate.shard_rng`), so the streamed shards of ``--data`` are its shards
+(:func:`mulens_sbi.data.shards.shard_rng`), so the streamed shards of ``--data`` are its shards
 ``n_shards, n_shards + 1, ...`` with its seed, and those of ``--enrich`` its next conditioned
-shards. Streamed rows are pre-binned exactly like :func:`mulens_sbi.training.prepare_binned`
+shards. Streamed rows are pre-binned exactly like :func:`mulens_sbi.data.prebin.prepare_binned`
 (tested), refused rows (too sparse for inference) are left out like the folder's, and prior rows get
 their caustic-crossing class flag for the enrichment weights (the class probability stays the
 enrichment folder's). They are not written to disk.
@@ -34,19 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mulens_sbi.data.classes import crossing_flags
+from mulens_sbi.data.parallel import cpu_worker
+from mulens_sbi.data.prebin import accepted_mask, bin_rows
+from mulens_sbi.data.samplers import BinnedSimulator, DeviceSampler, MixtureSimulator, SharpEmphasis
+from mulens_sbi.data.shards import make_shard, shard_rows, table_arrays
 from mulens_sbi.preprocess import PreprocessConfig
-from mulens_sbi.simulate import cpu_worker, make_shard, shard_rows
 from mulens_sbi.survey import Survey
-from mulens_sbi.training import (
-    BinnedSimulator,
-    DeviceSampler,
-    MixtureSimulator,
-    SharpEmphasis,
-    _bin_rows,
-    accepted_mask,
-    crossing_flags,
-    table_arrays,
-)
+from mulens_sbi.survey.spec import parse_spec
 
 __all__ = ["StreamPlan", "StreamingSampler", "make_executor", "stream_shard"]
 
@@ -127,9 +122,6 @@ class StreamPlan:
 
 @functools.lru_cache(maxsize=2)
 def _survey_from_text(spec_text: str) -> Survey:
-    from mulens_sbi.survey import Survey
-    from mulens_sbi.survey.spec import parse_spec
-
     return Survey(parse_spec(spec_text, file="<training folder spec_text>"))
 
 
@@ -150,7 +142,7 @@ def stream_shard(plan: StreamPlan, kind: str, index: int, rows: int, cfg: Prepro
         raise ValueError(f"shard {index}: {rows} rows, more than the shard size {size}")
     table = make_shard(survey, seed, index, rows, index * size, batch, cond)
     d = table_arrays(table)
-    binned = _bin_rows(d, cfg)
+    binned = bin_rows(d, cfg)
     keep = accepted_mask(binned, cfg)
     out = {k: binned[k][keep] for k in _ROW_KEYS}
     if kind == "prior" and plan.condition is not None:
@@ -172,7 +164,7 @@ def _set_rows(arrays: tuple, new: tuple, start: jax.Array) -> tuple:
 
 
 class StreamingSampler(DeviceSampler):
-    """A :class:`~mulens_sbi.training.DeviceSampler` whose row set grows during training.
+    """A :class:`~mulens_sbi.data.samplers.DeviceSampler` whose row set grows during training.
 
     Takes the same host sampler (:class:`BinnedSimulator`, optionally in a :class:`MixtureSimulator`
     and/or wrapped by :class:`SharpEmphasis`) for the rows already there, and a :class:`StreamPlan`.

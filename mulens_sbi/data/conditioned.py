@@ -15,14 +15,14 @@ exactly from ``p(θ, data | class)``:
    than the longest caustic edge from every caustic point cannot cross an edge of the caustic
    polygon, so it cannot have a data point inside a caustic.
 3. **Exact test.** The survivors are simulated in full (cadence, noise: the survey's
-   :func:`mulens_sbi.simulate.simulate_lightcurves`) and kept when
-   :func:`mulens_sbi.validation.caustic_crossing` (the point-source image count at the data points)
+   :func:`mulens_sbi.data.lightcurves.simulate_lightcurves`) and kept when
+   :func:`mulens_sbi.data.classes.caustic_crossing` (the point-source image count at the data points)
    says so. That is the same definition the validation uses for its caustic-crossing subset.
 
 The acceptance ``accepted / candidates`` is an unbiased estimate of the class probability
 ``P(class)`` under the prior, reported with a standard error that treats the lenses as clusters
 (:func:`probability_se`); training with an enriched mixture
-(:mod:`mulens_sbi.training`) needs it to weight the rows back to the prior.
+(:mod:`mulens_sbi.data.samplers`) needs it to weight the rows back to the prior.
 """
 
 from __future__ import annotations
@@ -32,6 +32,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
+
+from mulens_sbi.data.classes import caustic_crossing
+from mulens_sbi.data.lightcurves import simulate_lightcurves
+from mulens_sbi.lensing.caustics import caustics
+from mulens_sbi.lightcurve import source_trajectory
+from mulens_sbi.survey.cadence import half_width
 
 __all__ = ["CONDITIONS", "ConditionStats", "check_condition", "probability_se", "simulate_conditioned",
            "segment_near_caustics"]
@@ -94,8 +101,6 @@ def probability_se(n_candidates: int, n_accepted: int, n_lenses: int, sum_sq_per
 @jax.jit
 def _caustic_points(s, q):
     """(L, 4·n) caustic points (complex, centre-of-mass frame) and (L,) longest edge length."""
-    from mulens_sbi.lensing.caustics import caustics
-
     c = jax.vmap(lambda a, b: caustics(a, b, n_points=_N_CAUSTIC))(s, q)  # (L, 4, n)
     edge = jnp.max(jnp.abs(jnp.diff(c, axis=-1)), axis=(-1, -2))
     # closing edge of each branch: to the nearest branch start (branches permute over a turn)
@@ -123,9 +128,6 @@ def _candidates(survey, rng: np.random.Generator, n_lens: int, per_lens: int, q_
                 stats: ConditionStats) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
     """Prior candidates that pass the pre-filter (a dict of (m,) arrays) and the index of each one's
     lens among this round's ``n_lens``, or None."""
-    from mulens_sbi.lightcurve import source_trajectory
-    from mulens_sbi.survey.cadence import half_width
-
     lens = survey.sample_parameters(rng, n_lens)
     stats.n_candidates += n_lens * per_lens
     stats.n_lenses += n_lens
@@ -170,14 +172,9 @@ def simulate_conditioned(survey, rng: np.random.Generator, n: int, condition: st
         progress: show a progress bar.
 
     Returns:
-        ``(data, stats)``: ``data`` as :func:`mulens_sbi.simulate.simulate_lightcurves` returns it
+        ``(data, stats)``: ``data`` as :func:`mulens_sbi.data.lightcurves.simulate_lightcurves` returns it
         (n rows, in the order drawn), and the candidate / pre-filter / acceptance counts.
     """
-    from tqdm.auto import tqdm
-
-    from mulens_sbi.simulate import simulate_lightcurves
-    from mulens_sbi.validation import caustic_crossing
-
     check_condition(survey.spec, condition, q_max)
     if n < 1 or per_lens < 1 or n_lens < 1:
         raise ValueError("n, per_lens and n_lens must be >= 1")
