@@ -54,12 +54,7 @@ DATA_ORDER = ("parallel", "lightcurves", "classes", "conditioned", "shards", "pr
 LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 #: Known imports of another module's private name, (importer, "module._name") -> why.
-PRIVATE_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # catalog/infer.py is being rewritten (with fit.py and inference/): make the helper public there
-    # (``degeneracy_available``) and import that name here, then delete this entry.
-    ("mulens_sbi.catalog.run", "mulens_sbi.catalog.infer._degeneracy_available"):
-        "catalog/infer.py is being rewritten elsewhere",
-}
+PRIVATE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import pyarrow as pa
 from mulens_sbi.catalog.inputs import EventRef, event_from_record, load_event, read_parquet_rows
 from mulens_sbi.restrict import RESTRICT_ROUNDS, no_sample_message, parse_restrict, restrict_priors
 
-__all__ = ["PARAMS", "SCHEMA", "BatchInference", "InferenceSettings", "empty_row"]
+__all__ = ["PARAMS", "SCHEMA", "BatchInference", "InferenceSettings", "degeneracy_available", "empty_row"]
 
 PARAMS = ("t_0", "u_0", "t_E", "s", "q", "alpha")
 _STATS = ("median", "lo68", "hi68", "lo95", "hi95")
@@ -126,7 +126,7 @@ class InferenceSettings:
             raise ValueError(f"n_samples must be >= 2, got {self.n_samples}")
 
 
-def _degeneracy_available() -> bool:
+def degeneracy_available() -> bool:
     try:
         from mulens_sbi.degeneracy import analyze  # noqa: F401
     except ImportError:
@@ -144,7 +144,7 @@ class BatchInference:
         self.model = load_model(settings.model)
         self.restrict = settings.restrict_map
         self.model.within(self.restrict)  # a range outside the model's prior fails here, not per event
-        self.has_degeneracy = settings.degeneracy and _degeneracy_available()
+        self.has_degeneracy = settings.degeneracy and degeneracy_available()
 
     # ------------------------------------------------------------------------------------------
     def run_shard(self, shard: int, refs: list[EventRef], progress=None) -> list[dict]:

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mulens_sbi import __version__
-from mulens_sbi.catalog.infer import SCHEMA, BatchInference, InferenceSettings, _degeneracy_available
+from mulens_sbi.catalog.infer import SCHEMA, BatchInference, InferenceSettings, degeneracy_available
 from mulens_sbi.catalog.inputs import EventRef, InputList, list_inputs
 from mulens_sbi.simulate import OutputExistsError
 
@@ -316,7 +316,7 @@ def run_catalog(settings: CatalogSettings, log: Callable[[str], None] = print) -
         skipped=list(inputs.skipped),
         complete=False,
         engine=settings.engine,
-        degeneracy_available=_degeneracy_available(),
+        degeneracy_available=degeneracy_available(),
     )
     if mode == "fresh":
         _write_json(out / RUN_FILE, run_info)
