@@ -358,8 +358,10 @@ def _catalog_args(p: argparse.ArgumentParser) -> None:
                    help="local (default) or ray (Ray Data actors; --ray-address to join a cluster)")
     p.add_argument("--n-samples", type=_positive_int, default=1000,
                    help="flow samples per event (default 1000)")
-    p.add_argument("--refine", choices=("is", "none"), default="is",
-                   help="is: importance sampling with the exact likelihood (default); none: flow only")
+    p.add_argument("--refine", choices=("is", "auto", "exact", "none"), default="is",
+                   help="is: importance sampling of the flow with the exact likelihood (default); auto: "
+                        "and the exact stage where that fails (as `fit`); exact: the exact stage for "
+                        "every event; none: flow only")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
                    help="posterior under the prior restricted to a sub-range, as in `fit --restrict` "

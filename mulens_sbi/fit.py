@@ -76,6 +76,7 @@ __all__ = [
     "FitResult",
     "as_event",
     "evaluate_samples",
+    "exact_posterior",
     "fit",
     "model_priors",
     "nuts_status",
@@ -669,10 +670,15 @@ def fit(
             messages.append("importance sampling of the flow failed: the exact stage (global search, local "
                             "fits, importance sampling around every mode) gives the posterior below")
         t0 = time.perf_counter()
-        out = _exact_stage(event, priors, samples, ll, n, seed, exact, progress, chunk_size, messages)
+        out = exact_posterior(event, priors, samples, ll, n, seed, exact, progress, chunk_size, messages)
         timings["exact_s"] = time.perf_counter() - t0
         if out is not None:
-            samples, ll, f_s, f_b, lp, log_q, weights, importance, status, exact_info, priors = out
+            samples, lp, log_q = out["samples"], out["log_prior"], out["log_proposal"]
+            weights = out["weights"]
+            ev = out["evaluation"]
+            ll, f_s, f_b = ev["log_likelihood"], ev["f_s"], ev["f_b"]
+            importance, status, exact_info = out["importance"], out["status"], out["info"]
+            priors = out["priors"]
             names = [k for k in _PARAM_ORDER if k in samples]
             m = log_q.size
             flux_w = weights
@@ -786,11 +792,20 @@ def fit(
     )
 
 
-def _exact_stage(event, priors, flow_samples, flow_ll, n, seed, settings, progress, chunk_size, messages):
-    """The exact stage (:mod:`mulens_sbi.inference.exact`) inside :func:`fit`: modes, their mixture
-    proposal, importance sampling with the exact likelihood. Returns the new samples and their
-    diagnostics, or ``None`` (with a message) when no mode was found."""
+def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None, progress=False,
+                    chunk_size=256, messages=None):
+    """The exact stage (:mod:`mulens_sbi.inference.exact`), the public step shared by :func:`fit` and
+    the catalog: modes (the flow's draws ``flow_samples`` with their log-likelihoods ``flow_ll`` are
+    extra starts), their mixture proposal, ``n`` draws (seeded by ``seed``) importance-sampled with the
+    exact likelihood and ``priors``.
+
+    Returns a dict with ``samples`` (physical), ``evaluation`` (:func:`evaluate_samples`'s output),
+    ``log_prior``, ``log_proposal``, ``weights`` (normalized), ``importance`` (ESS, efficiency,
+    evidence, verdict), ``status``, ``info`` (the modes and how they were found) and ``priors``
+    (with rho's when the data asked for a finite source), or ``None`` when no mode was found;
+    notes go to ``messages``."""
     st = settings or ExactSettings()
+    messages = [] if messages is None else messages
     binary = all(k in flow_samples for k in ("s", "q", "alpha"))
     if not binary:
         messages.append("the exact stage needs a binary-lens model; not run")
@@ -844,8 +859,8 @@ def _exact_stage(event, priors, flow_samples, flow_ll, n, seed, settings, progre
         )
     if status == "fail":
         warnings.warn(messages[-1], RuntimeWarning, stacklevel=3)
-    return (draws, ev["log_likelihood"], ev["f_s"], ev["f_b"], lp, log_q, weights, importance, status, info,
-            priors)
+    return {"samples": draws, "evaluation": ev, "log_prior": lp, "log_proposal": log_q, "weights": weights,
+            "importance": importance, "status": status, "info": info, "priors": priors}
 
 
 def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:

@@ -40,9 +40,19 @@ import pyarrow as pa
 from mulens_sbi.catalog.inputs import EventRef, event_from_record, load_event, read_parquet_rows
 from mulens_sbi.restrict import RESTRICT_ROUNDS, no_sample_message, parse_restrict, restrict_priors
 
-__all__ = ["PARAMS", "SCHEMA", "BatchInference", "InferenceSettings", "degeneracy_available", "empty_row"]
+__all__ = [
+    "CATALOG_REFINE",
+    "PARAMS",
+    "SCHEMA",
+    "BatchInference",
+    "InferenceSettings",
+    "degeneracy_available",
+    "empty_row",
+]
 
 PARAMS = ("t_0", "u_0", "t_E", "s", "q", "alpha")
+#: refinements a catalog run accepts (as :func:`mulens_sbi.fit.fit`'s, without NUTS)
+CATALOG_REFINE = ("is", "auto", "exact", "none")
 _STATS = ("median", "lo68", "hi68", "lo95", "hi95")
 
 
@@ -80,6 +90,8 @@ def _schema() -> pa.Schema:
         ("degenerate", pa.bool_()),
         ("degeneracy", pa.string()),
         ("degeneracy_json", pa.string()),
+        ("method", pa.string()),
+        ("exact_json", pa.string()),
         ("messages", pa.string()),
         ("time_s", pa.float64()),
     ]
@@ -117,8 +129,9 @@ class InferenceSettings:
 
     def __post_init__(self) -> None:
         _ = self.restrict_map  # validates the items
-        if self.refine not in ("is", "none"):
-            raise ValueError(f"refine must be 'is' or 'none' for catalogs, got {self.refine!r}")
+        if self.refine not in CATALOG_REFINE:
+            raise ValueError(f"refine must be one of {', '.join(CATALOG_REFINE)} for catalogs, "
+                             f"got {self.refine!r}")
         for k in ("n_samples", "batch_size", "chunk_size"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -259,7 +272,7 @@ class BatchInference:
     # ------------------------------------------------------------------------------------------
     def _event_posterior(self, row: dict, event, raw: dict, log_q: np.ndarray,
                          acceptance: float = 1.0) -> None:
-        from mulens_sbi.fit import evaluate_samples, model_priors
+        from mulens_sbi.fit import MIN_ESS, evaluate_samples, exact_posterior, model_priors
         from mulens_sbi.inference.importance import importance_weights, log_prior
         from mulens_sbi.summary import find_modes, planet_probability, summarize_parameters, to_jsonable
 
@@ -282,7 +295,7 @@ class BatchInference:
         samples = {p: raw[p][good] for p in PARAMS}
         lq = log_q[good]
         m = lq.size
-        if s.refine == "is":
+        if s.refine in ("is", "auto", "exact"):
             priors = model_priors(self.model, event)
             if self.restrict:
                 priors = restrict_priors(priors, self.restrict)
@@ -291,20 +304,33 @@ class BatchInference:
             ll = ev["log_likelihood"]
             # the flow was truncated to the prior (and restriction): `acceptance` of its mass
             imp = importance_weights(ll, lp, lq, proposal_mass=acceptance)
-            if imp.ess <= 0:
-                raise ValueError(f"importance sampling failed: {imp.verdict}")
-            weights = imp.weights
-            from mulens_sbi.fit import MIN_ESS
-
+            diag = {"ess": imp.ess, "efficiency": imp.efficiency, "log_evidence": imp.log_evidence,
+                    "log_evidence_err": imp.log_evidence_err, "verdict": imp.verdict}
             status = "fail" if (imp.status == "fail" or imp.ess < MIN_ESS) else imp.status
+            weights = imp.weights
+            row["method"] = "is"
+            if s.refine == "exact" or (s.refine == "auto" and status == "fail"):
+                # the same public step as fit(): global search, local fits, IS around every mode
+                out = exact_posterior(event, priors, samples, ll, s.n_samples, s.seed, messages=messages)
+                if out is None:
+                    raise ValueError("exact stage: " + (messages[-1] if messages else "no mode found"))
+                samples = {p: out["samples"][p] for p in PARAMS}
+                ev, lp, weights, status = out["evaluation"], out["log_prior"], out["weights"], out["status"]
+                ll = ev["log_likelihood"]
+                diag = {k: out["importance"][k] for k in diag}
+                row["method"] = "exact"
+                row["exact_json"] = json.dumps(to_jsonable(out["info"]))
+                m = ll.size
+            if not diag["ess"] > 0:
+                raise ValueError(f"importance sampling failed: {diag['verdict']}")
             row.update(
-                ess=imp.ess,
-                efficiency=imp.efficiency,
-                log_evidence=imp.log_evidence,
-                log_evidence_err=imp.log_evidence_err,
+                ess=diag["ess"],
+                efficiency=diag["efficiency"],
+                log_evidence=diag["log_evidence"],
+                log_evidence_err=diag["log_evidence_err"],
             )
             if status != "ok":
-                messages.append(imp.verdict)
+                messages.append(diag["verdict"])
             best = int(np.argmax(np.where(weights > 0, ll + lp, -np.inf)))
             row.update(best_log_likelihood=float(ll[best]), best_chi2=float(ev["chi2"][best]))
             fluxes = {

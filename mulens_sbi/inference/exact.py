@@ -41,8 +41,11 @@ from mulens_sbi.event import Event
 from mulens_sbi.inference.localfit import (
     LOG_NAMES,
     chi2_batch,
+    fd_hessian,
     gauss_newton_hessian,
     levenberg_marquardt,
+    levenberg_marquardt_fd,
+    residual_rows,
     to_physical,
     to_z,
 )
@@ -57,6 +60,9 @@ from mulens_sbi.inference.search import (
 )
 from mulens_sbi.lensing.offset import axis_crossing, partner_separation
 from mulens_sbi.likelihood import PackedEvent, pack_event
+
+#: parameter vectors per call of the finite-source residuals (the rho grid of 8 modes, or 5 fits' Jacobians)
+FD_ROWS = 40
 
 __all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "exact_proposal", "find_modes"]
 
@@ -267,6 +273,20 @@ def _covariances(packed, z, names, fixed, chunk: int = 16):
     return covs
 
 
+def _fd_covariances(packed, z, names):
+    out = []
+    for h in fd_hessian(packed, z, names, rows=FD_ROWS):
+        try:
+            d = np.sqrt(np.clip(np.diag(h), 1e-300, None))
+            c = np.linalg.inv(h / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
+            c = 0.5 * (c + c.T)
+            np.linalg.cholesky(c)
+            out.append((c, True))
+        except np.linalg.LinAlgError:
+            out.append((np.eye(len(names)) * 1e-2, False))
+    return out
+
+
 def _merge(z, chi2, covs, names, merge_sigma, origin, finite, fixed) -> list[Mode]:
     order = np.argsort(chi2)
     modes: list[Mode] = []
@@ -467,9 +487,13 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
     starts = {k: np.repeat([m.params[k] for m in modes], rho_grid.size) for k in BINARY}
     starts["rho"] = np.tile(rho_grid, len(modes))
     z = to_z(starts, names)
-    n_rows = rho_grid.size * st.max_modes  # one compiled size for any number of modes
-    z = z[np.minimum(np.arange(n_rows), len(z) - 1)]
-    chi = np.asarray(chi2_batch(jnp.asarray(z), names, {}, packed))[: rho_grid.size * len(modes)]
+    # one compiled function (FD_ROWS parameter vectors) serves the grid, the fits and the Hessians
+    chi = np.empty(len(z))
+    for i0 in range(0, len(z), FD_ROWS):
+        idx = np.minimum(np.arange(i0, i0 + FD_ROWS), len(z) - 1)
+        r, ok = residual_rows(jnp.asarray(z[idx]), names, packed)
+        m = min(FD_ROWS, len(z) - i0)
+        chi[i0:i0 + m] = np.where(np.asarray(ok), np.sum(np.asarray(r) ** 2, axis=1), np.inf)[:m]
     chi = chi.reshape(len(modes), rho_grid.size)
     out, notes = [], []
     todo = []
@@ -485,9 +509,9 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
     if todo:
         fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
         fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
-        res = levenberg_marquardt(packed, fs, names, bounds=bounds, max_iter=st.max_iter, chunk=4,
-                                  progress=progress, desc="finite-source fits")
-        covs = _covariances(packed, res.z, names, {})
+        res = levenberg_marquardt_fd(packed, fs, names, bounds=bounds, max_iter=st.max_iter, rows=FD_ROWS,
+                                     progress=progress)
+        covs = _fd_covariances(packed, res.z, names)
         for r, (i, _) in enumerate(todo):
             m = modes[i]
             gain = m.chi2 - res.chi2[r]
