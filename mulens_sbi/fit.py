@@ -815,20 +815,37 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
     if not search.modes:
         messages.append("EXACT STAGE FAILED: no mode found (" + "; ".join(search.notes) + ")")
         return None
-    prop = exact_stage.exact_proposal(search, st)
     priors = dict(priors)
-    if "rho" in prop.names and "rho" not in priors:
+    if any(m.finite for m in search.modes) and "rho" not in priors:
         priors["rho"] = LensPrior("rho", "log_uniform", float(st.rho_prior[0]), float(st.rho_prior[1]))
         messages.append(f"the data ask for a finite source: rho gets a log-uniform prior on "
                         f"[{st.rho_prior[0]:g}, {st.rho_prior[1]:g}] (the model's prior has none)")
+    # modes outside the prior's support (e.g. a restricted range) cannot carry posterior mass
+    inside = []
+    for md in search.modes:
+        pr = {k: np.array([md.params.get(k, st.rho_prior[0])]) for k in priors if priors[k].dist != "fixed"}
+        inside.append(bool(np.isfinite(np.asarray(log_prior(priors, pr))[0])))
+    if not any(inside):
+        messages.append("EXACT STAGE: every mode found lies outside the prior's support (or the restricted "
+                        "range); no posterior inside it")
+        return None
+    if not all(inside):
+        messages.append(f"exact stage: {len(inside) - sum(inside)} mode(s) outside the prior's support "
+                        "left out")
+        search.modes = [md for md, ok in zip(search.modes, inside, strict=True) if ok]
+    prop = exact_stage.exact_proposal(search, st)
     draws = prop.sample(n, seed=seed)
+    lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n, st.rho_prior[0])) for k in priors
+                                       if priors[k].dist != "fixed"}))
+    keep = np.isfinite(lp)  # draws outside the support have zero weight: drop them, count them
+    draws = {k: v[keep] for k, v in draws.items()}
+    lp = lp[keep]
     log_q = prop.log_prob(draws)
     ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
-    lp = np.asarray(log_prior(priors, {k: draws[k] for k in priors if priors[k].dist != "fixed"}))
-    imp = importance_weights(ev["log_likelihood"], lp, log_q)
+    imp = importance_weights(ev["log_likelihood"], lp, log_q, proposal_mass=float(keep.mean()))
     importance = {
         "n": imp.n, "n_requested": n, "ess": imp.ess, "efficiency": imp.efficiency,
-        "log_evidence": imp.log_evidence, "proposal_acceptance": 1.0,
+        "log_evidence": imp.log_evidence, "proposal_acceptance": float(keep.mean()),
         "log_evidence_err": imp.log_evidence_err,
         "status": imp.status, "verdict": imp.verdict, "n_outside_prior": imp.n_outside_prior,
         "n_likelihood_failed": imp.n_likelihood_failed, "fail_efficiency": FAIL_EFFICIENCY,

@@ -61,8 +61,9 @@ from mulens_sbi.inference.search import (
 from mulens_sbi.lensing.offset import axis_crossing, partner_separation
 from mulens_sbi.likelihood import PackedEvent, pack_event
 
-#: parameter vectors per call of the finite-source residuals (the rho grid of 8 modes, or 5 fits' Jacobians)
-FD_ROWS = 40
+#: parameter vectors per call of the finite-source residuals: one fit's forward-difference Jacobian
+#: (P + 1 = 8 rows); the rho grid and trial steps are padded to it (0.4 s a call for 2048 Roman points)
+FD_ROWS = 8
 
 __all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "exact_proposal", "find_modes"]
 
@@ -75,6 +76,7 @@ class ExactSettings:
         n_starts: local fits from the best distinct candidates (≥ 1).
         first_iter: steps every start gets; the best third then runs to ``max_iter``.
         max_iter: Levenberg–Marquardt steps per fit.
+        finite_iter: steps of a finite-source fit (forward-difference Jacobian, ~1 s a step).
         accept_chi2_dof: χ²/dof below which a fit is acceptable (the coarse grid is then skipped,
             and the verdict of the posterior requires it).
         thin: screening keeps every ``thin``-th point away from the anomalies (≥ 1).
@@ -99,6 +101,7 @@ class ExactSettings:
     first_iter: int = 15
     max_iter: int = 60
     accept_chi2_dof: float = 2.0
+    finite_iter: int = 30
     thin: int = 4
     keep_delta_chi2: float = 25.0
     merge_sigma: float = 5.0
@@ -119,6 +122,7 @@ class ExactSettings:
             "n_starts": (self.n_starts >= 1, ">= 1"),
             "max_iter": (self.max_iter >= 1, ">= 1"),
             "first_iter": (self.first_iter >= 1, ">= 1"),
+            "finite_iter": (self.finite_iter >= 1, ">= 1"),
             "accept_chi2_dof": (self.accept_chi2_dof > 0, "> 0"),
             "thin": (self.thin >= 1, ">= 1"),
             "keep_delta_chi2": (self.keep_delta_chi2 > 0, "> 0"),
@@ -509,7 +513,7 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
     if todo:
         fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
         fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
-        res = levenberg_marquardt_fd(packed, fs, names, bounds=bounds, max_iter=st.max_iter, rows=FD_ROWS,
+        res = levenberg_marquardt_fd(packed, fs, names, bounds=bounds, max_iter=st.finite_iter, rows=FD_ROWS,
                                      progress=progress)
         covs = _fd_covariances(packed, res.z, names)
         for r, (i, _) in enumerate(todo):
