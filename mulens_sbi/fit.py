@@ -834,6 +834,10 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
                         "left out")
         search.modes = [md for md, ok in zip(search.modes, inside, strict=True) if ok]
     prop = exact_stage.exact_proposal(search, st)
+    if any(md.finite for md in search.modes) and n > st.finite_draws:
+        messages.append(f"exact stage: {st.finite_draws} draws instead of {n} (finite-source likelihood, "
+                        "~50 ms a draw on 2 cores)")
+        n = st.finite_draws
     draws = prop.sample(n, seed=seed)
     lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n, st.rho_prior[0])) for k in priors
                                        if priors[k].dist != "fixed"}))

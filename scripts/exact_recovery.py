@@ -27,12 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+# a persistent compilation cache: events of one padded shape share the solver's compilations
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "mulens-sbi-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def _vbm():

@@ -64,6 +64,8 @@ from mulens_sbi.likelihood import PackedEvent, pack_event
 #: parameter vectors per call of the finite-source residuals: one fit's forward-difference Jacobian
 #: (P + 1 = 8 rows); the rho grid and trial steps are padded to it (0.4 s a call for 2048 Roman points)
 FD_ROWS = 8
+#: starts per compiled Levenberg–Marquardt step (every stage uses it: one compilation per event shape)
+LM_CHUNK = 16
 
 __all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "exact_proposal", "find_modes"]
 
@@ -77,6 +79,8 @@ class ExactSettings:
         first_iter: steps every start gets; the best third then runs to ``max_iter``.
         max_iter: Levenberg–Marquardt steps per fit.
         finite_iter: steps of a finite-source fit (forward-difference Jacobian, ~1 s a step).
+        max_finite: at most this many modes get a finite-source fit (the best by the rho grid).
+        finite_draws: at most this many importance-sampling draws when a mode is finite-source.
         accept_chi2_dof: χ²/dof below which a fit is acceptable (the coarse grid is then skipped,
             and the verdict of the posterior requires it).
         thin: screening keeps every ``thin``-th point away from the anomalies (≥ 1).
@@ -102,6 +106,8 @@ class ExactSettings:
     max_iter: int = 60
     accept_chi2_dof: float = 2.0
     finite_iter: int = 30
+    max_finite: int = 3
+    finite_draws: int = 1000
     thin: int = 4
     keep_delta_chi2: float = 25.0
     merge_sigma: float = 5.0
@@ -123,6 +129,8 @@ class ExactSettings:
             "max_iter": (self.max_iter >= 1, ">= 1"),
             "first_iter": (self.first_iter >= 1, ">= 1"),
             "finite_iter": (self.finite_iter >= 1, ">= 1"),
+            "max_finite": (self.max_finite >= 1, ">= 1"),
+            "finite_draws": (self.finite_draws >= 2, ">= 2"),
             "accept_chi2_dof": (self.accept_chi2_dof > 0, "> 0"),
             "thin": (self.thin >= 1, ">= 1"),
             "keep_delta_chi2": (self.keep_delta_chi2 > 0, "> 0"),
@@ -253,7 +261,7 @@ def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
-def _covariances(packed, z, names, fixed, chunk: int = 16):
+def _covariances(packed, z, names, fixed, chunk: int = LM_CHUNK):
     k_all = z.shape[0]
     jtj = np.empty((k_all, z.shape[1], z.shape[1]))
     ok = np.empty(k_all, dtype=bool)
@@ -401,10 +409,10 @@ def find_modes(
         starts = {k: np.concatenate(v) for k, v in starts.items()}
         # two stages: a few steps for every start, then the best third to convergence
         first = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.first_iter,
-                                    chunk=st.n_starts, progress=progress, desc="local fits")
+                                    chunk=LM_CHUNK, progress=progress, desc="local fits")
         keep = _distinct(first.physical(), first.chi2, max(1, st.n_starts // 3))
         second = levenberg_marquardt(packed, {k: v[keep] for k, v in first.physical().items()}, BINARY,
-                                     bounds=bounds, max_iter=st.max_iter, chunk=max(1, st.n_starts // 3),
+                                     bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
                                      progress=progress, desc="local fits")
         n_fits += len(first.chi2)
         z_fit.append(second.z)
@@ -441,7 +449,7 @@ def find_modes(
     if extra_origin and time.perf_counter() - t_begin < st.time_budget_s:
         ex = {k: np.asarray(v) for k, v in extra.items()}
         r2 = levenberg_marquardt(packed, ex, BINARY, bounds=bounds, max_iter=st.max_iter,
-                                 chunk=max(1, st.n_starts // 3), progress=progress, desc="partner fits")
+                                 chunk=LM_CHUNK, progress=progress, desc="partner fits")
         n_fits += len(r2.chi2)
         covs2 = _covariances(packed, r2.z, BINARY, {})
         z_all = np.concatenate([np.stack([m.z for m in modes]), r2.z])
@@ -464,6 +472,8 @@ def find_modes(
     if st.finite != "never":
         modes, fnotes = _finite_source(packed, modes, st, bounds, progress)
         notes += fnotes
+        best = modes[0].chi2
+        modes = [m for m in modes if m.chi2 - best < max(st.keep_delta_chi2, 0.01 * best)]
     timings["finite_source_s"] = time.perf_counter() - t0
 
     # ---- reflections (same light curve: a separate, equally good mode)
@@ -510,6 +520,13 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
             out.append(m)
             notes.append(f"mode {i}: rho in [{rho_grid.min():g}, {rho_grid.max():g}] lowers chi2 by at most "
                          f"{max(gain, 0.0):.1f} (< {st.rho_delta_chi2:g}): point source")
+    if len(todo) > st.max_finite:  # the fits cost ~15 s each: the best ones by their grid chi2
+        order = sorted(todo, key=lambda ij: chi[ij[0], ij[1]])
+        for i, _ in order[st.max_finite:]:
+            out.append(modes[i])
+            notes.append(f"mode {i}: rho would lower chi2 but only the best {st.max_finite} modes get a "
+                         "finite-source fit; kept as a point source")
+        todo = order[: st.max_finite]
     if todo:
         fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
         fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
