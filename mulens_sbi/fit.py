@@ -670,7 +670,9 @@ def fit(
             messages.append("importance sampling of the flow failed: the exact stage (global search, local "
                             "fits, importance sampling around every mode) gives the posterior below")
         t0 = time.perf_counter()
-        out = exact_posterior(event, priors, samples, ll, n, seed, exact, progress, chunk_size, messages)
+        flow_lp = (lambda th: mdl.log_prob(th, ev1)) if hasattr(mdl, "log_prob") and not restrict else None
+        out = exact_posterior(event, priors, samples, ll, n, seed, exact, progress, chunk_size, messages,
+                              flow_log_prob=flow_lp, flow_acceptance=acceptance if refine != "none" else 1.0)
         timings["exact_s"] = time.perf_counter() - t0
         if out is not None:
             samples, lp, log_q = out["samples"], out["log_prior"], out["log_proposal"]
@@ -793,7 +795,7 @@ def fit(
 
 
 def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None, progress=False,
-                    chunk_size=256, messages=None):
+                    chunk_size=256, messages=None, flow_log_prob=None, flow_acceptance=1.0):
     """The exact stage (:mod:`mulens_sbi.inference.exact`), the public step shared by :func:`fit` and
     the catalog: modes (the flow's draws ``flow_samples`` with their log-likelihoods ``flow_ll`` are
     extra starts), their mixture proposal, ``n`` draws (seeded by ``seed``) importance-sampled with the
@@ -803,7 +805,14 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
     ``log_prior``, ``log_proposal``, ``weights`` (normalized), ``importance`` (ESS, efficiency,
     evidence, verdict), ``status``, ``info`` (the modes and how they were found) and ``priors``
     (with rho's when the data asked for a finite source), or ``None`` when no mode was found;
-    notes go to ``messages``."""
+    notes go to ``messages``.
+
+    With ``flow_log_prob`` (the flow's physical log density of a dict of parameters, e.g.
+    ``lambda th: model.log_prob(th, event)``) and point-source modes, a share
+    ``settings.flow_share`` of the proposal is the flow itself (truncated to the prior, of which it
+    keeps ``flow_acceptance``; its draws are the first of ``flow_samples``, which must be iid draws of
+    it): weakly constrained posteriors, which the modes' Student-t laws describe badly, are then
+    still sampled (DINGO's defensive mixture)."""
     st = settings or ExactSettings()
     messages = [] if messages is None else messages
     binary = all(k in flow_samples for k in ("s", "q", "alpha"))
@@ -833,20 +842,40 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
         messages.append(f"exact stage: {len(inside) - sum(inside)} mode(s) outside the prior's support "
                         "left out")
         search.modes = [md for md, ok in zip(search.modes, inside, strict=True) if ok]
-    prop = exact_stage.exact_proposal(search, st)
+    prop = modes_prop = exact_stage.exact_proposal(search, st)
     if any(md.finite for md in search.modes) and n > st.finite_draws:
         messages.append(f"exact stage: {st.finite_draws} draws instead of {n} (finite-source likelihood, "
                         "~50 ms a draw on 2 cores)")
         n = st.finite_draws
-    draws = prop.sample(n, seed=seed)
-    lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n, st.rho_prior[0])) for k in priors
-                                       if priors[k].dist != "fixed"}))
-    keep = np.isfinite(lp)  # draws outside the support have zero weight: drop them, count them
-    draws = {k: v[keep] for k, v in draws.items()}
-    lp = lp[keep]
-    log_q = prop.log_prob(draws)
-    ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
-    imp = importance_weights(ev["log_likelihood"], lp, log_q, proposal_mass=float(keep.mean()))
+    use_flow = (flow_log_prob is not None and st.flow_share > 0 and "rho" not in prop.names
+                and all(k in flow_samples for k in prop.names))
+    rounds = 0
+    while True:
+        rng = np.random.default_rng([seed, rounds])
+        n_flow = min(int(rng.binomial(n, st.flow_share)), len(flow_samples["t_0"])) if use_flow else 0
+        draws = prop.sample(n - n_flow, seed=seed + rounds)
+        if n_flow:
+            draws = {k: np.concatenate([v, np.asarray(flow_samples[k], dtype=float)[:n_flow]])
+                     for k, v in draws.items()}
+        lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n, st.rho_prior[0])) for k in priors
+                                           if priors[k].dist != "fixed"}))
+        keep = np.isfinite(lp)  # draws outside the support have zero weight: drop them, count them
+        draws = {k: v[keep] for k, v in draws.items()}
+        lp = lp[keep]
+        log_q = prop.log_prob(draws)
+        if use_flow:
+            lf = np.asarray(flow_log_prob(draws), dtype=float) - math.log(max(flow_acceptance, 1e-300))
+            lf = np.where(np.isfinite(lf), lf, -np.inf)
+            log_q = np.logaddexp(math.log1p(-st.flow_share) + log_q, math.log(st.flow_share) + lf)
+        ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
+        imp = importance_weights(ev["log_likelihood"], lp, log_q, proposal_mass=float(keep.mean()))
+        if imp.efficiency >= 0.1 or rounds >= st.adapt_rounds or not imp.ess > 0:
+            break
+        messages.append(f"exact stage: importance efficiency {100 * imp.efficiency:.2g}% "
+                        f"(ESS {imp.ess:.1f}); the mixture adapted to the weighted draws (population Monte "
+                        "Carlo) and redrawn")
+        prop = prop.adapt(draws, imp.weights)
+        rounds += 1
     importance = {
         "n": imp.n, "n_requested": n, "ess": imp.ess, "efficiency": imp.efficiency,
         "log_evidence": imp.log_evidence, "proposal_acceptance": float(keep.mean()),
@@ -857,7 +886,7 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
     }
     status = imp.status
     weights = imp.weights if imp.ess > 0 else np.full(imp.n, 1.0 / imp.n)
-    comp = prop.component(draws)
+    comp = modes_prop.component(draws)  # each draw's mode
     mode_w = [float(np.sum(weights[comp == k])) for k in range(len(search.modes))]
     info = search.to_dict()
     for md, w in zip(info["modes"], mode_w, strict=True):

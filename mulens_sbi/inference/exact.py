@@ -81,6 +81,13 @@ class ExactSettings:
         finite_iter: steps of a finite-source fit (forward-difference Jacobian, ~1 s a step).
         max_finite: at most this many modes get a finite-source fit (the best by the rho grid).
         finite_draws: at most this many importance-sampling draws when a mode is finite-source.
+        flow_share: share of the proposal drawn from the flow, when its density is given and the
+            modes are point-source (:func:`mulens_sbi.fit.exact_posterior`).
+        adapt_rounds: at most this many population Monte Carlo rounds
+            (:meth:`MixtureProposal.adapt`) while the efficiency is below 10%.
+        hops: rounds of basin hopping (a cloud of candidates around the two best fits so far, the
+            best 16 refitted).
+        seed: seed of the hops' clouds.
         accept_chi2_dof: χ²/dof below which a fit is acceptable (the coarse grid is then skipped,
             and the verdict of the posterior requires it).
         thin: screening keeps every ``thin``-th point away from the anomalies (≥ 1).
@@ -108,6 +115,10 @@ class ExactSettings:
     finite_iter: int = 30
     max_finite: int = 3
     finite_draws: int = 1000
+    adapt_rounds: int = 2
+    flow_share: float = 0.2
+    hops: int = 2
+    seed: int = 0
     thin: int = 4
     keep_delta_chi2: float = 25.0
     merge_sigma: float = 5.0
@@ -131,6 +142,9 @@ class ExactSettings:
             "finite_iter": (self.finite_iter >= 1, ">= 1"),
             "max_finite": (self.max_finite >= 1, ">= 1"),
             "finite_draws": (self.finite_draws >= 2, ">= 2"),
+            "hops": (self.hops >= 0, ">= 0"),
+            "adapt_rounds": (self.adapt_rounds >= 0, ">= 0"),
+            "flow_share": (0 <= self.flow_share < 1, "0 <= flow_share < 1"),
             "accept_chi2_dof": (self.accept_chi2_dof > 0, "> 0"),
             "thin": (self.thin >= 1, ">= 1"),
             "keep_delta_chi2": (self.keep_delta_chi2 > 0, "> 0"),
@@ -238,6 +252,28 @@ def _screen_packed(packed: PackedEvent, anomalies: list[Anomaly], thin: int) -> 
     return PackedEvent(t=packed.t[idx], flux=jnp.where(real, packed.flux[idx], 0.0),
                        weight=jnp.where(real, packed.weight[idx], 0.0), onehot=packed.onehot[:, idx],
                        valid=jnp.where(real, packed.valid[idx], False), log_norm=packed.log_norm)
+
+
+#: candidates per basin hop, and the spread of the cloud (log s, log q, alpha in degrees, log u_0,
+#: log t_E, t_0 in units of t_E) around each centre
+HOP_CLOUD = 2048
+HOP_SPREAD = {"s": 0.06, "q": 0.7, "alpha": 6.0, "u_0": 0.1, "t_E": 0.05, "t_0": 0.01}
+
+
+def _cloud(centres: Mapping, rng: np.random.Generator, n: int) -> dict:
+    """``n`` candidates scattered around the centres (Gaussian, :data:`HOP_SPREAD`)."""
+    k = len(centres["s"])
+    which = rng.integers(k, size=n)
+    g = rng.standard_normal((n, 6))
+    c = {key: np.asarray(v)[which] for key, v in centres.items()}
+    return {
+        "t_0": c["t_0"] + HOP_SPREAD["t_0"] * c["t_E"] * g[:, 0],
+        "u_0": c["u_0"] * np.exp(HOP_SPREAD["u_0"] * g[:, 1]),
+        "t_E": c["t_E"] * np.exp(HOP_SPREAD["t_E"] * g[:, 2]),
+        "s": c["s"] * np.exp(HOP_SPREAD["s"] * g[:, 3]),
+        "q": np.minimum(c["q"] * np.exp(HOP_SPREAD["q"] * g[:, 4]), 1.0),
+        "alpha": np.mod(c["alpha"] + HOP_SPREAD["alpha"] * g[:, 5], 360.0),
+    }
 
 
 def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
@@ -418,6 +454,24 @@ def find_modes(
         z_fit.append(second.z)
         c_fit.append(second.chi2)
         o_fit += [origin[i] for i in keep]
+    # basin hopping: clouds of candidates around the best fits so far, screened, the best refitted
+    rng = np.random.default_rng(st.seed)
+    for _ in range(st.hops if z_fit else 0):
+        if time.perf_counter() - t_begin > st.time_budget_s:
+            notes.append("time budget spent before the basin hops")
+            break
+        zc, cc = np.concatenate(z_fit), np.concatenate(c_fit)
+        centres = to_physical(zc[_distinct(to_physical(zc, BINARY), cc, 2)], BINARY)
+        cloud = _cloud(centres, rng, HOP_CLOUD)
+        c = evaluate_candidates(screen, cloud, progress=progress)
+        n_candidates += len(c)
+        pick = _distinct(cloud, c, LM_CHUNK)
+        hop = levenberg_marquardt(packed, {k: v[pick] for k, v in cloud.items()}, BINARY, bounds=bounds,
+                                  max_iter=st.max_iter, chunk=LM_CHUNK, progress=progress, desc="basin hops")
+        n_fits += len(pick)
+        z_fit.append(hop.z)
+        c_fit.append(hop.chi2)
+        o_fit += ["hop"] * len(pick)
     timings["search_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if not z_fit:
@@ -627,6 +681,53 @@ class MixtureProposal:
         """Index of the mode component each point is most likely drawn from."""
         z = to_z(params, self.names)
         return np.argmax(self._t_logpdf(z, 1.0) + np.log(self.weights)[:, None], axis=0)
+
+
+    def adapt(self, params: Mapping, weights: np.ndarray) -> MixtureProposal:
+        """One round of population Monte Carlo: each component moved to the importance-weighted
+        mean and covariance of the draws it owns (widened by 1.2) where those carry at least 2P
+        effective samples; elsewhere the component stays and two more are added at its heaviest
+        draw, with its covariance scaled by 1/4 and by 4 (too wide or too narrow a law)."""
+        z = to_z(params, self.names)
+        if "alpha" in self.names:
+            j = self.names.index("alpha")
+        comp = self.component(params)
+        w = np.asarray(weights, dtype=float)
+        p = z.shape[1]
+        means, covs, wts = [], [], []
+        for k in range(self.means.shape[0]):
+            own = comp == k
+            wk = w[own]
+            tot = wk.sum()
+            ess = tot**2 / np.sum(wk**2) if tot > 0 else 0.0
+            if ess >= 2 * p:
+                zk = z[own].copy()
+                if "alpha" in self.names:  # unwrap around the component's centre
+                    zk[:, j] = self.means[k, j] + (zk[:, j] - self.means[k, j] + 180.0) % 360.0 - 180.0
+                mu = (wk[:, None] * zk).sum(0) / tot
+                d = zk - mu
+                c = (wk[:, None, None] * np.einsum("np,nq->npq", d, d)).sum(0) / tot * 1.2**2
+                try:
+                    np.linalg.cholesky(c)
+                    means.append(mu)
+                    covs.append(c)
+                    wts.append(max(tot, 1e-3))
+                    continue
+                except np.linalg.LinAlgError:
+                    pass
+            means.append(self.means[k])
+            covs.append(self.covs[k])
+            wts.append(max(tot, 1e-3))
+            if tot > 0:
+                best = z[own][int(np.argmax(wk))]
+                for f in (0.25, 4.0):
+                    means.append(best)
+                    covs.append(self.covs[k] * f)
+                    wts.append(max(tot, 1e-3))
+        wts = np.asarray(wts)
+        wts = 0.8 * wts / wts.sum() + 0.2 / wts.size
+        return MixtureProposal(names=self.names, means=np.asarray(means), covs=np.asarray(covs), weights=wts,
+                               df=self.df, defensive=self.defensive, defensive_scale=self.defensive_scale)
 
 
 def exact_proposal(search: ModeSearch, settings: ExactSettings | None = None) -> MixtureProposal:
