@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from mulens_sbi import __version__
-from mulens_sbi.data.conditioned import check_condition
+from mulens_sbi.data.conditioned import CONDITIONS, check_condition
 from mulens_sbi.data.parallel import cpu_worker
 from mulens_sbi.data.shards import FORMAT, FORMAT_VERSION, MANIFEST, make_shard, shard_name, shard_rows
 from mulens_sbi.survey import Survey
@@ -66,6 +66,23 @@ class SimulateSettings:
     #: shards are pure functions of ``(spec, seed, index)``, so on the CPU the output does not
     #: depend on the number (a GPU in this process may differ at rounding level).
     workers: int = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "survey": (isinstance(self.survey, str) and self.survey != "", "a spec name or path"),
+            "n": (self.n >= 1, ">= 1"),
+            "out": (isinstance(self.out, str) and self.out != "", "a non-empty path"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "shard_size": (self.shard_size >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "condition": (self.condition is None or self.condition in CONDITIONS,
+                          "None or one of " + ", ".join(CONDITIONS)),
+            "q_max": (0 < self.q_max <= 1, "0 < q_max <= 1"),
+            "workers": (self.workers >= 1, ">= 1"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"SimulateSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)

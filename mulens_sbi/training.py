@@ -148,6 +148,31 @@ class TrainSettings:
     stream_workers: int = 0
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        checks = {
+            "data": (isinstance(self.data, str) and self.data != "", "a non-empty path"),
+            "out": (isinstance(self.out, str) and self.out != "", "a non-empty path"),
+            "holdout_shards": (self.holdout_shards >= 0, ">= 0"),
+            "max_train_shards": (self.max_train_shards >= 0, ">= 0"),
+            "max_minutes": (self.max_minutes >= 0, ">= 0"),
+            "enrich_fraction": (0 < self.enrich_fraction < 1, "0 < enrich_fraction < 1"),
+            "sharp_weight": (self.sharp_weight >= 1, ">= 1"),
+            "sharp_threshold": (self.sharp_threshold > 0, "> 0"),
+            "sampler": (self.sampler in ("host", "device"), "one of host, device"),
+            "budget_minutes": (self.budget_minutes >= 0, ">= 0"),
+            "workers": (self.workers >= 1, ">= 1"),
+            "stream_rows": (self.stream_rows >= 0, ">= 0"),
+            "stream_enrich_rows": (self.stream_enrich_rows >= 0, ">= 0"),
+            "stream_workers": (self.stream_workers >= 0, ">= 0"),
+            "preprocess": (isinstance(self.preprocess, PreprocessConfig), "a PreprocessConfig"),
+            "embedding": (isinstance(self.embedding, EmbeddingConfig), "an EmbeddingConfig"),
+            "flow": (isinstance(self.flow, FlowConfig), "a FlowConfig"),
+            "train": (isinstance(self.train, TrainConfig), "a TrainConfig"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"TrainSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()

@@ -94,6 +94,18 @@ class ValidateSettings:
     overwrite: bool = False
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        checks = {
+            "model": (isinstance(self.model, str) and self.model != "", "a model name or folder"),
+            "n": (self.n >= 1, ">= 1"),
+            "n_samples": (self.n_samples >= 1, ">= 1"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "holdout_shards": (self.holdout_shards >= 1, ">= 1"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise ValueError(f"ValidateSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
 
 # ----------------------------------------------------------------------------------------------
 # HPD levels

@@ -27,7 +27,7 @@ ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 #: are module or package names relative to ``mulens_sbi`` (a package stands for everything in it);
 #: ``mulens_sbi`` is the package's own ``__init__`` (``__version__`` and the light-curve functions).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("params", "conventions")),
+    ("foundations", ("params", "conventions", "settings_file")),
     ("lensing", ("lensing",)),
     ("forward model", ("lightcurve", "mulens_sbi")),
     ("survey", ("survey",)),
