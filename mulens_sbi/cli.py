@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,72 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _add_settings_arg(p: argparse.ArgumentParser, cls_name: str) -> None:
+    p.add_argument("--settings", default=None, metavar="FILE.toml",
+                   help=f"read the {cls_name} from this TOML file (keys: its field names; nested tables "
+                        "such as [train] for the network and loop settings); flags given on the command "
+                        "line override it")
+
+
+def _given(args: argparse.Namespace, flags: dict[str, tuple[str, Callable[[Any], Any]]]) -> dict[str, Any]:
+    """The settings overrides of the flags given on the command line (``None``: not given; the flags'
+    parser defaults are ``None`` so that a settings file can set them)."""
+    out: dict[str, Any] = {}
+    for dest, (key, conv) in flags.items():
+        v = getattr(args, dest, None)
+        if v is not None:
+            out[key] = conv(v)
+    return out
+
+
+def _settings(args: argparse.Namespace, cls: type, flags: dict[str, tuple[str, Callable[[Any], Any]]],
+              required: tuple[str, ...], extra: dict[str, Any] | None = None) -> Any:
+    """``cls`` from ``--settings`` (if given) with the explicitly given flags (and ``extra``) on top;
+    without a file, from the flags and the dataclass defaults (the flags' documented defaults)."""
+    from mulens_sbi.settings_file import load_settings, settings_from_dict
+
+    overrides = {**_given(args, flags), **(extra or {})}
+    if args.settings is None:
+        missing = [f"--{d.replace('_', '-')}" for d in required if getattr(args, d, None) is None]
+        if missing:
+            args._parser.error(f"the following arguments are required (or give them in --settings): "
+                               f"{', '.join(missing)}")
+        return settings_from_dict(cls, {}, overrides, source="command line")
+    return load_settings(args.settings, cls, overrides)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _true(v: Any) -> bool:
+    return True
+
+
+def _false(v: Any) -> bool:
+    return False
+
+
 # ----------------------------------------------------------------------------------------------
 # simulate
+
+#: simulate's flags: argparse dest -> (SimulateSettings key, converter of the given value)
+SIMULATE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "survey": ("survey", _same), "n": ("n", _same), "out": ("out", _same), "seed": ("seed", _same),
+    "shard_size": ("shard_size", _same), "batch_size": ("batch_size", _same),
+    "overwrite": ("overwrite", _true), "no_progress": ("progress", _false),
+    "condition": ("condition", _same), "q_max": ("q_max", _same), "workers": ("workers", _same),
+}
 
 
 def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--survey",
-        required=True,
-        help="survey spec: a name under simulators/ (roman, kmtnet) or a path to a .toml file",
+        help="survey spec: a name under simulators/ (roman, kmtnet) or a path to a .toml file (required "
+        "unless in --settings)",
     )
-    p.add_argument("--n", type=_positive_int, required=True, help="number of light curves")
-    p.add_argument("--out", required=True, help="output folder (shards + manifest.json)")
+    p.add_argument("--n", type=_positive_int, help="number of light curves (required unless in --settings)")
+    p.add_argument("--out", help="output folder (shards + manifest.json; required unless in --settings)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0); same seed, same set")
     p.add_argument(
         "--shard-size", type=_positive_int, default=1000, help="light curves per shard (default 1000)"
@@ -84,31 +139,28 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes making shards in parallel, each running JAX on the CPU (default 1); "
                         "the output is the same for any number")
+    _add_settings_arg(p, "SimulateSettings")
+    p.set_defaults(**{dest: None for dest in SIMULATE_FLAGS})
+
+
+def simulate_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.simulate.SimulateSettings` of parsed ``simulate`` arguments."""
+    from mulens_sbi.simulate import SimulateSettings
+
+    return _settings(args, SimulateSettings, SIMULATE_FLAGS, ("survey", "n", "out"))
 
 
 def _simulate_run(args: argparse.Namespace) -> int:
-    from mulens_sbi.simulate import SimulateSettings, run_simulation
+    from mulens_sbi.simulate import run_simulation
 
-    settings = SimulateSettings(
-        survey=args.survey,
-        n=args.n,
-        out=args.out,
-        seed=args.seed,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        condition=args.condition,
-        q_max=args.q_max,
-        workers=args.workers,
-    )
+    settings = simulate_settings(args)
     s = run_simulation(settings)
     print(
         f"wrote {s.n} light curves in {s.n_shards} shards to {s.out} "
         f"({s.shards_made} made, {s.shards_reused} reused) in {s.wall_s:.1f} s, "
         f"peak memory {s.peak_rss_mb:.0f} MiB, {s.n_unsolved_points} unsolved points"
     )
-    if args.condition:
+    if settings.condition:
         from mulens_sbi.data.shards import condition_stats
 
         c = condition_stats(s.out)
@@ -143,10 +195,29 @@ def _demo_run(args: argparse.Namespace) -> int:
 # train
 
 
+#: train's flags: argparse dest -> (TrainSettings key, converter); ``--network`` is handled apart
+TRAIN_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "data": ("data", _same), "out": ("out", _same), "checkpoint_dir": ("checkpoint_dir", _same),
+    "holdout_shards": ("holdout_shards", _same), "max_steps": ("train.max_steps", _same),
+    "batch_size": ("train.batch_size", _same), "learning_rate": ("train.learning_rate", _same),
+    "seed": ("train.seed", _same), "max_minutes": ("max_minutes", _same), "stop": ("stop", _true),
+    "overwrite": ("overwrite", _true), "init_from": ("init_from", _same), "enrich": ("enrich", _same),
+    "enrich_fraction": ("enrich_fraction", _same), "sharp_weight": ("sharp_weight", _same),
+    "sharp_threshold": ("sharp_threshold", _same), "patience": ("train.patience", _same),
+    "sampler": ("sampler", _same), "budget_minutes": ("budget_minutes", _same),
+    "warmup_steps": ("train.warmup_steps", _same), "eval_every": ("train.eval_every", _same),
+    "checkpoint_every": ("train.checkpoint_every", _same), "workers": ("workers", _same),
+    "stream_prior": ("stream_rows", _same), "stream_enrich": ("stream_enrich_rows", _same),
+    "stream_workers": ("stream_workers", _same), "no_progress": ("progress", _false),
+}
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="a `mulens-sbi simulate` output folder (training set)")
-    p.add_argument("--out", required=True,
-                   help="model folder to write (weights, posterior.json, training.json)")
+    p.add_argument("--data", help="a `mulens-sbi simulate` output folder (training set; required unless in "
+                                  "--settings)")
+    p.add_argument("--out",
+                   help="model folder to write (weights, posterior.json, training.json; required unless in "
+                        "--settings)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="training-state folder (default OUT/_checkpoint); a killed run resumes from it")
     p.add_argument("--holdout-shards", type=_nonneg_int, default=5,
@@ -179,9 +250,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=_nonneg_int, default=10,
                    help="early stopping after this many evaluations without improvement (0 = off; "
                         "default 10)")
-    p.add_argument("--network", choices=("standard", "fine"), default="standard",
+    p.add_argument("--network", choices=("standard", "fine"), default=None,
                    help="preprocessing + network: 'standard' (512 time cells, the CPU default) or 'fine' "
-                        "(2048 cells, residual blocks, a deeper flow; for a GPU)")
+                        "(2048 cells, residual blocks, a deeper flow; for a GPU); replaces the [preprocess], "
+                        "[embedding] and [flow] of --settings")
     p.add_argument("--sampler", choices=("host", "device"), default="host",
                    help="draw batches with numpy on the host (default) or with jax.random on the "
                         "accelerator, where the pre-binned set is kept (use 'device' on a GPU)")
@@ -204,39 +276,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-workers", type=_nonneg_int, default=0,
                    help="processes simulating the streamed shards (default: --workers)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_settings_arg(p, "TrainSettings (e.g. a model's stored settings, `dump_settings` of them)")
+    p.set_defaults(**{dest: None for dest in TRAIN_FLAGS})
+
+
+def train_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.training.TrainSettings` of parsed ``train`` arguments (``--network``
+    sets the preprocessing, embedding and flow; without it and without a file, ``standard``)."""
+    from mulens_sbi.training import NETWORKS, TrainSettings
+
+    extra = {}
+    if args.network is not None:
+        pre, emb, flow = NETWORKS[args.network]
+        extra = {"preprocess": pre, "embedding": emb, "flow": flow}
+    return _settings(args, TrainSettings, TRAIN_FLAGS, ("data", "out"), extra)
 
 
 def _train_run(args: argparse.Namespace) -> int:
-    import dataclasses
+    from mulens_sbi.training import run_training
 
-    from mulens_sbi.training import NETWORKS, TrainSettings, run_training
-
-    pre, emb, flow = NETWORKS[args.network]
-    base = TrainSettings(data=args.data, out=args.out, preprocess=pre, embedding=emb, flow=flow)
-    settings = dataclasses.replace(
-        base,
-        checkpoint_dir=args.checkpoint_dir,
-        holdout_shards=args.holdout_shards,
-        train=dataclasses.replace(base.train, max_steps=args.max_steps, batch_size=args.batch_size,
-                                  learning_rate=args.learning_rate, seed=args.seed,
-                                  patience=args.patience, warmup_steps=args.warmup_steps,
-                                  eval_every=args.eval_every, checkpoint_every=args.checkpoint_every),
-        sampler=args.sampler,
-        budget_minutes=args.budget_minutes,
-        workers=args.workers,
-        stream_rows=args.stream_prior,
-        stream_enrich_rows=args.stream_enrich,
-        stream_workers=args.stream_workers,
-        max_minutes=args.max_minutes,
-        stop=args.stop,
-        overwrite=args.overwrite,
-        init_from=args.init_from,
-        enrich=args.enrich,
-        enrich_fraction=args.enrich_fraction,
-        sharp_weight=args.sharp_weight,
-        sharp_threshold=args.sharp_threshold,
-        progress=not args.no_progress,
-    )
+    settings = train_settings(args)
     try:
         summary = run_training(settings)
     except FileExistsError as exc:
@@ -249,8 +308,17 @@ def _train_run(args: argparse.Namespace) -> int:
 # validate
 
 
+#: validate's flags: argparse dest -> (ValidateSettings key, converter)
+VALIDATE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "model": ("model", _same), "data": ("data", _same), "n": ("n", _same), "n_samples": ("n_samples", _same),
+    "holdout_shards": ("holdout_shards", _same), "caustic_data": ("caustic_data", _same),
+    "out": ("out", _same), "seed": ("seed", _same), "overwrite": ("overwrite", _true),
+    "no_progress": ("progress", _false),
+}
+
+
 def _validate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model name (roman) or model folder")
+    p.add_argument("--model", help="model name (roman) or model folder (required unless in --settings)")
     p.add_argument("--data", default=None,
                    help="simulate folder whose last --holdout-shards shards are held out (default: simulate "
                         "--n fresh events with the model's survey spec)")
@@ -265,15 +333,21 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling / simulation seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing validation outputs")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_settings_arg(p, "ValidateSettings")
+    p.set_defaults(**{dest: None for dest in VALIDATE_FLAGS})
+
+
+def validate_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.validation.ValidateSettings` of parsed ``validate`` arguments."""
+    from mulens_sbi.validation import ValidateSettings
+
+    return _settings(args, ValidateSettings, VALIDATE_FLAGS, ("model",))
 
 
 def _validate_run(args: argparse.Namespace) -> int:
-    from mulens_sbi.validation import ValidateSettings, run_validation
+    from mulens_sbi.validation import run_validation
 
-    settings = ValidateSettings(model=args.model, data=args.data, n=args.n, n_samples=args.n_samples,
-                                out=args.out, seed=args.seed, holdout_shards=args.holdout_shards,
-                                caustic_data=args.caustic_data, overwrite=args.overwrite,
-                                progress=not args.no_progress)
+    settings = validate_settings(args)
     try:
         run_validation(settings)
     except FileExistsError as exc:
