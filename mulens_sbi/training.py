@@ -45,7 +45,7 @@ from mulens_sbi.data.samplers import (
 )
 from mulens_sbi.data.shards import condition_stats, shard_files
 from mulens_sbi.data.stream import StreamingSampler, StreamPlan
-from mulens_sbi.npe.checkpoint import load_posterior, load_train_state, save_posterior, versions
+from mulens_sbi.npe.checkpoint import code_commit, load_posterior, load_train_state, save_posterior, versions
 from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, NPEConfig, TrainConfig
 from mulens_sbi.npe.model import init_params
 from mulens_sbi.npe.posterior import Posterior
@@ -345,6 +345,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
         "holdout_shards": [f.name for f in files[len(files) - settings.holdout_shards:]],
         "preprocess": settings.preprocess.to_dict(), "physical_names": list(PHYSICAL_NAMES),
         "network_names": list(NETWORK_NAMES), "spec_text": spec_text, "hardware": _hardware(),
+        "code_commit": code_commit(),
     }
     if data_info is not None:
         provenance["enrichment"] = data_info

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "save_train_state",
     "load_train_state",
     "versions",
+    "code_commit",
 ]
 
 FORMAT = "mulens_sbi.npe.posterior/1"
@@ -66,6 +68,20 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+
+
+def code_commit() -> str:
+    """The git commit of this code (``git rev-parse HEAD`` in the package's folder), ``"unknown"``
+    outside a git checkout or when git fails or is missing."""
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = res.stdout.strip()
+    if res.returncode != 0 or len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+        return "unknown"
+    return commit
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
