@@ -157,6 +157,10 @@ def test_training_end_to_end(trained):
     model = load_model(str(d / "model"))
     assert model.names == ("t_0", "u_0", "t_E", "s", "q", "alpha")
     assert model.preprocess_config.n_bins == N_BINS
+    # provenance records the code's commit (or "unknown" outside a checkout)
+    from mulens_sbi.npe.checkpoint import code_commit
+
+    assert model.posterior.metadata["provenance"]["code_commit"] == code_commit()
     # held-out events (last shard): medians of t_0 and t_E track the truths
     tab = read_simulation(d / "sim")
     rows = np.arange(1200, 1240)
