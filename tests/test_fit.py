@@ -415,7 +415,8 @@ def test_restricted_prior_truncates_the_flow_and_the_importance_prior(binary, un
     restrict = {"s": (1.0, None), "u_0": (None, 0.0)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the untrained flow fails importance sampling
-        res = fit(event, untrained_model, n=2000, seed=1, progress=False, restrict=restrict, degeneracy="off")
+        res = fit(event, untrained_model, n=2000, seed=1, progress=False, restrict=restrict, degeneracy="off",
+                  refine="is")
     assert np.all(res.samples["s"] >= 1.0) and np.all(res.samples["u_0"] <= 0.0) and res.n == 2000
     r = res.summary["restrict"]
     assert r["ranges"] == {"s": [1.0, None], "u_0": [None, 0.0]} and r["text"] == "1 ≤ s, u_0 ≤ 0"

@@ -368,11 +368,12 @@ def _merge(z, chi2, covs, names, merge_sigma, origin, finite, fixed) -> list[Mod
 
 
 def _bounds(priors: Mapping | None) -> dict:
+    """The optimization box: the prior's range where it has one (an optimum outside the prior's
+    support carries no posterior mass), generous physical limits elsewhere."""
     out = {"u_0": (-3.0, 3.0), "t_E": (0.05, 2e3), "s": (0.05, 20.0), "q": (1e-7, 1.0), "rho": (1e-5, 0.2)}
     for k, p in (priors or {}).items():
-        if getattr(p, "dist", None) in ("uniform", "log_uniform") and k in ("s", "q", "t_E", "rho"):
-            lo, hi = out.get(k, (p.low, p.high))
-            out[k] = (min(lo, p.low), max(hi, p.high))
+        if getattr(p, "dist", None) in ("uniform", "log_uniform") and k in ("u_0", "s", "q", "t_E", "rho"):
+            out[k] = (p.low, p.high)
     return out
 
 
