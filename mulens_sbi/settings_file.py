@@ -29,11 +29,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["SettingsError", "load_settings", "settings_from_dict", "dump_settings"]
+__all__ = ["SettingsError", "check_fields", "load_settings", "settings_from_dict", "dump_settings"]
 
 
 class SettingsError(ValueError):
     """A settings file or record that cannot be read: the message names the source and the key."""
+
+
+def check_fields(obj: Any, checks: Mapping[str, tuple[bool, str]]) -> None:
+    """Raise ``ValueError("Cls.field=value is not allowed: <allowed>")`` for the first failed check
+    (``checks``: field name → (passes, allowed range in words)); the settings classes' validation."""
+    for name, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(f"{type(obj).__name__}.{name}={getattr(obj, name)!r} is not allowed: {allowed}")
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from mulens_sbi import __version__
 from mulens_sbi.data.conditioned import CONDITIONS, check_condition
 from mulens_sbi.data.parallel import cpu_worker
 from mulens_sbi.data.shards import FORMAT, FORMAT_VERSION, MANIFEST, make_shard, shard_name, shard_rows
+from mulens_sbi.settings_file import check_fields
 from mulens_sbi.survey import Survey
 
 __all__ = ["OutputExistsError", "SimulateSettings", "SimulationSummary", "run_simulation"]
@@ -80,9 +81,7 @@ class SimulateSettings:
             "q_max": (0 < self.q_max <= 1, "0 < q_max <= 1"),
             "workers": (self.workers >= 1, ">= 1"),
         }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"SimulateSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+        check_fields(self, checks)
 
 
 @dataclass(frozen=True)

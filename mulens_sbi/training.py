@@ -54,6 +54,7 @@ from mulens_sbi.npe.train import train as npe_train
 from mulens_sbi.npe.transforms import ParameterSpace
 from mulens_sbi.params import PHYSICAL_NAMES
 from mulens_sbi.preprocess import PreprocessConfig
+from mulens_sbi.settings_file import check_fields
 from mulens_sbi.survey.spec import load_spec, parse_spec
 
 __all__ = ["TrainSettings", "NETWORKS", "make_space", "run_training"]
@@ -169,9 +170,7 @@ class TrainSettings:
             "flow": (isinstance(self.flow, FlowConfig), "a FlowConfig"),
             "train": (isinstance(self.train, TrainConfig), "a TrainConfig"),
         }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"TrainSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+        check_fields(self, checks)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -48,6 +48,7 @@ from mulens_sbi.data.shards import condition_stats, read_shards, read_simulation
 from mulens_sbi.models import load_model
 from mulens_sbi.npe.diagnostics import coverage_report, hpd_levels
 from mulens_sbi.preprocess import preprocess
+from mulens_sbi.settings_file import check_fields
 from mulens_sbi.summary import PLANET_Q, planet_probability
 from mulens_sbi.survey import Survey
 
@@ -102,9 +103,7 @@ class ValidateSettings:
             "seed": (self.seed >= 0, ">= 0"),
             "holdout_shards": (self.holdout_shards >= 1, ">= 1"),
         }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"ValidateSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+        check_fields(self, checks)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -272,6 +272,7 @@ class BatchInference:
     # ------------------------------------------------------------------------------------------
     def _event_posterior(self, row: dict, event, raw: dict, log_q: np.ndarray,
                          acceptance: float = 1.0) -> None:
+        from mulens_sbi.event import Event
         from mulens_sbi.fit import MIN_ESS, evaluate_samples, exact_posterior, model_priors
         from mulens_sbi.inference.importance import importance_weights, log_prior
         from mulens_sbi.summary import find_modes, planet_probability, summarize_parameters, to_jsonable
@@ -311,7 +312,10 @@ class BatchInference:
             row["method"] = "is"
             if s.refine == "exact" or (s.refine == "auto" and status == "fail"):
                 # the same public step as fit(): global search, local fits, IS around every mode
-                out = exact_posterior(event, priors, samples, ll, s.n_samples, s.seed, messages=messages)
+                view = Event(datasets=(max(event.datasets, key=lambda d: d.n),), name=event.name)
+                flow_lp = None if self.restrict else (lambda th: self.model.log_prob(th, view))
+                out = exact_posterior(event, priors, samples, ll, s.n_samples, s.seed, messages=messages,
+                                      flow_log_prob=flow_lp, flow_acceptance=acceptance)
                 if out is None:
                     raise ValueError("exact stage: " + (messages[-1] if messages else "no mode found"))
                 samples = {p: out["samples"][p] for p in PARAMS}

@@ -40,7 +40,6 @@ from jax.scipy.special import gammaln
 from mulens_sbi.event import Event
 from mulens_sbi.inference.localfit import (
     LOG_NAMES,
-    chi2_batch,
     fd_hessian,
     gauss_newton_hessian,
     levenberg_marquardt,
@@ -60,6 +59,7 @@ from mulens_sbi.inference.search import (
 )
 from mulens_sbi.lensing.offset import axis_crossing, partner_separation
 from mulens_sbi.likelihood import PackedEvent, pack_event
+from mulens_sbi.settings_file import check_fields
 
 #: parameter vectors per call of the finite-source residuals: one fit's forward-difference Jacobian
 #: (P + 1 = 8 rows); the rho grid and trial steps are padded to it (0.4 s a call for 2048 Roman points)
@@ -162,9 +162,7 @@ class ExactSettings:
             "rho_prior": (len(self.rho_prior) == 2 and 0 < self.rho_prior[0] < self.rho_prior[1] < 1,
                           "(low, high) with 0 < low < high < 1"),
         }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise ValueError(f"ExactSettings.{name}={getattr(self, name)!r} is not allowed: {allowed}")
+        check_fields(self, checks)
 
 
 @dataclass
@@ -297,45 +295,42 @@ def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
     return np.asarray(out, dtype=int)
 
 
-def _covariances(packed, z, names, fixed, chunk: int = LM_CHUNK):
+def _invert(h: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Covariance ``h⁻¹`` of a Gauss–Newton matrix (inverted in its diagonal-scaled form) and
+    whether it is positive definite; ``(1e-2·I, False)`` when it is not."""
+    try:
+        d = np.sqrt(np.clip(np.diag(h), 1e-300, None))
+        c = np.linalg.inv(h / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
+        c = 0.5 * (c + c.T)
+        np.linalg.cholesky(c)
+        return c, True
+    except np.linalg.LinAlgError:
+        return np.eye(h.shape[0]) * 1e-2, False
+
+
+def _covariances(packed, z, names, chunk: int = LM_CHUNK):
+    """Gauss–Newton covariances of point-source optima (autodiff Jacobian, fixed compiled size)."""
     k_all = z.shape[0]
-    jtj = np.empty((k_all, z.shape[1], z.shape[1]))
-    ok = np.empty(k_all, dtype=bool)
-    for i0 in range(0, k_all, chunk):  # fixed compiled size
-        idx = np.minimum(np.arange(i0, i0 + chunk), k_all - 1)
-        h, o = gauss_newton_hessian(jnp.asarray(z[idx]), tuple(names), fixed, packed)
-        m = min(chunk, k_all - i0)
-        jtj[i0:i0 + m], ok[i0:i0 + m] = np.asarray(h)[:m], np.asarray(o)[:m]
-    covs = []
-    for k in range(z.shape[0]):
-        h = jtj[k]
-        try:
-            d = np.sqrt(np.clip(np.diag(h), 1e-300, None))
-            c = np.linalg.inv(h / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
-            c = 0.5 * (c + c.T)
-            np.linalg.cholesky(c)
-            good = ok[k]
-        except np.linalg.LinAlgError:
-            c, good = np.diag(np.full(len(names), 1e-2)), False
-        covs.append((c, bool(good)))
-    return covs
-
-
-def _fd_covariances(packed, z, names):
     out = []
-    for h in fd_hessian(packed, z, names, rows=FD_ROWS):
-        try:
-            d = np.sqrt(np.clip(np.diag(h), 1e-300, None))
-            c = np.linalg.inv(h / d[:, None] / d[None, :]) / d[:, None] / d[None, :]
-            c = 0.5 * (c + c.T)
-            np.linalg.cholesky(c)
-            out.append((c, True))
-        except np.linalg.LinAlgError:
-            out.append((np.eye(len(names)) * 1e-2, False))
+    for i0 in range(0, k_all, chunk):
+        idx = np.minimum(np.arange(i0, i0 + chunk), k_all - 1)
+        h, ok = gauss_newton_hessian(jnp.asarray(z[idx]), tuple(names), {}, packed)
+        for hk, okk in list(zip(np.asarray(h), np.asarray(ok), strict=True))[: min(chunk, k_all - i0)]:
+            c, good = _invert(hk)
+            out.append((c, good and bool(okk)))
     return out
 
 
-def _merge(z, chi2, covs, names, merge_sigma, origin, finite, fixed) -> list[Mode]:
+def _fd_covariances(packed, z, names):
+    """Gauss–Newton covariances of finite-source optima (forward-difference Jacobian)."""
+    return [_invert(h) for h in fd_hessian(packed, z, names, rows=FD_ROWS)]
+
+
+def _merge(z, chi2, covs, names, merge_sigma, origin, counts=None) -> list[Mode]:
+    """Point-source optima (rows of ``z``) merged into modes, best χ² first: a row within
+    ``merge_sigma`` of a mode (its Gauss–Newton metric) adds its start count (``counts``, default 1
+    each) to that mode."""
+    counts = np.ones(len(chi2), dtype=int) if counts is None else counts
     order = np.argsort(chi2)
     modes: list[Mode] = []
     for i in order:
@@ -358,12 +353,11 @@ def _merge(z, chi2, covs, names, merge_sigma, origin, finite, fixed) -> list[Mod
                 hit = m
                 break
         if hit is not None:
-            hit.n_starts += 1
+            hit.n_starts += int(counts[i])
             continue
         phys = {k: float(v[0]) for k, v in to_physical(z[i:i + 1], names).items()}
-        phys.update({k: float(v) for k, v in fixed.items()})
         modes.append(Mode(params=phys, chi2=float(chi2[i]), names=tuple(names), z=z[i].copy(), cov=c,
-                          origin=origin[i] if isinstance(origin, list | tuple) else origin, finite=finite))
+                          n_starts=int(counts[i]), origin=origin[i]))
     return modes
 
 
@@ -479,8 +473,8 @@ def find_modes(
         notes.append("no candidate could be evaluated")
         return ModeSearch([], single, anomalies, n_points, n_candidates, n_fits, timings, notes)
     z_fit, c_fit = np.concatenate(z_fit), np.concatenate(c_fit)
-    covs = _covariances(packed, z_fit, BINARY, {})
-    modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit, False, {})
+    covs = _covariances(packed, z_fit, BINARY)
+    modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit)
     timings["modes_s"] = time.perf_counter() - t0
     if not modes:
         notes.append("no local fit converged to a certified optimum")
@@ -506,18 +500,12 @@ def find_modes(
         r2 = levenberg_marquardt(packed, ex, BINARY, bounds=bounds, max_iter=st.max_iter,
                                  chunk=LM_CHUNK, progress=progress, desc="partner fits")
         n_fits += len(r2.chi2)
-        covs2 = _covariances(packed, r2.z, BINARY, {})
         z_all = np.concatenate([np.stack([m.z for m in modes]), r2.z])
         c_all = np.concatenate([[m.chi2 for m in modes], r2.chi2])
-        cov_all = [(m.cov, True) for m in modes] + covs2
-        orig_all = [m.origin for m in modes] + extra_origin
-        counts = {id(m): m.n_starts for m in modes}
-        merged = _merge(z_all, c_all, cov_all, list(BINARY), st.merge_sigma, orig_all, False, {})
-        for m in merged:  # keep the start counts of the modes found by the search
-            for old in modes:
-                if np.allclose(old.z, m.z):
-                    m.n_starts = counts[id(old)] + m.n_starts - 1
-        modes = merged
+        cov_all = [(m.cov, True) for m in modes] + _covariances(packed, r2.z, BINARY)
+        counts = np.concatenate([[m.n_starts for m in modes], np.ones(len(r2.chi2), dtype=int)])
+        modes = _merge(z_all, c_all, cov_all, list(BINARY), st.merge_sigma,
+                       [m.origin for m in modes] + extra_origin, counts)
     timings["partners_s"] = time.perf_counter() - t0
 
     # ---- finite source
@@ -757,10 +745,3 @@ def exact_proposal(search: ModeSearch, settings: ExactSettings | None = None) ->
     w = 0.5 * w_ev / w_ev.sum() + 0.5 / len(modes)
     return MixtureProposal(names=names, means=np.asarray(means), covs=np.asarray(covs), weights=w,
                            df=st.df, defensive=st.defensive, defensive_scale=st.defensive_scale)
-
-
-def chi2_of(event: Event, params: Mapping) -> np.ndarray:
-    """(K,) profile χ² of physical parameter sets (a convenience for reports and tests)."""
-    names = tuple(k for k in BINARY + ("rho",) if k in params)
-    z = jnp.asarray(to_z(params, names))
-    return np.asarray(chi2_batch(z, names, {}, pack_event(event)))

@@ -25,7 +25,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,6 @@ from mulens_sbi.likelihood import PackedEvent
 
 __all__ = [
     "FitBatch",
-    "Smoother",
     "FD_STEPS",
     "chi2_batch",
     "fd_hessian",
@@ -46,7 +44,6 @@ __all__ = [
     "levenberg_marquardt_fd",
     "residual_rows",
     "to_physical",
-    "time_smoother",
     "to_z",
 ]
 
@@ -69,48 +66,7 @@ def to_physical(z, names: Sequence[str]) -> dict:
     return {k: (xp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
 
 
-class Smoother(NamedTuple):
-    """A Gaussian kernel in time applied to data and model alike (continuation, see
-    :func:`time_smoother`): row n of the smoothed series is ``Σ_m weight[n, m]·x[index[n, m]]``."""
-
-    index: jax.Array
-    weight: jax.Array
-
-
-def time_smoother(packed: PackedEvent, width: float, max_neighbours: int = 128) -> Smoother | None:
-    """Gaussian smoothing of width ``width`` (days) within each dataset, over the data's own times.
-
-    Each point averages its neighbours (at most ``max_neighbours`` on each side, same dataset,
-    real points only) with weights ``exp(−½((t_n − t_m)/width)²)``. Smoothing data and model with
-    the same linear operator keeps the fluxes linear; it blurs caustic crossings in time, so the
-    χ² surface has wide basins where the exact one has narrow ones. ``width <= 0`` gives ``None``
-    (no smoothing).
-    """
-    if width <= 0:
-        return None
-    t = np.asarray(packed.t)
-    valid = np.asarray(packed.valid)
-    ds = np.argmax(np.asarray(packed.onehot), axis=0)
-    n = t.size
-    # neighbours within 3 widths, capped
-    lo = np.searchsorted(t, t - 3 * width, side="left")
-    hi = np.searchsorted(t, t + 3 * width, side="right")
-    span = int(min(max_neighbours, max(1, np.max(np.maximum(np.arange(n) - lo, hi - 1 - np.arange(n))))))
-    off = np.arange(-span, span + 1)
-    idx = np.clip(np.arange(n)[:, None] + off[None, :], 0, n - 1)
-    inside = (np.arange(n)[:, None] + off[None, :] >= 0) & (np.arange(n)[:, None] + off[None, :] < n)
-    kw = np.exp(-0.5 * ((t[idx] - t[:, None]) / width) ** 2)
-    kw *= inside & (ds[idx] == ds[:, None]) & valid[idx]
-    kw /= np.maximum(kw.sum(axis=1, keepdims=True), 1e-300)
-    return Smoother(index=jnp.asarray(idx), weight=jnp.asarray(kw))
-
-
-def _smooth(x: jax.Array, sm: Smoother) -> jax.Array:
-    return jnp.sum(x[..., sm.index] * sm.weight, axis=-1)
-
-
-def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
-               sm: Smoother | None = None) -> tuple[jax.Array, jax.Array]:
+def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent) -> tuple[jax.Array, jax.Array]:
     """(K, N) whitened residuals with fluxes profiled, and (K,) ok flags."""
     p = {k: (jnp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
     p.update({k: jnp.broadcast_to(jnp.asarray(v, dtype=jnp.float64), z.shape[:1]) for k, v in fixed.items()})
@@ -118,9 +74,6 @@ def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
     w, f, oh, valid = packed.weight, packed.flux, packed.onehot, packed.valid
     ok = jnp.all(ok_pts | ~valid[None, :], axis=1)
     a = jnp.where(ok[:, None] & ok_pts, mag, 1.0)
-    if sm is not None:
-        a = _smooth(a, sm)
-        f = _smooth(f, sm)
     s1 = oh @ w
     s1_safe = jnp.where(s1 > 0, s1, 1.0)
     fbar = (oh @ (w * f)) / s1_safe
@@ -137,19 +90,18 @@ def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
 
 
 @partial(jax.jit, static_argnames=("names",))
-def chi2_batch(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
-               sm: Smoother | None = None) -> jax.Array:
+def chi2_batch(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent) -> jax.Array:
     """(K,) profile χ² of K parameter vectors (∞ where the magnification is not certified)."""
-    r, ok = _residuals(z, names, fixed, packed, sm)
+    r, ok = _residuals(z, names, fixed, packed)
     return jnp.where(ok, jnp.sum(r * r, axis=1), jnp.inf)
 
 
 @partial(jax.jit, static_argnames=("names",))
-def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent, sm: Smoother | None = None):
+def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent):
     """Residuals (K, N), Jacobian (K, N, P) by P forward-mode products, ok (K,)."""
 
     def fr(zz):
-        return _residuals(zz, names, fixed, packed, sm)[0]
+        return _residuals(zz, names, fixed, packed)[0]
 
     p = z.shape[1]
     basis = jnp.eye(p)
@@ -158,16 +110,16 @@ def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent, sm: 
         return jax.jvp(fr, (z,), (jnp.broadcast_to(e, z.shape),))[1]
 
     jac = jax.lax.map(col, basis)  # (P, K, N)
-    r, ok = _residuals(z, names, fixed, packed, sm)
+    r, ok = _residuals(z, names, fixed, packed)
     jac = jnp.moveaxis(jac, 0, -1)
     ok = ok & jnp.all(jnp.isfinite(jac), axis=(1, 2))
     return r, jnp.where(ok[:, None, None], jac, 0.0), ok
 
 
 @partial(jax.jit, static_argnames=("names",))
-def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi, sm: Smoother | None = None):
+def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi):
     """One Levenberg–Marquardt trial for every start: returns (z, λ, χ², accepted, gain)."""
-    r, jac, ok = _jacobian(z, names, fixed, packed, sm)
+    r, jac, ok = _jacobian(z, names, fixed, packed)
     jtj = jnp.einsum("knp,knq->kpq", jac, jac)
     g = jnp.einsum("knp,kn->kp", jac, r)
     d = jnp.maximum(jnp.diagonal(jtj, axis1=1, axis2=2), 1e-12)
@@ -175,7 +127,7 @@ def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi
     step = -jnp.linalg.solve(a, g[..., None])[..., 0]
     step = jnp.where(ok[:, None] & jnp.all(jnp.isfinite(step), axis=1, keepdims=True), step, 0.0)
     z_new = jnp.clip(z + step, lo, hi)
-    chi2_new = chi2_batch(z_new, names, fixed, packed, sm)
+    chi2_new = chi2_batch(z_new, names, fixed, packed)
     better = chi2_new < chi2
     z = jnp.where(better[:, None], z_new, z)
     lam = jnp.where(better, lam / 3.0, lam * 4.0)
@@ -228,7 +180,6 @@ def levenberg_marquardt(
     tol: float = 1e-7,
     lam0: float = 1e-2,
     chunk: int = 128,
-    smoother: Smoother | None = None,
     progress: bool = False,
     desc: str = "local fits",
 ) -> FitBatch:
@@ -244,7 +195,6 @@ def levenberg_marquardt(
         tol: stop a start when its χ² gain of an accepted step is below ``tol·χ²`` (and λ < 1).
         lam0: initial damping.
         chunk: starts per compiled batch (pads the last chunk by repetition).
-        smoother: optimize the time-smoothed χ² (:func:`time_smoother`) instead of the exact one.
     """
     names = tuple(names)
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
@@ -270,12 +220,12 @@ def levenberg_marquardt(
     for c in range(n_chunks):
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), k - 1)
         z = jnp.asarray(z0[idx])
-        chi2 = chi2_batch(z, names, fixed, packed, smoother)
+        chi2 = chi2_batch(z, names, fixed, packed)
         c_start_chunk = np.asarray(chi2)
         lam = jnp.full(chunk, lam0)
         done = np.zeros(chunk, dtype=bool)
         for it in range(max_iter):
-            z, lam, chi2, better, gain = lm_step(z, lam, chi2, names, fixed, packed, jlo, jhi, smoother)
+            z, lam, chi2, better, gain = lm_step(z, lam, chi2, names, fixed, packed, jlo, jhi)
             bar.update(1)
             gain_np, lam_np, chi2_np = np.asarray(gain), np.asarray(lam), np.asarray(chi2)
             small = np.asarray(better) & (gain_np < tol * np.maximum(chi2_np, 1.0)) & (lam_np < 1.0)
@@ -303,6 +253,15 @@ def residual_rows(z: jax.Array, names: tuple, packed: PackedEvent) -> tuple[jax.
 
 #: forward-difference steps of :func:`levenberg_marquardt_fd` (t_0 in units of t_E)
 FD_STEPS = {"t_0": 1e-4, "u_0": 1e-4, "t_E": 1e-4, "s": 1e-5, "q": 1e-4, "alpha": 1e-3, "rho": 1e-3}
+
+
+def _fd_steps(z: np.ndarray, names: tuple) -> np.ndarray:
+    """(K, P) forward-difference steps in the optimization variables (:data:`FD_STEPS`; ``t_0``'s
+    scaled by each row's t_E, whose variable is log t_E)."""
+    h = np.tile([FD_STEPS.get(n, 1e-4) for n in names], (z.shape[0], 1))
+    if "t_0" in names and "t_E" in names:
+        h[:, names.index("t_0")] *= np.exp(z[:, names.index("t_E")])
+    return h
 
 
 def levenberg_marquardt_fd(
@@ -367,12 +326,7 @@ def levenberg_marquardt_fd(
         lam = np.full(kk, lam0)
         done = ~np.isfinite(chi2)
         for it in range(max_iter):
-            steps = np.array([FD_STEPS.get(n, 1e-4) for n in names])
-            if "t_0" in names and "t_E" in names:
-                h = np.tile(steps, (kk, 1))
-                h[:, names.index("t_0")] *= np.exp(z[:, names.index("t_E")]) if "t_E" in LOG_NAMES else 1.0
-            else:
-                h = np.tile(steps, (kk, 1))
+            h = _fd_steps(z, names)
             zp = np.repeat(z[:, None, :], p, axis=1) + np.einsum("kp,pq->kpq", h, np.eye(p))
             rp, okp = resid(zp.reshape(-1, p))
             rp = rp.reshape(kk, p, -1)
@@ -414,9 +368,7 @@ def fd_hessian(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: i
     p = len(names)
     out = np.empty((z.shape[0], p, p))
     for k in range(z.shape[0]):
-        steps = np.array([FD_STEPS.get(n, 1e-4) for n in names])
-        if "t_0" in names and "t_E" in names:
-            steps[names.index("t_0")] *= math.exp(z[k, names.index("t_E")])
+        steps = _fd_steps(z[k:k + 1], names)[0]
         zz = np.concatenate([z[k:k + 1], z[k] + np.diag(steps)])
         idx = np.minimum(np.arange(rows), zz.shape[0] - 1)
         r, _ = residual_rows(jnp.asarray(zz[idx]), names, packed)

@@ -4,7 +4,7 @@ At Roman or KMTNet S/N the χ² basin of a caustic crossing is a few percent wid
 degrees in alpha, so local fits from broad proposals end in false minima. The search places
 candidates where the data say the anomaly is, as analysts and RTModel do:
 
-1. **Single lens with the anomaly masked** (:func:`fit_single_lens`, :func:`find_anomalies`): a
+1. **Single lens with the anomaly masked** (:func:`fit_single_lens`): a
    grid in (u_0, t_E) around the brightest part of the light curve, Levenberg–Marquardt, then the
    points whose smoothed residual departs by more than ``threshold``σ are masked and the fit is
    repeated (the anomaly no longer drags u_0 and t_E).

@@ -12,7 +12,7 @@ import pytest
 
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.inference.exact import ExactSettings, Mode, ModeSearch, exact_proposal, find_modes
-from mulens_sbi.inference.localfit import levenberg_marquardt, time_smoother
+from mulens_sbi.inference.localfit import levenberg_marquardt
 from mulens_sbi.inference.search import fit_single_lens
 from mulens_sbi.likelihood import pack_event
 
@@ -65,15 +65,6 @@ def test_lm_single_lens_from_far_start():
     assert at_truth - res.chi2[0] < 10  # and statistically close (3 parameters)
     phys = res.physical()
     assert abs(phys["u_0"][0] - 0.2) < 0.01 and abs(phys["t_E"][0] - 15.0) < 0.5
-
-
-def test_time_smoother_is_an_average():
-    t = np.sort(np.random.default_rng(0).uniform(0, 10, 300))
-    ev = Event(datasets=(Dataset(name="a", t=t, flux=np.ones(300), sigma=np.ones(300)),))
-    sm = time_smoother(pack_event(ev), 0.2)
-    w = np.asarray(sm.weight)
-    assert np.allclose(w.sum(axis=1), 1.0) and np.all(w >= 0)
-    assert time_smoother(pack_event(ev), 0.0) is None
 
 
 def test_single_lens_masks_the_anomaly(crossing):
