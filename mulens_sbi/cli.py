@@ -2,8 +2,12 @@
 
 Each command is a thin wrapper: an ``add_arguments(parser)`` that declares its options and a
 ``run(args)`` that turns them into a frozen settings object and calls ONE library function
-(e.g. :func:`mulens_sbi.simulate.run_simulation`). New commands are added by appending a
-:class:`Command` to :data:`COMMANDS`. Errors the user can fix (bad spec, output exists, bad
+(e.g. :func:`mulens_sbi.simulate.run_simulation`). Every command takes ``--settings FILE.toml``
+(its settings class as TOML, :mod:`mulens_sbi.settings_file`: ``SimulateSettings``, ``DemoSettings``,
+``TrainSettings``, ``ValidateSettings``, ``FitSettings``, ``CatalogSettings``,
+``DegeneracySettings``); flags given on the command line override the file, and a bad file is an
+error naming the file and the key. New commands are added by appending a :class:`Command` to
+:data:`COMMANDS`. Errors the user can fix (bad spec, output exists, bad
 value) print ``mulens-sbi <command>: error: ...`` and exit with status 2; nothing is overwritten
 without ``--overwrite``.
 """
@@ -64,6 +68,14 @@ def _given(args: argparse.Namespace, flags: dict[str, tuple[str, Callable[[Any],
     return out
 
 
+def _flag_name(args: argparse.Namespace, dest: str) -> str:
+    """How the user writes ``dest`` on the command line: ``--flag``, or a positional's metavar."""
+    for action in args._parser._actions:
+        if action.dest == dest:
+            return action.option_strings[0] if action.option_strings else (action.metavar or dest.upper())
+    return f"--{dest.replace('_', '-')}"
+
+
 def _settings(args: argparse.Namespace, cls: type, flags: dict[str, tuple[str, Callable[[Any], Any]]],
               required: tuple[str, ...], extra: dict[str, Any] | None = None) -> Any:
     """``cls`` from ``--settings`` (if given) with the explicitly given flags (and ``extra``) on top;
@@ -72,7 +84,7 @@ def _settings(args: argparse.Namespace, cls: type, flags: dict[str, tuple[str, C
 
     overrides = {**_given(args, flags), **(extra or {})}
     if args.settings is None:
-        missing = [f"--{d.replace('_', '-')}" for d in required if getattr(args, d, None) is None]
+        missing = [_flag_name(args, d) for d in required if getattr(args, d, None) is None]
         if missing:
             args._parser.error(f"the following arguments are required (or give them in --settings): "
                                f"{', '.join(missing)}")
@@ -176,16 +188,36 @@ def _simulate_run(args: argparse.Namespace) -> int:
 # demo
 
 
+#: demo's flags: argparse dest -> (DemoSettings key, converter)
+DEMO_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "out": ("out", _same), "seed": ("seed", _same), "overwrite": ("overwrite", _true), "n": ("n", _same),
+    "mode": ("mode", _same),
+}
+
+
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder for the plots and report")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="noise/cadence seed (default 0)")
+    p.add_argument("--out", help="output folder for the plots and report (required unless in --settings)")
+    p.add_argument("--seed", type=_nonneg_int, help="noise/cadence seed (default 0)")
+    p.add_argument("--n", type=_positive_int, help="amortized samples of the fit demo (default 4096)")
+    p.add_argument("--mode", choices=("auto", "fit", "simulate"),
+                   help="auto (default): fit the shipped example event when the shipped model is present, "
+                        "else simulate one; fit; simulate")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo in --out")
+    _add_settings_arg(p, "DemoSettings")
+    p.set_defaults(**{dest: None for dest in DEMO_FLAGS})
+
+
+def demo_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.demo.DemoSettings` of parsed ``demo`` arguments."""
+    from mulens_sbi.demo import DemoSettings
+
+    return _settings(args, DemoSettings, DEMO_FLAGS, ("out",))
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from mulens_sbi.demo import DemoSettings, run_demo
+    from mulens_sbi.demo import run_demo
 
-    report = run_demo(DemoSettings(out=args.out, seed=args.seed, overwrite=args.overwrite))
+    report = run_demo(demo_settings(args))
     for name in report["files"]:
         print(f"wrote {name}")
     return 0
@@ -360,47 +392,61 @@ def _validate_run(args: argparse.Namespace) -> int:
 # fit
 
 
+#: fit's flags: argparse dest -> (FitSettings key, converter); FILE, --model, --out, --overwrite and
+#: --no-figures say what is fitted and where it goes, not how, and are not settings
+FIT_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "n": ("n", _same), "refine": ("refine", _same), "time_budget": ("exact.time_budget_s", _same),
+    "seed": ("seed", _same), "restrict": ("restrict", tuple), "kind": ("kind", _same),
+    "time_format": ("time_format", _same), "no_progress": ("progress", _false),
+}
+
+
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
                    help="photometry tables 'time mag err' or 'time flux err' (one dataset each, with "
                         "its own F_s, F_b)")
     p.add_argument("--model", default="roman", help="shipped model name (default roman) or a model folder")
     p.add_argument("--out", required=True,
-                   help="output folder (samples.parquet, summary.json, report.md, figures)")
-    p.add_argument("--n", type=_positive_int, default=10000, help="amortized samples (default 10000)")
-    p.add_argument("--refine", choices=("auto", "exact", "is", "nuts", "none"), default="auto",
+                   help="output folder (samples.parquet, summary.json, report.md, fit_settings.toml, "
+                        "figures)")
+    p.add_argument("--n", type=_positive_int, help="amortized samples (default 10000)")
+    p.add_argument("--refine", choices=("auto", "exact", "is", "nuts", "none"),
                    help="auto (default): importance sampling of the flow with the exact likelihood, and "
                         "where it fails the exact stage (global search, local fits, importance sampling "
                         "around every mode); exact: the exact stage always; is: flow importance sampling "
                         "only; nuts: IS, then NUTS started from it; none: flow only")
-    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
                    help="time budget of the exact stage's search (default 600 s)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
+    p.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
+    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH",
                    help="posterior under the prior restricted to a sub-range (repeatable; either bound may "
                         "be empty), e.g. --restrict q=:0.01 for 'if the companion is a planet'; "
-                        "parameters u_0, t_E (days), s, q, alpha (degrees)")
-    p.add_argument("--kind", choices=("mag", "flux"), default=None,
+                        "parameters u_0, t_E (days), s, q, alpha (degrees); replaces the file's restrict")
+    p.add_argument("--kind", choices=("mag", "flux"),
                    help="column 2 is magnitude or flux (default: from the file's header)")
-    p.add_argument("--time-format", default="auto", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
+    p.add_argument("--time-format", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
                    help="time column scale (default auto: by header name or value)")
     p.add_argument("--overwrite", action="store_true", help="replace the fit files in an existing --out")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_settings_arg(p, "FitSettings (e.g. the fit_settings.toml a fit wrote; [exact] for the exact "
+                         "stage)")
+    p.set_defaults(**{dest: None for dest in FIT_FLAGS})
+
+
+def fit_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.fit_settings.FitSettings` of parsed ``fit`` arguments."""
+    from mulens_sbi.fit_settings import FitSettings
+
+    return _settings(args, FitSettings, FIT_FLAGS, ())
 
 
 def _fit_run(args: argparse.Namespace) -> int:
     from mulens_sbi.fit import check_output, fit, save_fit
-    from mulens_sbi.restrict import parse_restrict
 
-    restrict = parse_restrict(args.restrict)
+    settings = fit_settings(args)
     check_output(args.out, args.overwrite)  # refuse before spending time on the fit
-    from mulens_sbi.inference.exact import ExactSettings
-
-    exact = ExactSettings() if args.time_budget is None else ExactSettings(time_budget_s=args.time_budget)
-    result = fit(args.files, args.model, n=args.n, refine=args.refine, seed=args.seed, kind=args.kind,
-                 time_format=args.time_format, progress=not args.no_progress, restrict=restrict,
-                 exact=exact)
+    result = fit(args.files, args.model, settings=settings)
     files = save_fit(result, args.out, overwrite=args.overwrite, figures=not args.no_figures)
     print(repr(result))
     for f in files:
@@ -423,43 +469,57 @@ def _fit_run(args: argparse.Namespace) -> int:
 # catalog
 
 
+#: catalog's flags: argparse dest -> (CatalogSettings key, converter)
+CATALOG_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "input": ("input", _same), "out": ("out", _same), "model": ("model", _same), "engine": ("engine", _same),
+    "n_samples": ("n_samples", _same), "refine": ("refine", _same), "seed": ("seed", _same),
+    "restrict": ("restrict", ",".join), "shard_size": ("shard_size", _same),
+    "batch_size": ("batch_size", _same), "actors": ("num_actors", _same),
+    "ray_address": ("ray_address", _same), "overwrite": ("overwrite", _true),
+    "no_progress": ("progress", _false),
+}
+
+
 def _catalog_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", metavar="INPUT",
-                   help="a folder of event files/manifests, or a parquet file/folder of light curves")
-    p.add_argument("--model", default="roman", help="shipped model name (default roman) or a model folder")
-    p.add_argument("--out", required=True, help="output folder (catalog.json, parts/, catalog.parquet)")
-    p.add_argument("--engine", choices=("local", "ray"), default="local",
+    p.add_argument("input", metavar="INPUT", nargs="?",
+                   help="a folder of event files/manifests, or a parquet file/folder of light curves "
+                        "(required unless in --settings)")
+    p.add_argument("--model", help="shipped model name (default roman) or a model folder")
+    p.add_argument("--out", help="output folder (catalog.json, parts/, catalog.parquet; required unless in "
+                                 "--settings)")
+    p.add_argument("--engine", choices=("local", "ray"),
                    help="local (default) or ray (Ray Data actors; --ray-address to join a cluster)")
-    p.add_argument("--n-samples", type=_positive_int, default=1000,
-                   help="flow samples per event (default 1000)")
-    p.add_argument("--refine", choices=("is", "auto", "exact", "none"), default="is",
+    p.add_argument("--n-samples", type=_positive_int, help="flow samples per event (default 1000)")
+    p.add_argument("--refine", choices=("is", "auto", "exact", "none"),
                    help="is: importance sampling of the flow with the exact likelihood (default); auto: "
                         "and the exact stage where that fails (as `fit`); exact: the exact stage for "
                         "every event; none: flow only")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH", default=[],
+    p.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
+    p.add_argument("--restrict", action="append", metavar="NAME=LOW:HIGH",
                    help="posterior under the prior restricted to a sub-range, as in `fit --restrict` "
                         "(repeatable); column restricted_mass: the flow's probability of the range")
-    p.add_argument("--shard-size", type=_positive_int, default=64, help="events per output part (default 64)")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="events per flow call (default 16)")
-    p.add_argument("--actors", type=_positive_int, default=None, help="Ray actors (default: CPUs / 1)")
-    p.add_argument("--ray-address", default=None,
-                   help="address of a running Ray cluster (default: start a local one)")
+    p.add_argument("--shard-size", type=_positive_int, help="events per output part (default 64)")
+    p.add_argument("--batch-size", type=_positive_int, help="events per flow call (default 16)")
+    p.add_argument("--actors", type=_positive_int, help="Ray actors (default: CPUs / 1)")
+    p.add_argument("--ray-address", help="address of a running Ray cluster (default: start a local one)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an existing catalog in --out and start again")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_settings_arg(p, "CatalogSettings")
+    p.set_defaults(**{dest: None for dest in CATALOG_FLAGS})
+
+
+def catalog_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.catalog.CatalogSettings` of parsed ``catalog`` arguments."""
+    from mulens_sbi.catalog import CatalogSettings
+
+    return _settings(args, CatalogSettings, CATALOG_FLAGS, ("input", "out"))
 
 
 def _catalog_run(args: argparse.Namespace) -> int:
-    from mulens_sbi.catalog import CatalogSettings, run_catalog
+    from mulens_sbi.catalog import run_catalog
 
-    settings = CatalogSettings(input=args.input, out=args.out, model=args.model, engine=args.engine,
-                               n_samples=args.n_samples, refine=args.refine, seed=args.seed,
-                               shard_size=args.shard_size, batch_size=args.batch_size,
-                               overwrite=args.overwrite, progress=not args.no_progress,
-                               num_actors=args.actors, ray_address=args.ray_address,
-                               restrict=",".join(args.restrict))
-    s = run_catalog(settings)
+    s = run_catalog(catalog_settings(args))
     print(f"{s['n_events']} events in {s['n_shards']} parts ({s['shards_made']} made, {s['shards_reused']} "
           f"reused) in {s['wall_s']:.1f} s; status: {s.get('status_counts')}; "
           f"table: {s['out']}/catalog.parquet")
@@ -470,42 +530,49 @@ def _catalog_run(args: argparse.Namespace) -> int:
 # degeneracy
 
 
+#: degeneracy's flags: argparse dest -> (DegeneracySettings key, converter)
+DEGENERACY_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "samples": ("samples", _same), "out": ("out", _same), "data": ("data", tuple), "seed": ("seed", _same),
+    "max_modes": ("max_modes", _same), "min_weight": ("min_weight", _same),
+    "overwrite": ("overwrite", _true), "no_figures": ("figures", _false),
+}
+
+
 def _degeneracy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("samples", metavar="SAMPLES",
+    p.add_argument("samples", metavar="SAMPLES", nargs="?",
                    help="posterior samples: parquet or CSV with columns s, q, u_0, alpha (degrees) [, t_0, "
-                        "t_E, weight, log_likelihood], e.g. the samples.parquet of `mulens-sbi fit`")
-    p.add_argument("--out", required=True,
+                        "t_E, weight, log_likelihood], e.g. the samples.parquet of `mulens-sbi fit` "
+                        "(required unless in --settings)")
+    p.add_argument("--out",
                    help="output folder (report.json, degeneracy_caustics.png, degeneracy_lightcurves.png, "
-                        "degeneracy_relation.png)")
-    p.add_argument("--data", nargs="+", metavar="FILE", default=None,
+                        "degeneracy_relation.png; required unless in --settings)")
+    p.add_argument("--data", nargs="+", metavar="FILE",
                    help="the event's photometry (one dataset per file): enables the partner search with the "
                         "exact likelihood and light curves at the data's times")
-    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_nonneg_int, help="random seed (default 0)")
+    p.add_argument("--max-modes", type=_positive_int, help="at most this many modes (default 4)")
+    p.add_argument("--min-weight", type=float,
+                   help="modes with less posterior mass are dropped (default 0.02)")
     p.add_argument("--overwrite", action="store_true", help="replace the report files in an existing --out")
     p.add_argument("--no-figures", action="store_true", help="write report.json only")
+    _add_settings_arg(p, "DegeneracySettings")
+    p.set_defaults(**{dest: None for dest in DEGENERACY_FLAGS})
+
+
+def degeneracy_settings(args: argparse.Namespace):
+    """The :class:`~mulens_sbi.degeneracy.command.DegeneracySettings` of parsed ``degeneracy``
+    arguments."""
+    from mulens_sbi.degeneracy.command import DegeneracySettings
+
+    return _settings(args, DegeneracySettings, DEGENERACY_FLAGS, ("samples", "out"))
 
 
 def _degeneracy_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mulens_sbi.degeneracy.command import run_degeneracy
 
-    from mulens_sbi.degeneracy import REPORT_FILES, analyze
-
-    out = Path(args.out)
-    names = REPORT_FILES if not args.no_figures else REPORT_FILES[:1]
-    existing = [f for f in names if (out / f).exists()]
-    if existing and not args.overwrite:  # refuse before spending time on the analysis
-        from mulens_sbi.simulate import OutputExistsError
-
-        raise OutputExistsError(f"{out} already holds {', '.join(existing)}: choose another --out or pass "
-                                "--overwrite")
-    event = None
-    if args.data:
-        from mulens_sbi.fit import as_event
-
-        event = as_event(args.data)
-    report = analyze(args.samples, event=event, seed=args.seed)
+    report, files = run_degeneracy(degeneracy_settings(args))
     print(repr(report))
-    for f in report.save(out, overwrite=args.overwrite, figures=not args.no_figures):
+    for f in files:
         print(f"wrote {f}")
     return 0
 
@@ -566,7 +633,8 @@ COMMANDS: list[Command] = [
         "on Ray Data actors.",
         _catalog_args,
         _catalog_run,
-    ),    Command(
+    ),
+    Command(
         "degeneracy",
         "test a posterior's modes against the offset degeneracy (close-wide, inner-outer, offset)",
         "Find the modes of posterior samples (reflection copies recognised), test every pair against the "

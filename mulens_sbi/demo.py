@@ -37,10 +37,12 @@ import numpy as np
 
 from mulens_sbi import __version__
 from mulens_sbi.fit import fit, report_markdown, save_fit
+from mulens_sbi.fit_settings import FIT_SETTINGS_FILE
 from mulens_sbi.io_simple import read_event
 from mulens_sbi.lightcurve import magnification_batch
 from mulens_sbi.models import available_models
 from mulens_sbi.plots import plot_caustics, plot_lightcurve
+from mulens_sbi.settings_file import check_fields
 from mulens_sbi.simulate import OutputExistsError
 from mulens_sbi.summary import to_jsonable
 from mulens_sbi.survey import Survey, mag_to_flux
@@ -54,14 +56,19 @@ FIT_DEMO_FILES = (
     "lightcurve.png",
     "corner.png",
     "caustics.png",
+    FIT_SETTINGS_FILE,
 )
 DEMO_MODES = ("auto", "fit", "simulate")
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """``mode``: ``"auto"`` (fit when a shipped model and the example event exist, else simulate),
-    ``"fit"`` or ``"simulate"``; ``n``: amortized samples of the fit demo."""
+    """Settings of ``mulens-sbi demo`` (validated on construction; ``--settings FILE.toml``).
+
+    ``out``: output folder; ``seed``: noise/cadence seed of the simulation demo and the fit's seed
+    (>= 0); ``survey``: the survey spec and shipped model; ``mode``: ``"auto"`` (fit when a shipped
+    model and the example event exist, else simulate), ``"fit"`` or ``"simulate"``; ``n``: amortized
+    samples of the fit demo (>= 2)."""
 
     out: str
     seed: int = 0
@@ -69,6 +76,15 @@ class DemoSettings:
     survey: str = "roman"
     mode: str = "auto"
     n: int = 4096
+
+    def __post_init__(self) -> None:
+        check_fields(self, {
+            "out": (isinstance(self.out, str) and self.out != "", "a non-empty path"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "survey": (isinstance(self.survey, str) and self.survey != "", "a survey name"),
+            "mode": (self.mode in DEMO_MODES, f"one of {', '.join(DEMO_MODES)}"),
+            "n": (self.n >= 2, ">= 2"),
+        })
 
 
 def demo_parameters(survey) -> dict[str, float]:
@@ -119,8 +135,6 @@ def _prepare_out(out: Path, overwrite: bool, ours: tuple[str, ...]) -> None:
 def run_demo(settings: DemoSettings) -> dict:
     """Run the demo into ``settings.out`` (see the module docstring); returns the report dict, whose
     ``files`` lists what was written."""
-    if settings.mode not in DEMO_MODES:
-        raise ValueError(f"demo mode must be one of {DEMO_MODES}, got {settings.mode!r}")
     use_fit = settings.mode == "fit" or (settings.mode == "auto" and fit_demo_available(settings.survey))
     if use_fit:
         return run_fit_demo(settings)

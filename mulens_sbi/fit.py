@@ -50,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mulens_sbi.event import Dataset, Event
+from mulens_sbi.fit_settings import FIT_SETTINGS_FILE, REFINE, FitSettings, fit_settings
 from mulens_sbi.inference import exact as exact_stage
 from mulens_sbi.inference.exact import ExactSettings
 from mulens_sbi.inference.importance import (
@@ -61,6 +62,7 @@ from mulens_sbi.inference.importance import (
 )
 from mulens_sbi.likelihood import evaluate, pack_event
 from mulens_sbi.restrict import RESTRICT_ROUNDS, describe_restrict, no_sample_message, restrict_priors
+from mulens_sbi.settings_file import dump_settings
 from mulens_sbi.summary import (
     PLANET_Q,
     find_modes,
@@ -74,6 +76,7 @@ __all__ = [
     "FIT_FILES",
     "REFINE",
     "FitResult",
+    "FitSettings",
     "as_event",
     "evaluate_samples",
     "exact_posterior",
@@ -83,10 +86,9 @@ __all__ = [
     "save_fit",
 ]
 
-REFINE = ("none", "is", "auto", "exact", "nuts")
 #: files written by :func:`save_fit` / ``mulens-sbi fit``
 FIT_FILES = ("samples.parquet", "summary.json", "report.md", "lightcurve.png", "corner.png", "caustics.png",
-             "degeneracy.png")
+             "degeneracy.png", FIT_SETTINGS_FILE)
 CONVENTIONS = (
     "MulensModel v3: t_0 in HJD' = HJD - 2450000 (days), u_0 and s in theta_E (u_0 signed), t_E in days, "
     "q = companion/primary, alpha in degrees; fluxes on zero point 22, F = F_s*A + F_b per dataset"
@@ -289,6 +291,9 @@ class FitResult:
     #: :class:`mulens_sbi.degeneracy.DegeneracyReport` of the samples (modes vs the offset relation;
     #: no partner search unless ``fit(..., degeneracy="partner")``); None if not computed
     degeneracy: Any = None
+    #: the settings the fit used (:class:`~mulens_sbi.fit_settings.FitSettings`); :func:`save_fit`
+    #: writes them to ``fit_settings.toml``, which replays the fit
+    settings: FitSettings | None = None
 
     @property
     def n(self) -> int:
@@ -456,38 +461,46 @@ def fit(
     data,
     model: Any = "roman",
     *,
-    n: int = 10_000,
-    refine: str = "auto",
-    seed: int = 0,
+    settings: FitSettings | None = None,
+    n: int | None = None,
+    refine: str | None = None,
+    seed: int | None = None,
     proposal_dataset: str | None = None,
-    chunk_size: int = 256,
-    nuts_warmup: int = 300,
-    nuts_samples: int = 300,
-    nuts_chains: int = 2,
-    progress: bool = True,
+    chunk_size: int | None = None,
+    nuts_warmup: int | None = None,
+    nuts_samples: int | None = None,
+    nuts_chains: int | None = None,
+    progress: bool | None = None,
     kind: str | None = None,
-    time_format: str = "auto",
+    time_format: str | None = None,
     name: str | None = None,
-    degeneracy: str = "modes",
+    degeneracy: str | None = None,
     restrict: Mapping[str, tuple[float | None, float | None]] | None = None,
     exact: ExactSettings | None = None,
 ) -> FitResult:
     """Posterior of one event (see the module docstring for the steps).
 
+    How the event is fitted is a :class:`~mulens_sbi.fit_settings.FitSettings` (``settings``,
+    default ``FitSettings()``); each keyword below that is given (not None) overrides its field, so
+    ``fit(data, n=4096)`` and ``fit(data, settings=FitSettings(n=4096))`` are the same fit. The
+    settings used are in ``result.settings`` and ``summary["settings"]``, and :func:`save_fit` writes
+    them to ``fit_settings.toml``, which replays the fit.
+
     Args:
         data: Event, Dataset, file path(s) or arrays (:func:`as_event`).
         model: a model name (``"roman"``), a model folder, or a loaded model object with
             ``sample(event, n, key) -> (samples, log_q)`` and priors (``.priors`` or ``.spec``).
-        n: number of amortized samples (proposal draws).
+        settings: the fit's settings (default ``FitSettings()``).
+        n: number of amortized samples (proposal draws; default 10000).
         refine: ``"auto"`` (default: importance sampling of the flow; where that fails, the exact
             stage), ``"exact"`` (the exact stage always: global search, local fits, modes,
             importance sampling of the modes' mixture, :mod:`mulens_sbi.inference.exact`),
             ``"is"`` (importance sampling of the flow only), ``"nuts"`` (IS then NUTS) or ``"none"``.
-        seed: seed of everything random (flow draws, NUTS, plot draws).
+        seed: seed of everything random (flow draws, NUTS, plot draws; default 0).
         proposal_dataset: the dataset the flow sees (default: the one with the most points).
-        chunk_size: parameter sets per likelihood call.
-        nuts_warmup, nuts_samples, nuts_chains: NUTS settings (per chain).
-        progress: progress bars.
+        chunk_size: parameter sets per likelihood call (default 256).
+        nuts_warmup, nuts_samples, nuts_chains: NUTS settings (per chain; default 300, 300, 2).
+        progress: progress bars (default True).
         kind, time_format, name: passed to the file reader.
         degeneracy: ``"modes"`` (default): the degeneracy analysis of the samples
             (:func:`mulens_sbi.degeneracy.analyze`: modes tested against the offset relation);
@@ -502,14 +515,22 @@ def fit(
 
     Returns:
         :class:`FitResult`.
+
+    Raises:
+        ValueError: a setting out of its range (the message names the field and the range), or data
+            that cannot be fitted.
     """
-    if refine not in REFINE:
-        raise ValueError(f"refine must be one of {REFINE}, got {refine!r}")
-    if degeneracy not in ("off", "modes", "partner"):
-        raise ValueError(f"degeneracy must be 'off', 'modes' or 'partner', got {degeneracy!r}")
-    n = int(n)
-    if n < 2:
-        raise ValueError(f"n must be >= 2, got {n}")
+    settings = fit_settings(
+        settings, n=n, refine=refine, seed=seed, proposal_dataset=proposal_dataset, chunk_size=chunk_size,
+        nuts_warmup=nuts_warmup, nuts_samples=nuts_samples, nuts_chains=nuts_chains, progress=progress,
+        kind=kind, time_format=time_format, name=name, degeneracy=degeneracy, restrict=restrict, exact=exact,
+    )
+    st = settings
+    n, refine, seed, proposal_dataset = int(st.n), st.refine, st.seed, st.proposal_dataset
+    chunk_size, progress = st.chunk_size, st.progress
+    kind, time_format, name = st.kind, st.time_format, st.name
+    nuts_warmup, nuts_samples, nuts_chains = st.nuts_warmup, st.nuts_samples, st.nuts_chains
+    degeneracy, exact, restrict = st.degeneracy, st.exact, st.restrict_ranges
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     event = as_event(data, kind=kind, time_format=time_format, name=name)
@@ -768,6 +789,7 @@ def fit(
     )
     summary["restrict"] = to_jsonable(restriction)
     summary["exact"] = to_jsonable(exact_info)
+    summary["settings"] = to_jsonable(settings.to_dict())
     deg_report = None
     if degeneracy != "off":
         deg_report = _degeneracy(event, samples, weights, ll, degeneracy == "partner", seed, messages)
@@ -791,6 +813,7 @@ def fit(
         log_proposal=log_q,
         timings=timings,
         degeneracy=deg_report,
+        settings=settings,
     )
 
 
@@ -1072,8 +1095,9 @@ def save_fit(
     figures: bool = True,
     truth: Mapping | None = None,
 ) -> list[Path]:
-    """Write samples (parquet), ``summary.json``, ``report.md`` and the figures into ``out``
-    (``truth``: known parameters of a simulated event, marked in the light-curve and corner plots).
+    """Write samples (parquet), ``summary.json``, ``report.md``, the figures and the settings used
+    (``fit_settings.toml``, when ``result.settings`` is set) into ``out`` (``truth``: known parameters
+    of a simulated event, marked in the light-curve and corner plots).
 
     A folder holding any of :data:`FIT_FILES` is refused unless ``overwrite`` (then only those files
     are replaced; nothing else in the folder is touched).
@@ -1086,6 +1110,12 @@ def save_fit(
     pq.write_table(result.to_table(), out / "samples.parquet", compression="zstd")
     written.append(out / "samples.parquet")
     written.append(write_json(result.summary, out / "summary.json", overwrite=True))
+    if result.settings is not None:
+        (out / FIT_SETTINGS_FILE).write_text(
+            f"# the settings of this fit; replay: fit(data, model, settings=load_settings(this file, "
+            f"FitSettings)) or `mulens-sbi fit FILE... --model {result.summary.get('model', 'MODEL')} "
+            f"--settings this_file --out DIR`\n" + dump_settings(result.settings), encoding="utf-8")
+        written.append(out / FIT_SETTINGS_FILE)
     if figures:
         for fname, fn in (
             ("lightcurve.png", lambda: result.plot_lightcurve(truth=truth)),

@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import numpy as np
 
-__all__ = ["RESTRICTABLE", "RESTRICT_ROUNDS", "parse_restrict", "restriction_box", "restrict_priors",
-           "describe_restrict", "no_sample_message"]
+__all__ = ["RESTRICTABLE", "RESTRICT_ROUNDS", "parse_restrict", "format_restrict", "restriction_box",
+           "restrict_priors", "describe_restrict", "no_sample_message"]
 
 #: parameters a restriction may name (physical names of the amortized models)
 RESTRICTABLE = ("u_0", "t_E", "s", "q", "alpha")
@@ -70,6 +70,15 @@ def parse_restrict(items: Sequence[str]) -> dict[str, tuple[float | None, float 
             raise ValueError(f"--restrict {item!r}: need LOW < HIGH")
         out[name] = (lo, hi)
     return out
+
+
+def format_restrict(restrict: Restriction) -> tuple[str, ...]:
+    """``{"q": (None, 0.01), "s": (1.0, None)}`` -> ``("q=:0.01", "s=1.0:")``: the command-line items
+    that :func:`parse_restrict` reads back to the same ranges (bounds written with ``repr``, exact)."""
+    def bound(v) -> str:
+        return "" if v is None else repr(float(v))
+
+    return tuple(f"{name}={bound(lo)}:{bound(hi)}" for name, (lo, hi) in restrict.items())
 
 
 def _resolved(name: str, rng, prior_lo: float, prior_hi: float) -> tuple[float, float]:

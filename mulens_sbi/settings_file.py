@@ -2,12 +2,12 @@
 
 ``load_settings(path, cls, overrides)`` reads a TOML file whose top-level keys are the fields of
 ``cls`` (a dataclass; fields that are themselves dataclasses are TOML tables, e.g. ``[train]`` of
-:class:`mulens_sbi.training.TrainSettings`), refuses unknown keys and values of the wrong type with an
-error naming the file and the key, applies ``overrides`` (command-line flags) and constructs ``cls``,
-whose own validation (``__post_init__``) then runs. A key left out takes the field's default; a
-nested table given in part is merged onto the field's default. ``dump_settings(obj)`` writes the TOML
-that ``load_settings`` reads back to an equal object (``None`` values are left out: TOML has no null,
-and every optional field here defaults to ``None``).
+:class:`mulens_sbi.training.TrainSettings`; a ``dict`` field is an inline table), refuses unknown
+keys and values of the wrong type with an error naming the file and the key, applies ``overrides``
+(command-line flags) and constructs ``cls``, whose own validation (``__post_init__``) then runs. A
+key left out takes the field's default; a nested table given in part is merged onto the field's
+default. ``dump_settings(obj)`` writes the TOML that ``load_settings`` reads back to an equal object
+(``None`` values are left out: TOML has no null, and every optional field here defaults to ``None``).
 
 Generic: it knows dataclasses and type hints, nothing of microlensing (layer "foundations").
 """
@@ -60,6 +60,8 @@ def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if hint is tuple or origin is tuple:
         return "an array"
+    if hint is dict or origin is dict:
+        return "a table"
     if dataclasses.is_dataclass(hint):
         return f"a table ({hint.__name__})"
     if origin in (typing.Union, types.UnionType):
@@ -117,6 +119,10 @@ def _coerce(value: Any, hint: Any) -> Any:
         if any(isinstance(v, (dict, list)) for v in value):
             raise _Bad
         return tuple(value)
+    if hint is dict or origin is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise _Bad
     raise _Bad
 
 
@@ -241,6 +247,8 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):  # an inline table
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"cannot write {v!r} ({type(v).__name__}) to TOML")
 
 

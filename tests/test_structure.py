@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("commands over data", ("simulate", "training", "validation", "refit")),
     ("likelihood", ("likelihood", "inference")),
     ("degeneracy", ("degeneracy",)),
-    ("fit", ("fit",)),
+    ("fit", ("fit_settings", "fit")),
     ("readers", ("readers",)),
     ("catalog", ("catalog",)),
     ("interfaces", ("demo", "cli", "__main__")),

@@ -39,8 +39,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mulens_sbi import __version__
-from mulens_sbi.catalog.infer import SCHEMA, BatchInference, InferenceSettings, degeneracy_available
+from mulens_sbi.catalog.infer import (
+    CATALOG_REFINE,
+    SCHEMA,
+    BatchInference,
+    InferenceSettings,
+    degeneracy_available,
+)
 from mulens_sbi.catalog.inputs import EventRef, InputList, list_inputs
+from mulens_sbi.restrict import parse_restrict
+from mulens_sbi.settings_file import check_fields
 from mulens_sbi.simulate import OutputExistsError
 
 __all__ = ["CATALOG_FORMAT", "CatalogSettings", "read_catalog", "run_catalog"]
@@ -60,6 +68,8 @@ class CatalogSettings:
     ``max_shards`` stops after that many new shards (as if the run were killed there; for tests and
     benchmarks of resumption). ``num_actors``/``cpus_per_actor``/``ray_address``/``ray_init`` apply
     to the Ray engine only (``ray_init``: extra ``ray.init`` keyword arguments for a local instance).
+    Validated on construction (an error names the field and its allowed range); read from a TOML
+    file by ``mulens-sbi catalog --settings FILE.toml`` (:mod:`mulens_sbi.settings_file`).
     """
 
     input: str
@@ -81,6 +91,30 @@ class CatalogSettings:
     ray_address: str | None = None
     ray_init: dict | None = None
     restrict: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            restrict_ok = parse_restrict([i for i in self.restrict.split(",") if i.strip()]) is not None
+            problem = ""
+        except ValueError as exc:
+            restrict_ok, problem = False, f" ({exc})"
+        checks = {
+            "input": (isinstance(self.input, str) and self.input != "", "a non-empty path"),
+            "out": (isinstance(self.out, str) and self.out != "", "a non-empty path"),
+            "model": (isinstance(self.model, str) and self.model != "", "a model name or folder"),
+            "engine": (self.engine in ENGINES, f"one of {', '.join(ENGINES)}"),
+            "n_samples": (self.n_samples >= 2, ">= 2"),
+            "refine": (self.refine in CATALOG_REFINE, f"one of {', '.join(CATALOG_REFINE)}"),
+            "seed": (self.seed >= 0, ">= 0"),
+            "shard_size": (self.shard_size >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "chunk_size": (self.chunk_size >= 1, ">= 1"),
+            "max_shards": (self.max_shards is None or self.max_shards >= 0, "None or >= 0"),
+            "num_actors": (self.num_actors is None or self.num_actors >= 1, "None or >= 1"),
+            "cpus_per_actor": (self.cpus_per_actor > 0, "> 0"),
+            "restrict": (restrict_ok, "comma-separated NAME=LOW:HIGH items, or empty" + problem),
+        }
+        check_fields(self, checks)
 
     def inference(self) -> InferenceSettings:
         return InferenceSettings(
@@ -291,11 +325,6 @@ def run_catalog(settings: CatalogSettings, log: Callable[[str], None] = print) -
     ``shards_reused``, ``complete``, ``status_counts``, ``wall_s``, ``events_per_s``)."""
     from tqdm.auto import tqdm
 
-    if settings.engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {settings.engine!r}")
-    if settings.shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {settings.shard_size}")
-    settings.inference()  # validates
     t_start = time.perf_counter()
     inputs = list_inputs(settings.input)
     if not inputs.refs:

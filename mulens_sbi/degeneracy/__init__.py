@@ -8,6 +8,8 @@
 * :mod:`.partner` — predict one solution's partner and refine it with the exact likelihood (Δχ²).
 * :mod:`.report` — :func:`analyze` and :class:`DegeneracyReport` (text/markdown repr, JSON, files).
 * :mod:`.plots` — caustics with x0, light curves and differences, the s_A–s_B plane.
+* :mod:`.command` — :class:`~.command.DegeneracySettings` and :func:`~.command.run_degeneracy`, what
+  ``mulens-sbi degeneracy`` calls (imported from there, not re-exported here).
 """
 
 from __future__ import annotations
