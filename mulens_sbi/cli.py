@@ -362,8 +362,10 @@ def _validate_run(args: argparse.Namespace) -> int:
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
-                   help="photometry tables 'time mag err' or 'time flux err' (one dataset each, with "
-                        "its own F_s, F_b)")
+                   help="photometry files in any supported format, detected from the file (NASA Exoplanet "
+                        "Archive IPAC tables, OGLE, MOA, KMTNet pySIS/DIA, plain 'time mag err' tables), "
+                        "folders of them or event manifests; one dataset per file, each with its own F_s, "
+                        "F_b (docs/data.md)")
     p.add_argument("--model", default="roman", help="shipped model name (default roman) or a model folder")
     p.add_argument("--out", required=True,
                    help="output folder (samples.parquet, summary.json, report.md, figures)")
@@ -381,7 +383,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                         "be empty), e.g. --restrict q=:0.01 for 'if the companion is a planet'; "
                         "parameters u_0, t_E (days), s, q, alpha (degrees)")
     p.add_argument("--kind", choices=("mag", "flux"), default=None,
-                   help="column 2 is magnitude or flux (default: from the file's header)")
+                   help="the value column is magnitude or flux (default: from the format, the header, or "
+                        "the values; needed only where the reader says it cannot tell)")
     p.add_argument("--time-format", default="auto", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
                    help="time column scale (default auto: by header name or value)")
     p.add_argument("--overwrite", action="store_true", help="replace the fit files in an existing --out")

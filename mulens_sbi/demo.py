@@ -37,10 +37,10 @@ import numpy as np
 
 from mulens_sbi import __version__
 from mulens_sbi.fit import fit, report_markdown, save_fit
-from mulens_sbi.io_simple import read_event
 from mulens_sbi.lightcurve import magnification_batch
 from mulens_sbi.models import available_models
 from mulens_sbi.plots import plot_caustics, plot_lightcurve
+from mulens_sbi.readers import read_event
 from mulens_sbi.simulate import OutputExistsError
 from mulens_sbi.summary import to_jsonable
 from mulens_sbi.survey import Survey, mag_to_flux
