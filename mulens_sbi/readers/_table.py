@@ -210,8 +210,9 @@ def kind_by_value(
         return "flux", f"by value: {1 - frac:.0%} of column {column} outside the magnitude range"
     if frac >= 0.9:
         why = (
-            f"its values ({float(v.min()):g}..{float(v.max()):g}) could be magnitudes or fluxes on zero "
-            f"point 22, and the median error ({rel:.1%} of the value) is large for magnitudes"
+            f"{frac:.0%} of its values lie in {MAG_BAND[0]:g}..{MAG_BAND[1]:g}, where magnitudes and fluxes "
+            f"on zero point 22 overlap, and their median error ({rel:.1%} of the value) is large for "
+            "magnitudes"
         )
     else:
         k = int(np.flatnonzero(~band)[0])
