@@ -403,8 +403,10 @@ FIT_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE",
-                   help="photometry tables 'time mag err' or 'time flux err' (one dataset each, with "
-                        "its own F_s, F_b)")
+                   help="photometry files in any supported format, detected from the file (NASA Exoplanet "
+                        "Archive IPAC tables, OGLE, MOA, KMTNet pySIS/DIA, plain 'time mag err' tables), "
+                        "folders of them or event manifests; one dataset per file, each with its own F_s, "
+                        "F_b (docs/data.md)")
     p.add_argument("--model", default="roman", help="shipped model name (default roman) or a model folder")
     p.add_argument("--out", required=True,
                    help="output folder (samples.parquet, summary.json, report.md, fit_settings.toml, "
@@ -423,7 +425,8 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                         "be empty), e.g. --restrict q=:0.01 for 'if the companion is a planet'; "
                         "parameters u_0, t_E (days), s, q, alpha (degrees); replaces the file's restrict")
     p.add_argument("--kind", choices=("mag", "flux"),
-                   help="column 2 is magnitude or flux (default: from the file's header)")
+                   help="the value column is magnitude or flux (default: from the format, the header, or "
+                        "the values; needed only where the reader says it cannot tell)")
     p.add_argument("--time-format", choices=("auto", "HJD", "HJD'", "HJD-2400000", "MJD"),
                    help="time column scale (default auto: by header name or value)")
     p.add_argument("--overwrite", action="store_true", help="replace the fit files in an existing --out")

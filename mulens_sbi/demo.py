@@ -38,10 +38,10 @@ import numpy as np
 from mulens_sbi import __version__
 from mulens_sbi.fit import fit, report_markdown, save_fit
 from mulens_sbi.fit_settings import FIT_SETTINGS_FILE
-from mulens_sbi.io_simple import read_event
 from mulens_sbi.lightcurve import magnification_batch
 from mulens_sbi.models import available_models
 from mulens_sbi.plots import plot_caustics, plot_lightcurve
+from mulens_sbi.readers import read_event
 from mulens_sbi.settings_file import check_fields
 from mulens_sbi.simulate import OutputExistsError
 from mulens_sbi.summary import to_jsonable

@@ -3,9 +3,10 @@
 ``fit(data, model="roman")`` is the notebook entry point (``mulens-sbi fit FILE...`` the script one):
 
 1. **Validate** the data (:func:`as_event`): an :class:`~mulens_sbi.event.Event`, a
-   :class:`~mulens_sbi.event.Dataset`, a file or list of files (one dataset each, read by
-   :mod:`mulens_sbi.io_simple`), or arrays ``(t, flux, sigma)``. NaN/inf, errors ≤ 0 and too few
-   points are errors naming the dataset, column and row — never dropped silently.
+   :class:`~mulens_sbi.event.Dataset`, files, folders or manifests (one dataset per file, read by
+   :func:`mulens_sbi.readers.read_event`, formats auto-detected), or arrays ``(t, flux, sigma)``.
+   NaN/inf, errors ≤ 0 and too few points are errors naming the dataset, column and row — never
+   dropped silently.
 2. **Amortized samples** from the model (``model.sample(event, n, key) → (samples, log_q)``,
    physical units, ``log q`` a density in the physical parameters). The shipped models read one
    dataset; with several, the flow sees the *proposal dataset* (default: the one with the most
@@ -109,7 +110,7 @@ _PAD = 1024
 def as_event(data, *, kind: str | None = None, time_format: str = "auto", name: str | None = None) -> Event:
     """Turn ``data`` into a validated :class:`Event` (see the module docstring for what is accepted).
 
-    ``kind``/``time_format`` are passed to :func:`mulens_sbi.io_simple.read_table` for files.
+    ``kind``/``time_format`` are passed to :func:`mulens_sbi.readers.read_event` for files.
     Arrays: a tuple ``(t, flux, sigma)`` (HJD', fluxes on zero point 22) or a mapping with keys
     ``t, flux, sigma`` or ``t, mag, mag_err``.
     """
@@ -120,7 +121,7 @@ def as_event(data, *, kind: str | None = None, time_format: str = "auto", name: 
     if isinstance(data, str | os.PathLike):
         data = [data]
     if isinstance(data, Sequence) and data and all(isinstance(d, str | os.PathLike) for d in data):
-        from mulens_sbi.io_simple import read_event
+        from mulens_sbi.readers import read_event
 
         return read_event(list(data), kind=kind, time_format=time_format, name=name)
     if isinstance(data, Sequence) and data and all(isinstance(d, Dataset) for d in data):

@@ -63,9 +63,9 @@ def main(argv=None) -> int:
     from mulens_sbi.fit import evaluate_samples, fit, model_priors
     from mulens_sbi.inference.importance import importance_weights, log_prior
     from mulens_sbi.inference.nuts import run_nuts
-    from mulens_sbi.io_simple import read_event
     from mulens_sbi.models import load_model
     from mulens_sbi.preprocess import preprocess
+    from mulens_sbi.readers import read_event
     from mulens_sbi.validation import simulate_events
 
     res: dict = {

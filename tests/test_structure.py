@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("lensing", ("lensing",)),
     ("forward model", ("lightcurve", "mulens_sbi")),
     ("survey", ("survey",)),
-    ("observations", ("event", "preprocess", "io_simple")),
+    ("observations", ("event", "preprocess")),
+    ("readers", ("readers", "io_simple")),
     ("data", ("data",)),
     ("npe", ("npe",)),
     ("posterior summaries", ("summary", "restrict", "plots")),
@@ -40,7 +41,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("likelihood", ("likelihood", "inference")),
     ("degeneracy", ("degeneracy",)),
     ("fit", ("fit_settings", "fit")),
-    ("readers", ("readers",)),
     ("catalog", ("catalog",)),
     ("interfaces", ("demo", "cli", "__main__")),
 ]

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from mulens_sbi.event import Dataset, Event
+from mulens_sbi.readers import DATA_SUFFIXES
 from mulens_sbi.readers import load_event as read_event_file
 from mulens_sbi.readers.manifest import parse_manifest
 
 __all__ = ["DATA_SUFFIXES", "EventRef", "InputList", "list_inputs", "load_event", "read_parquet_rows"]
 
-DATA_SUFFIXES = (".dat", ".txt", ".csv", ".tbl", ".pysis", ".tlc", ".dia")
 PARQUET_COLUMNS = ("t", "flux", "sigma", "mag", "mag_err", "mask", "event", "index")
 
 

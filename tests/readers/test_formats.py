@@ -157,15 +157,22 @@ def test_empty_file():
 
 
 def test_unsorted_and_duplicate_times():
-    with pytest.raises(
-        DataFormatError,
-        match=r"ogle_unsorted.dat:13: column 1 \(time\): .* is earlier than the time on line 12",
+    # rows out of order (as in public KMTNet files): sorted, with a warning naming the line
+    with pytest.warns(
+        UserWarning, match=r"ogle_unsorted.dat:13: column 1 \(time\): .* is earlier than the time on line 12"
     ):
-        read_dataset(DATA / "ogle_unsorted.dat", "ogle")
+        ds, info = read_dataset(DATA / "ogle_unsorted.dat", "ogle", return_info=True)
+    raw, lines = columns(DATA / "ogle_unsorted.dat")
+    order = np.argsort(raw[:, 0], kind="stable")
+    np.testing.assert_allclose(ds.t, raw[order, 0] - 2450000.0, atol=1e-9)
+    assert info["reordered"] == 1 and info["lines"] == [lines[i] for i in order]
+    # a row repeated exactly is a bad row
     with pytest.raises(
         DataFormatError, match=r"ogle_duplicate.dat:16: column 1 \(time\): .* repeats the time on line 15"
     ):
         read_dataset(DATA / "ogle_duplicate.dat", "ogle")
+    with pytest.warns(UserWarning, match=r"dropped 1 bad row\(s\): .*ogle_duplicate.dat:16"):
+        assert read_dataset(DATA / "ogle_duplicate.dat", "ogle", on_bad="drop").n == 24
 
 
 def test_bad_rows_error_or_dropped_with_report():

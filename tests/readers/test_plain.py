@@ -1,4 +1,6 @@
-"""Plain-table reader: values against independent conversions, and every malformed input names file+line."""
+"""Plain tables (``time mag err`` / ``time flux err``, with or without a header) through the one reader:
+values against independent conversions, every malformed input names file+line, and the former
+``mulens_sbi.io_simple`` names are the readers' functions."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from mulens_sbi.io_simple import DataFormatError, read_event, read_table
+import mulens_sbi.io_simple as io_simple
+from mulens_sbi.readers import DataFormatError, read_event
+from mulens_sbi.readers import read_dataset as read_table
 
 
 def write(tmp_path, text, name="data.dat"):
@@ -70,9 +74,10 @@ def test_read_event_several_files(tmp_path):
     [
         ("# t mag err\n1 19 0.01\n2 19 0.01 7\n3 19 0.01\n", 3, "expected 3 columns"),
         ("# t mag err\n1 19 0.01\n2 19.x 0.01\n3 19 0.01\n", 3, "column 2 (mag): '19.x' is not a number"),
-        ("# t mag err\n1 19 0.01\n2 19 0.01\n3 nan 0.01\n", 4, "column 2 (mag): value 'nan' is not finite"),
-        ("# t mag err\n1 19 0.01\n3 19 0.01\n2 19 0.01\n", 4, "is earlier than the time on line 3"),
-        ("# t mag err\n1 19 0.01\n2 19 0.01\n2 19 0.01\n", 4, "duplicates the time on line 3"),
+        ("# t mag err\n1 19 0.01\n2 19 0.01\n3 nan 0.01\n", 4, "column 2 (mag): not a finite number"),
+        ("# t mag err\n1 19 0.01\n2 19 0.01\n2 19 0.01\n", 4, "repeats the time on line 3 with the same"),
+        ("# t mag err\n1 19 0.01\n2 19 0.01 8\n3 19 0.01\n", 3, "expected 3 columns"),
+        ("# t mag err\n1 19 0.01\n2 19\n3 19 0.01\n", 3, "expected 3 columns"),
         ("# t mag err\n1 19 0.01\n2 19 0\n3 19 0.01\n", 3, "uncertainty must be > 0"),
         ("# t mag err\n1 19 0.01\n2 1900 0.01\n3 19 0.01\n", 3, "not a plausible magnitude"),
         ("1 19\n2 19\n3 19\n", 1, "expected at least 3 columns"),
@@ -93,10 +98,13 @@ def test_malformed_inputs_name_file_and_line(tmp_path, text, line, fragment):
 @pytest.mark.parametrize(
     "text, fragment",
     [
-        ("", "no data rows"),
+        ("", "the file is empty"),
         ("# only a comment\n\n", "no data rows"),
-        ("# t mag err\n1 19 0.01\n2 19 0.01\n", "only 2 data row(s)"),
-        ("1 19 0.01\n2 19 0.01\n3 19 0.01\n", "cannot tell magnitudes from fluxes"),
+        ("# t mag err\n1 19 0.01\n2 19 0.01\n", "only 2 usable data row(s)"),
+        # values that are magnitudes or zero-point-22 fluxes alike, errors 2.6% of the value
+        ("1 19 0.5\n2 19.1 0.5\n3 19 0.5\n", ":1: column 2: cannot tell magnitudes from fluxes"),
+        # most values look like magnitudes, some do not
+        ("1 19 0.01\n2 19.1 0.01\n3 19 0.01\n4 50 0.01\n", "line 4, 50.0"),
     ],
 )
 def test_empty_short_or_ambiguous_files(tmp_path, text, fragment):
@@ -115,8 +123,10 @@ def test_argument_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_table(tmp_path / "missing.dat")
     (tmp_path / "event_dir").mkdir()
-    with pytest.raises(DataFormatError, match="event_dir: is a folder; give the photometry files in it"):
+    with pytest.raises(DataFormatError, match="event_dir: is a folder"):
         read_table(tmp_path / "event_dir")
+    with pytest.raises(DataFormatError, match="event_dir: is a folder with no data files"):
+        read_event(tmp_path / "event_dir")
     with pytest.raises(DataFormatError, match="not a text file"):
         read_table(write_bytes(tmp_path, b"\xff\xfe\x00\x81 binary"))
 
@@ -125,3 +135,37 @@ def write_bytes(tmp_path, data):
     p = tmp_path / "bin.dat"
     p.write_bytes(data)
     return p
+
+
+def test_unsorted_rows_are_sorted_and_reported(tmp_path):
+    p = write(tmp_path, "# t mag err\n1 19 0.01\n3 19.2 0.01\n2 19.1 0.01\n4 19 0.01\n")
+    with pytest.warns(UserWarning, match=r"data.dat:4: column 1 \(time\): 2.0 is earlier than the time on"):
+        ds, info = read_table(p, return_info=True)
+    np.testing.assert_array_equal(ds.t, [1, 2, 3, 4])
+    np.testing.assert_allclose(ds.flux, 10 ** (-0.4 * (np.array([19, 19.1, 19.2, 19]) - 22)), rtol=1e-13)
+    assert info["reordered"] == 1 and info["lines"] == [2, 4, 3, 5]
+    # two different measurements at the same time are kept (and counted)
+    ds2, info2 = read_table(write(tmp_path, "# t mag err\n1 19 0.01\n2 19 0.01\n2 19.1 0.02\n", "r.dat"),
+                            return_info=True)
+    assert ds2.n == 3 and info2["repeated_times"] == 1 and info2["reordered"] == 0
+
+
+def test_kind_by_value(tmp_path):
+    mags = "1 19 0.01\n2 18.5 0.01\n3 19 0.02\n"
+    ds, info = read_table(write(tmp_path, mags, "m.dat"), return_info=True)
+    assert info["kind"] == "mag" and info["kind_from"].startswith("by value")
+    fluxes = "1 -12.5 3\n2 240 4\n3 30 3\n"  # difference fluxes: negative and beyond any magnitude
+    ds, info = read_table(write(tmp_path, fluxes, "f.dat"), return_info=True)
+    assert info["kind"] == "flux" and ds.flux[0] == -12.5
+    normalised = "1 1.00 0.01\n2 1.52 0.01\n3 1.01 0.01\n"
+    assert read_table(write(tmp_path, normalised, "n.dat"), return_info=True)[1]["kind"] == "flux"
+    # the option decides an ambiguous file
+    amb = write(tmp_path, "1 19 0.5\n2 19.1 0.5\n3 19 0.5\n", "a.dat")
+    assert read_table(amb, kind="flux").flux[1] == 19.1
+
+
+def test_io_simple_names_are_the_readers():
+    import mulens_sbi.readers as readers
+
+    assert io_simple.read_table is readers.read_dataset and io_simple.read_event is readers.read_event
+    assert io_simple.DataFormatError is readers.DataFormatError
