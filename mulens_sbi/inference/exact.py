@@ -106,6 +106,13 @@ class ExactSettings:
             candidates give no acceptable fit.
         rho_prior: (low, high) of the log-uniform prior on rho when the data ask for a finite
             source and the model's prior has none (θ_E).
+        robust_scale: the search (screening, local fits, hops) minimizes the Cauchy cost
+            ``Σ c²·log(1 + (r/c)²)`` with ``c = robust_scale`` σ, so that the few points of a
+            caustic crossing, which a point source cannot follow, do not decide where it goes;
+            the optima are then polished on χ². 0: χ² throughout.
+        profile_points, profile_span: where rho matters, the valley of the point-source fit is
+            scanned: s pinned at ``profile_points`` values within ``exp(±profile_span)`` of the
+            fit's, the others refitted (robust cost), then χ² with rho at every point.
     """
 
     n_starts: int = 48
@@ -133,6 +140,9 @@ class ExactSettings:
     time_budget_s: float = 600.0
     grid: bool = True
     rho_prior: tuple = (1e-4, 0.05)
+    robust_scale: float = 3.0
+    profile_points: int = 17
+    profile_span: float = 0.12
 
     def __post_init__(self):
         checks = {
@@ -161,6 +171,9 @@ class ExactSettings:
             "time_budget_s": (self.time_budget_s > 0, "> 0"),
             "rho_prior": (len(self.rho_prior) == 2 and 0 < self.rho_prior[0] < self.rho_prior[1] < 1,
                           "(low, high) with 0 < low < high < 1"),
+            "robust_scale": (self.robust_scale >= 0, ">= 0 (0: plain chi2)"),
+            "profile_points": (self.profile_points >= 0, ">= 0 (0: no valley scan)"),
+            "profile_span": (0 < self.profile_span < 1, "0 < profile_span < 1"),
         }
         check_fields(self, checks)
 
@@ -411,8 +424,9 @@ def find_modes(
         rounds.append([(grid_candidates(single.params), "grid")])
     n_candidates, n_fits = 0, 0
     z_fit, c_fit, o_fit = [], [], []
+    plain_fit: list[float] = []  # χ² of the fits (c_fit holds the robust cost)
     for r, parts in enumerate(rounds):
-        if r > 0 and c_fit and np.min(np.concatenate(c_fit)) / max(n_points - 8, 1) < st.accept_chi2_dof:
+        if r > 0 and plain_fit and np.min(plain_fit) / max(n_points - 8, 1) < st.accept_chi2_dof:
             notes.append("an acceptable fit came from the anomaly's geometry: the coarse grid was skipped")
             break
         if r > 0 and time.perf_counter() - t_begin > st.time_budget_s:
@@ -423,7 +437,7 @@ def find_modes(
         if parts:
             cand = {k: np.concatenate([p[k] for p, _ in parts]) for k in BINARY}
             org = np.concatenate([np.full(len(p["s"]), o) for p, o in parts])
-            c = evaluate_candidates(screen, cand, progress=progress)
+            c = evaluate_candidates(screen, cand, scale=st.robust_scale, progress=progress)
             n_candidates += len(c)
             pick = _distinct(cand, c, st.n_starts)
             for k in BINARY:
@@ -440,12 +454,14 @@ def find_modes(
         starts = {k: np.concatenate(v) for k, v in starts.items()}
         # two stages: a few steps for every start, then the best third to convergence
         first = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.first_iter,
-                                    chunk=LM_CHUNK, progress=progress, desc="local fits")
+                                    chunk=LM_CHUNK, scale=st.robust_scale, progress=progress,
+                                    desc="local fits")
         keep = _distinct(first.physical(), first.chi2, max(1, st.n_starts // 3))
         second = levenberg_marquardt(packed, {k: v[keep] for k, v in first.physical().items()}, BINARY,
                                      bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
-                                     progress=progress, desc="local fits")
+                                     scale=st.robust_scale, progress=progress, desc="local fits")
         n_fits += len(first.chi2)
+        plain_fit += list(evaluate_candidates(packed, second.physical()))
         z_fit.append(second.z)
         c_fit.append(second.chi2)
         o_fit += [origin[i] for i in keep]
@@ -458,11 +474,12 @@ def find_modes(
         zc, cc = np.concatenate(z_fit), np.concatenate(c_fit)
         centres = to_physical(zc[_distinct(to_physical(zc, BINARY), cc, 2)], BINARY)
         cloud = _cloud(centres, rng, HOP_CLOUD)
-        c = evaluate_candidates(screen, cloud, progress=progress)
+        c = evaluate_candidates(screen, cloud, scale=st.robust_scale, progress=progress)
         n_candidates += len(c)
         pick = _distinct(cloud, c, LM_CHUNK)
         hop = levenberg_marquardt(packed, {k: v[pick] for k, v in cloud.items()}, BINARY, bounds=bounds,
-                                  max_iter=st.max_iter, chunk=LM_CHUNK, progress=progress, desc="basin hops")
+                                  max_iter=st.max_iter, chunk=LM_CHUNK, scale=st.robust_scale,
+                                  progress=progress, desc="basin hops")
         n_fits += len(pick)
         z_fit.append(hop.z)
         c_fit.append(hop.chi2)
@@ -473,6 +490,13 @@ def find_modes(
         notes.append("no candidate could be evaluated")
         return ModeSearch([], single, anomalies, n_points, n_candidates, n_fits, timings, notes)
     z_fit, c_fit = np.concatenate(z_fit), np.concatenate(c_fit)
+    robust_best = None
+    if st.robust_scale > 0:  # the robust optima: starts of the finite-source valley scan; then χ²
+        robust_best = {k: v[_distinct(to_physical(z_fit, BINARY), c_fit, 4)]
+                       for k, v in to_physical(z_fit, BINARY).items()}
+        pol = levenberg_marquardt(packed, to_physical(z_fit, BINARY), BINARY, bounds=bounds,
+                                  max_iter=st.max_iter, chunk=LM_CHUNK, progress=progress, desc="polish")
+        z_fit, c_fit = pol.z, pol.chi2
     covs = _covariances(packed, z_fit, BINARY)
     modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit)
     timings["modes_s"] = time.perf_counter() - t0
@@ -513,7 +537,7 @@ def find_modes(
     best = modes[0].chi2
     modes = [m for m in modes if m.chi2 - best < max(st.keep_delta_chi2, 0.01 * best)][: st.max_modes]
     if st.finite != "never":
-        modes, fnotes = _finite_source(packed, modes, st, bounds, progress)
+        modes, fnotes = _finite_source(packed, modes, st, bounds, progress, robust_best)
         notes += fnotes
         best = modes[0].chi2
         modes = [m for m in modes if m.chi2 - best < max(st.keep_delta_chi2, 0.01 * best)]
@@ -535,59 +559,124 @@ def find_modes(
     return ModeSearch(modes, single, anomalies, n_points, n_candidates, n_fits, timings, notes)
 
 
-def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progress) -> tuple[list[Mode], list]:
-    """Does a mode need rho? χ² on a grid of rho at the point-source optimum first (one batch);
-    only where some rho lowers χ² by more than ``rho_delta_chi2`` (or ``finite="always"``) a
-    Levenberg–Marquardt fit with rho free from the best grid value."""
-    names = BINARY + ("rho",)
-    rho_grid = np.asarray(st.rho_starts, dtype=float)
-    starts = {k: np.repeat([m.params[k] for m in modes], rho_grid.size) for k in BINARY}
-    starts["rho"] = np.tile(rho_grid, len(modes))
-    z = to_z(starts, names)
-    # one compiled function (FD_ROWS parameter vectors) serves the grid, the fits and the Hessians
+def _fs_chi2(packed, z: np.ndarray, names: tuple) -> np.ndarray:
+    """χ² of finite-source parameter vectors (rows of ``z``), FD_ROWS at a time (one compilation)."""
     chi = np.empty(len(z))
     for i0 in range(0, len(z), FD_ROWS):
         idx = np.minimum(np.arange(i0, i0 + FD_ROWS), len(z) - 1)
         r, ok = residual_rows(jnp.asarray(z[idx]), names, packed)
         m = min(FD_ROWS, len(z) - i0)
         chi[i0:i0 + m] = np.where(np.asarray(ok), np.sum(np.asarray(r) ** 2, axis=1), np.inf)[:m]
-    chi = chi.reshape(len(modes), rho_grid.size)
+    return chi
+
+
+def _with_rho(params: Mapping, rho: np.ndarray, names: tuple) -> np.ndarray:
+    """z of every (parameter set, rho) pair: (K·R, P + 1), parameter sets outer."""
+    k = len(np.asarray(params["s"]))
+    full = {n: np.repeat(np.asarray(params[n], dtype=float), rho.size) for n in BINARY}
+    full["rho"] = np.tile(rho, k)
+    return to_z(full, names)
+
+
+def _valley(packed, start: Mapping, rho: float, st: ExactSettings, bounds) -> tuple[np.ndarray, np.ndarray]:
+    """The point-source valley around a robust optimum, seen with a finite source: s pinned at
+    ``profile_points`` values within ``exp(±profile_span)``, the other parameters refitted on the
+    robust cost, then χ² with rho at ``rho·(1/3, 1, 3)``. Returns (z, χ²) of every point."""
+    names = BINARY + ("rho",)
+    grid = start["s"] * np.exp(np.linspace(-st.profile_span, st.profile_span, st.profile_points))
+    starts = {k: np.full(grid.size, start[k]) for k in BINARY}
+    starts["s"] = grid
+    prof = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
+                               scale=st.robust_scale, pin={"s": grid}, desc="valley")
+    z = _with_rho(prof.physical(), rho * np.array([1 / 3, 1.0, 3.0]), names)
+    return z, _fs_chi2(packed, z, names)
+
+
+def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progress,
+                   robust: Mapping | None = None) -> tuple[list[Mode], list]:
+    """Does a mode need rho? χ² on a grid of rho at the point-source optimum first (one batch);
+    only where some rho lowers χ² by more than ``rho_delta_chi2`` (or ``finite="always"``) a
+    Levenberg–Marquardt fit with rho free from the best grid value.
+
+    ``robust``: the search's robust optima (dict of arrays). Where the data ask for a finite source
+    (a mode gains from rho, or rho at a robust optimum beats the best point-source mode by more
+    than ``rho_delta_chi2``), the valleys of the two best robust optima are scanned
+    (:func:`_valley`) and their best points become finite-source starts too.
+    """
+    names = BINARY + ("rho",)
+    rho_grid = np.asarray(st.rho_starts, dtype=float)
+    chi = _fs_chi2(packed, _with_rho({k: [m.params[k] for m in modes] for k in BINARY}, rho_grid, names),
+                   names).reshape(len(modes), rho_grid.size)
     out, notes = [], []
-    todo = []
+    todo = []  # (z start, χ² there, index of the point-source mode or -1)
     for i, m in enumerate(modes):
         finite_chi = chi[i][np.isfinite(chi[i])]
         gain = m.chi2 - finite_chi.min() if finite_chi.size else -np.inf
         if st.finite == "always" or gain > st.rho_delta_chi2:
-            todo.append((i, int(np.nanargmin(np.where(np.isfinite(chi[i]), chi[i], np.inf)))))
+            j = int(np.argmin(np.where(np.isfinite(chi[i]), chi[i], np.inf)))
+            z0 = _with_rho({k: [m.params[k]] for k in BINARY}, rho_grid[j:j + 1], names)[0]
+            todo.append((z0, chi[i, j], i))
         else:
             out.append(m)
             notes.append(f"mode {i}: rho in [{rho_grid.min():g}, {rho_grid.max():g}] lowers chi2 by at most "
                          f"{max(gain, 0.0):.1f} (< {st.rho_delta_chi2:g}): point source")
-    if len(todo) > st.max_finite:  # the fits cost ~15 s each: the best ones by their grid chi2
-        order = sorted(todo, key=lambda ij: chi[ij[0], ij[1]])
-        for i, _ in order[st.max_finite:]:
-            out.append(modes[i])
-            notes.append(f"mode {i}: rho would lower chi2 but only the best {st.max_finite} modes get a "
-                         "finite-source fit; kept as a point source")
-        todo = order[: st.max_finite]
+    best_ps = min(m.chi2 for m in modes)
+    if robust is not None and st.profile_points > 0:
+        n_r = len(robust["s"])
+        rchi = _fs_chi2(packed, _with_rho(robust, rho_grid, names), names).reshape(n_r, rho_grid.size)
+        order = np.argsort(np.min(rchi, axis=1))
+        asked = bool(todo)  # some point-source mode already gains from rho
+        scanned: list[dict] = []
+        for i in order:
+            if len(scanned) == 2 or not np.isfinite(np.min(rchi[i])):
+                break
+            if not (asked or np.min(rchi[i]) < best_ps - st.rho_delta_chi2):
+                continue
+            start = {k: float(robust[k][i]) for k in BINARY}
+            if any(abs(math.log(start["s"] / o["s"])) < st.profile_span / 2
+                   and abs(math.log(start["q"] / o["q"])) < 0.25
+                   and abs((start["alpha"] - o["alpha"] + 180.0) % 360.0 - 180.0) < 5.0 for o in scanned):
+                continue  # the same valley
+            scanned.append(start)
+            zv, cv = _valley(packed, start, float(rho_grid[int(np.argmin(rchi[i]))]), st, bounds)
+            for j in _distinct(to_physical(zv, names), cv, 2):
+                if np.isfinite(cv[j]):
+                    todo.append((zv[j], cv[j], -1))
+            notes.append(f"valley scan around a robust optimum (s {start['s']:.4g}): best chi2 with rho "
+                         f"{np.min(cv):.1f} (best point source {best_ps:.1f})")
+    if len(todo) > st.max_finite:  # the fits cost ~15-60 s each: the best ones by their grid chi2
+        todo.sort(key=lambda t: t[1])
+        for _, _, i in todo[st.max_finite:]:
+            if i >= 0:
+                out.append(modes[i])
+                notes.append(f"mode {i}: rho would lower chi2 but only the best {st.max_finite} starts get a "
+                             "finite-source fit; kept as a point source")
+        todo = todo[: st.max_finite]
     if todo:
-        fs = {k: np.asarray([modes[i].params[k] for i, _ in todo]) for k in BINARY}
-        fs["rho"] = np.asarray([rho_grid[j] for _, j in todo])
+        fs = to_physical(np.stack([t[0] for t in todo]), names)
         res = levenberg_marquardt_fd(packed, fs, names, bounds=bounds, max_iter=st.finite_iter, rows=FD_ROWS,
                                      progress=progress)
         covs = _fd_covariances(packed, res.z, names)
-        for r, (i, _) in enumerate(todo):
-            m = modes[i]
-            gain = m.chi2 - res.chi2[r]
+        keep, origin, counts = [], [], []
+        for r, (_, _, i) in enumerate(todo):
+            ref = modes[i].chi2 if i >= 0 else best_ps
+            gain = ref - res.chi2[r]
             wanted = st.finite == "always" or gain > st.rho_delta_chi2
             if covs[r][1] and np.isfinite(res.chi2[r]) and wanted:
-                phys = {k: float(v[0]) for k, v in to_physical(res.z[r:r + 1], names).items()}
-                out.append(Mode(params=phys, chi2=float(res.chi2[r]), names=names, z=res.z[r].copy(),
-                                cov=covs[r][0], n_starts=m.n_starts, origin=m.origin, finite=True))
-                notes.append(f"mode {i}: rho = {phys['rho']:.3g} lowers chi2 by {gain:.1f}: finite source")
-            else:
-                out.append(m)
+                keep.append(r)
+                origin.append(modes[i].origin if i >= 0 else "valley")
+                counts.append(modes[i].n_starts if i >= 0 else 1)
+                notes.append(f"{f'mode {i}' if i >= 0 else 'valley start'}: rho = "
+                             f"{math.exp(res.z[r, -1]):.3g} lowers chi2 by {gain:.1f}: finite source")
+            elif i >= 0:
+                out.append(modes[i])
                 notes.append(f"mode {i}: the finite-source fit did not improve chi2 enough ({gain:.1f})")
+        if keep:  # finite-source optima merged among themselves as the point-source ones are
+            merged = _merge(res.z[keep], res.chi2[keep], [covs[r] for r in keep], list(names), st.merge_sigma,
+                            origin, np.asarray(counts))
+            for m in merged:
+                m.finite = True
+            out += merged
     out.sort(key=lambda m: m.chi2)
     return out, notes
 

@@ -66,42 +66,64 @@ def to_physical(z, names: Sequence[str]) -> dict:
     return {k: (xp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
 
 
-def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent) -> tuple[jax.Array, jax.Array]:
-    """(K, N) whitened residuals with fluxes profiled, and (K,) ok flags."""
-    p = {k: (jnp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
-    p.update({k: jnp.broadcast_to(jnp.asarray(v, dtype=jnp.float64), z.shape[:1]) for k, v in fixed.items()})
-    mag, ok_pts = magnification_batch(packed.t, p)
-    w, f, oh, valid = packed.weight, packed.flux, packed.onehot, packed.valid
-    ok = jnp.all(ok_pts | ~valid[None, :], axis=1)
-    a = jnp.where(ok[:, None] & ok_pts, mag, 1.0)
-    s1 = oh @ w
+def _profile(a: jax.Array, w: jax.Array, f: jax.Array, oh: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(K, N) flux residuals ``f − F_s·A − F_b``, each dataset's fluxes solved by weighted least
+    squares (weights ``w``, (N,) or (K, N)), and (K,) flags of a solvable 2×2 system."""
+    s1 = w @ oh.T
     s1_safe = jnp.where(s1 > 0, s1, 1.0)
-    fbar = (oh @ (w * f)) / s1_safe
+    fbar = ((w * f) @ oh.T) / s1_safe
     abar = ((w * a) @ oh.T) / s1_safe
     da = a - abar @ oh
     df = f - fbar @ oh
     c_aa = (w * da * da) @ oh.T
     c_af = (w * da * df) @ oh.T
     degenerate = ~(c_aa > 0) | ~jnp.isfinite(c_aa)
-    ok = ok & ~jnp.any(degenerate, axis=1)
     fs = c_af / jnp.where(degenerate, 1.0, c_aa)
-    r = jnp.sqrt(w) * (df - (fs @ oh) * da)
-    return r, ok
+    return df - (fs @ oh) * da, ~jnp.any(degenerate, axis=-1)
+
+
+def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
+               scale: jax.Array | float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """(K, N) whitened residuals with fluxes profiled, and (K,) ok flags.
+
+    ``scale > 0`` (in σ) makes them robust: the fluxes are solved again with Cauchy weights
+    ``w/(1 + (r/scale)²)`` (held fixed under differentiation) and each residual becomes
+    ``r·√(log(1 + u)/u)``, ``u = (r/scale)²``, so that ``Σ r̃² = Σ scale²·log(1 + (r/scale)²)``:
+    a handful of points the model cannot follow (a caustic crossing seen by a point source)
+    cost logarithmically instead of quadratically. ``scale = 0``: the plain residuals."""
+    p = {k: (jnp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
+    p.update({k: jnp.broadcast_to(jnp.asarray(v, dtype=jnp.float64), z.shape[:1]) for k, v in fixed.items()})
+    mag, ok_pts = magnification_batch(packed.t, p)
+    w, f, oh, valid = packed.weight, packed.flux, packed.onehot, packed.valid
+    ok = jnp.all(ok_pts | ~valid[None, :], axis=1)
+    a = jnp.where(ok[:, None] & ok_pts, mag, 1.0)
+    e, solvable = _profile(a, w, f, oh)
+    r = jnp.sqrt(w) * e
+    robust = scale > 0
+    sc = jnp.where(robust, scale, 1.0)
+    e_rob, solvable_rob = _profile(a, jax.lax.stop_gradient(w / (1.0 + (r / sc) ** 2)), f, oh)
+    r_rob = jnp.sqrt(w) * e_rob
+    u = jnp.maximum((r_rob / sc) ** 2, 1e-12)
+    r_rob = r_rob * jnp.sqrt(jnp.log1p(u) / u)
+    r = jnp.where(robust, r_rob, r)
+    return r, ok & jnp.where(robust, solvable_rob, solvable)
 
 
 @partial(jax.jit, static_argnames=("names",))
-def chi2_batch(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent) -> jax.Array:
-    """(K,) profile χ² of K parameter vectors (∞ where the magnification is not certified)."""
-    r, ok = _residuals(z, names, fixed, packed)
+def chi2_batch(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
+               scale: jax.Array | float = 0.0) -> jax.Array:
+    """(K,) profile χ² of K parameter vectors (∞ where the magnification is not certified); with
+    ``scale > 0`` the robust cost of :func:`_residuals`."""
+    r, ok = _residuals(z, names, fixed, packed, scale)
     return jnp.where(ok, jnp.sum(r * r, axis=1), jnp.inf)
 
 
 @partial(jax.jit, static_argnames=("names",))
-def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent):
+def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent, scale: jax.Array | float = 0.0):
     """Residuals (K, N), Jacobian (K, N, P) by P forward-mode products, ok (K,)."""
 
     def fr(zz):
-        return _residuals(zz, names, fixed, packed)[0]
+        return _residuals(zz, names, fixed, packed, scale)[0]
 
     p = z.shape[1]
     basis = jnp.eye(p)
@@ -110,16 +132,19 @@ def _jacobian(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent):
         return jax.jvp(fr, (z,), (jnp.broadcast_to(e, z.shape),))[1]
 
     jac = jax.lax.map(col, basis)  # (P, K, N)
-    r, ok = _residuals(z, names, fixed, packed)
+    r, ok = _residuals(z, names, fixed, packed, scale)
     jac = jnp.moveaxis(jac, 0, -1)
     ok = ok & jnp.all(jnp.isfinite(jac), axis=(1, 2))
     return r, jnp.where(ok[:, None, None], jac, 0.0), ok
 
 
 @partial(jax.jit, static_argnames=("names",))
-def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi):
-    """One Levenberg–Marquardt trial for every start: returns (z, λ, χ², accepted, gain)."""
-    r, jac, ok = _jacobian(z, names, fixed, packed)
+def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi, scale=0.0):
+    """One Levenberg–Marquardt trial for every start: returns (z, λ, χ², accepted, gain)
+    (χ² is the robust cost where ``scale > 0``). ``lo``, ``hi``: (K, P) box per start; a
+    parameter with ``lo = hi`` is pinned."""
+    r, jac, ok = _jacobian(z, names, fixed, packed, scale)
+    jac = jac * (hi > lo)[:, None, :]  # pinned parameters (lo = hi) take no part in the step
     jtj = jnp.einsum("knp,knq->kpq", jac, jac)
     g = jnp.einsum("knp,kn->kp", jac, r)
     d = jnp.maximum(jnp.diagonal(jtj, axis1=1, axis2=2), 1e-12)
@@ -127,7 +152,7 @@ def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi
     step = -jnp.linalg.solve(a, g[..., None])[..., 0]
     step = jnp.where(ok[:, None] & jnp.all(jnp.isfinite(step), axis=1, keepdims=True), step, 0.0)
     z_new = jnp.clip(z + step, lo, hi)
-    chi2_new = chi2_batch(z_new, names, fixed, packed)
+    chi2_new = chi2_batch(z_new, names, fixed, packed, scale)
     better = chi2_new < chi2
     z = jnp.where(better[:, None], z_new, z)
     lam = jnp.where(better, lam / 3.0, lam * 4.0)
@@ -135,9 +160,9 @@ def lm_step(z, lam, chi2, names: tuple, fixed: dict, packed: PackedEvent, lo, hi
 
 
 @partial(jax.jit, static_argnames=("names",))
-def gauss_newton_hessian(z, names: tuple, fixed: dict, packed: PackedEvent):
+def gauss_newton_hessian(z, names: tuple, fixed: dict, packed: PackedEvent, scale=0.0):
     """(K, P, P) ``JᵀJ`` (the Gauss–Newton approximation of ½∇²χ² in z) and (K,) ok."""
-    _, jac, ok = _jacobian(z, names, fixed, packed)
+    _, jac, ok = _jacobian(z, names, fixed, packed, scale)
     return jnp.einsum("knp,knq->kpq", jac, jac), ok
 
 
@@ -180,6 +205,8 @@ def levenberg_marquardt(
     tol: float = 1e-7,
     lam0: float = 1e-2,
     chunk: int = 128,
+    scale: float = 0.0,
+    pin: Mapping | None = None,
     progress: bool = False,
     desc: str = "local fits",
 ) -> FitBatch:
@@ -195,6 +222,10 @@ def levenberg_marquardt(
         tol: stop a start when its χ² gain of an accepted step is below ``tol·χ²`` (and λ < 1).
         lam0: initial damping.
         chunk: starts per compiled batch (pads the last chunk by repetition).
+        scale: > 0: minimize the robust cost of :func:`_residuals` (Cauchy, ``scale`` in σ) instead
+            of χ²; ``FitBatch.chi2`` then holds that cost.
+        pin: name → (K,) physical values held fixed per start (a profile: e.g. ``{"s": grid}``
+            fits the other parameters at each start's own s). The name stays in ``names``.
     """
     names = tuple(names)
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
@@ -207,6 +238,12 @@ def levenberg_marquardt(
             b0, b1 = bounds[n]
             lo[i] = math.log(b0) if n in LOG_NAMES else b0
             hi[i] = math.log(b1) if n in LOG_NAMES else b1
+    lo = np.tile(lo, (k, 1))
+    hi = np.tile(hi, (k, 1))
+    for n, v in (pin or {}).items():
+        i = names.index(n)
+        v = np.broadcast_to(np.asarray(v, dtype=float), (k,))
+        lo[:, i] = hi[:, i] = np.log(v) if n in LOG_NAMES else v
     z0 = np.clip(z0, lo, hi)
     z_out = np.empty_like(z0)
     c_out = np.empty(k)
@@ -216,16 +253,16 @@ def levenberg_marquardt(
     n_chunks = -(-k // chunk)
     bar = tqdm(total=n_chunks * max_iter, desc=desc, disable=not progress, leave=False)
     iters = 0
-    jlo, jhi = jnp.asarray(lo), jnp.asarray(hi)
     for c in range(n_chunks):
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), k - 1)
         z = jnp.asarray(z0[idx])
-        chi2 = chi2_batch(z, names, fixed, packed)
+        jlo, jhi = jnp.asarray(lo[idx]), jnp.asarray(hi[idx])
+        chi2 = chi2_batch(z, names, fixed, packed, scale)
         c_start_chunk = np.asarray(chi2)
         lam = jnp.full(chunk, lam0)
         done = np.zeros(chunk, dtype=bool)
         for it in range(max_iter):
-            z, lam, chi2, better, gain = lm_step(z, lam, chi2, names, fixed, packed, jlo, jhi)
+            z, lam, chi2, better, gain = lm_step(z, lam, chi2, names, fixed, packed, jlo, jhi, scale)
             bar.update(1)
             gain_np, lam_np, chi2_np = np.asarray(gain), np.asarray(lam), np.asarray(chi2)
             small = np.asarray(better) & (gain_np < tol * np.maximum(chi2_np, 1.0)) & (lam_np < 1.0)

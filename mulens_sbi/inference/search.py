@@ -272,8 +272,9 @@ def grid_candidates(single: Mapping, *, s_range=(0.2, 5.0), q_range=(1e-5, 1.0),
 
 
 def evaluate_candidates(packed: PackedEvent, cand: Mapping, *, names=BINARY, fixed: Mapping | None = None,
-                        chunk: int = 2048, progress: bool = False) -> np.ndarray:
-    """(K,) profile χ² of candidate parameter sets, in chunks of a fixed compiled size."""
+                        chunk: int = 2048, scale: float = 0.0, progress: bool = False) -> np.ndarray:
+    """(K,) profile χ² of candidate parameter sets, in chunks of a fixed compiled size (the robust
+    cost of :func:`mulens_sbi.inference.localfit.chi2_batch` where ``scale > 0``)."""
     from tqdm.auto import tqdm
 
     z = to_z(cand, names)
@@ -282,6 +283,6 @@ def evaluate_candidates(packed: PackedEvent, cand: Mapping, *, names=BINARY, fix
     fixed = {kk: float(v) for kk, v in (fixed or {}).items()}
     for i0 in tqdm(range(0, k, chunk), desc="candidates", disable=not progress, leave=False):
         idx = np.minimum(np.arange(i0, i0 + chunk), k - 1)
-        c = np.asarray(chi2_batch(jnp.asarray(z[idx]), tuple(names), fixed, packed))
+        c = np.asarray(chi2_batch(jnp.asarray(z[idx]), tuple(names), fixed, packed, scale))
         out[i0:min(i0 + chunk, k)] = c[: min(chunk, k - i0)]
     return out

@@ -160,3 +160,59 @@ def test_settings_validate():
         ExactSettings(finite="sometimes")
     with pytest.raises(ValueError, match="ExactSettings.rho_prior"):
         ExactSettings(rho_prior=(0.1, 0.01))
+
+
+def test_robust_fit_ignores_a_few_spikes():
+    """Five points pushed 200σ up (as a caustic crossing looks to a point source) drag the χ² fit
+    of a MulensModel single lens away; the robust fit (Cauchy scale 3σ) lands near where the χ² fit
+    of the clean data does (within a tenth of the χ² fit's shift), and its cost equals Σ c²·log(1 + (r/c)²) of the residuals with the
+    reweighted fluxes, computed here."""
+    from mulens_sbi.inference.localfit import chi2_batch, to_z
+
+    t = np.linspace(-40, 40, 400)
+    p = {"t_0": 1.5, "u_0": 0.2, "t_E": 15.0}
+    mag = np.asarray(MM.Model(p).get_magnification(t))
+    ev = _event(mag, t, seed=4, frac=0.003)
+    ds = ev.datasets[0]
+    clean = levenberg_marquardt(pack_event(ev), {"t_0": np.array([3.0]), "u_0": np.array([0.15]),
+                                                 "t_E": np.array([18.0])}, ("t_0", "u_0", "t_E"),
+                                max_iter=80).physical()
+    flux = np.array(ds.flux)
+    spikes = np.arange(190, 200, 2)
+    flux[spikes] += 200 * np.asarray(ds.sigma)[spikes]
+    ev = Event(datasets=(Dataset(name="sim", t=t, flux=flux, sigma=ds.sigma),), name="spiky")
+    pk = pack_event(ev)
+    names = ("t_0", "u_0", "t_E")
+    start = {"t_0": np.array([3.0]), "u_0": np.array([0.15]), "t_E": np.array([18.0])}
+    plain = levenberg_marquardt(pk, start, names, max_iter=80).physical()
+    robust = levenberg_marquardt(pk, start, names, max_iter=80, scale=3.0).physical()
+    assert abs(plain["u_0"][0] - clean["u_0"][0]) > 0.02  # the spikes move the χ² fit
+    for k in names:  # the robust fit moves less than a tenth as far (measured: 1/15 in u_0 and t_E)
+        assert abs(robust[k][0] - clean[k][0]) < 0.1 * abs(plain[k][0] - clean[k][0])
+    # the cost, independently: fluxes by least squares, Cauchy weights, fluxes again
+    zt = to_z({k: np.array([v]) for k, v in p.items()}, names)
+    cost = float(np.asarray(chi2_batch(zt, names, {}, pk, 3.0))[0])
+    a = np.stack([mag, np.ones_like(mag)], axis=1)
+    w = 1 / np.asarray(ds.sigma) ** 2
+    coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], flux * np.sqrt(w), rcond=None)[0]
+    r = (flux - a @ coef) * np.sqrt(w)
+    w2 = w / (1 + (r / 3.0) ** 2)
+    coef = np.linalg.lstsq(a * np.sqrt(w2)[:, None], flux * np.sqrt(w2), rcond=None)[0]
+    r = (flux - a @ coef) * np.sqrt(w)
+    np.testing.assert_allclose(cost, np.sum(9.0 * np.log1p((r / 3.0) ** 2)), rtol=1e-9)
+
+
+def test_pinned_parameter_stays_and_the_rest_fit():
+    """``pin`` holds t_E at each start's own value (a profile): the other parameters reach the
+    χ² minimum at that t_E, which at the true t_E is the truth (MulensModel light curve)."""
+    t = np.linspace(-40, 40, 400)
+    p = {"t_0": 1.5, "u_0": 0.2, "t_E": 15.0}
+    ev = _event(np.asarray(MM.Model(p).get_magnification(t)), t, seed=5, frac=0.003)
+    pk = pack_event(ev)
+    names = ("t_0", "u_0", "t_E")
+    te = np.array([15.0, 18.0])
+    start = {"t_0": np.array([3.0, 3.0]), "u_0": np.array([0.15, 0.15]), "t_E": te}
+    res = levenberg_marquardt(pk, start, names, max_iter=80, pin={"t_E": te}).physical()
+    np.testing.assert_allclose(res["t_E"], te, rtol=1e-12)
+    assert abs(res["u_0"][0] - 0.2) < 0.002 and abs(res["t_0"][0] - 1.5) < 0.01
+    assert abs(res["u_0"][1] - 0.2) > 0.01  # a wrong t_E pulls u_0 along the valley
