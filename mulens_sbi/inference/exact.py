@@ -461,7 +461,7 @@ def find_modes(
                                      bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
                                      scale=st.robust_scale, progress=progress, desc="local fits")
         n_fits += len(first.chi2)
-        plain_fit += list(evaluate_candidates(packed, second.physical()))
+        plain_fit += list(evaluate_candidates(packed, second.physical(), chunk=LM_CHUNK))
         z_fit.append(second.z)
         c_fit.append(second.chi2)
         o_fit += [origin[i] for i in keep]

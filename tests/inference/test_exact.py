@@ -89,8 +89,11 @@ def test_search_finds_the_crossing_from_outside_its_basin(crossing):
     starts["alpha"] = np.array([ALPHA, ALPHA + 5.0])
     local = levenberg_marquardt(pk, starts, BINARY, max_iter=60)
     assert np.all(local.chi2 > chi2_truth + 100), "the constructed event must have a narrow basin"
-    res = find_modes(ev, settings=ExactSettings(n_starts=24, grid=False, finite="never"))
+    res = find_modes(ev, settings=ExactSettings(n_starts=24, grid=False))
     best = res.best
+    # a point source made the data: rho is left out (the grid at the mode gains < 10 in chi2)
+    assert not any(m.finite for m in res.modes)
+    assert any("point source" in n for n in res.notes)
     assert best.chi2 < chi2_truth + 10
     assert abs(math.log(best.params["s"] / S)) < 0.01 and abs(math.log10(best.params["q"] / Q)) < 0.05
     refl = [m for m in res.modes if m.origin == "reflection"]
@@ -165,8 +168,8 @@ def test_settings_validate():
 def test_robust_fit_ignores_a_few_spikes():
     """Five points pushed 200σ up (as a caustic crossing looks to a point source) drag the χ² fit
     of a MulensModel single lens away; the robust fit (Cauchy scale 3σ) lands near where the χ² fit
-    of the clean data does (within a tenth of the χ² fit's shift), and its cost equals Σ c²·log(1 + (r/c)²) of the residuals with the
-    reweighted fluxes, computed here."""
+    of the clean data does (within a tenth of the χ² fit's shift), and its cost equals
+    Σ c²·log(1 + (r/c)²) of the residuals with the reweighted fluxes, computed here."""
     from mulens_sbi.inference.localfit import chi2_batch, to_z
 
     t = np.linspace(-40, 40, 400)
@@ -216,3 +219,39 @@ def test_pinned_parameter_stays_and_the_rest_fit():
     np.testing.assert_allclose(res["t_E"], te, rtol=1e-12)
     assert abs(res["u_0"][0] - 0.2) < 0.002 and abs(res["t_0"][0] - 1.5) < 0.01
     assert abs(res["u_0"][1] - 0.2) > 0.01  # a wrong t_E pulls u_0 along the valley
+
+
+@pytest.mark.slow
+def test_rho_is_found_when_the_data_demand_it():
+    """A caustic crossing made by VBMicrolensing ``BinaryMag2`` with rho = 2.5e-3: a point source at
+    the truth is off by thousands in χ², the search's optima are point-source, and the exact stage
+    ends in a finite-source mode with χ² within 10 of the truth's and rho within 10%."""
+    vbm_mod = pytest.importorskip("VBMicrolensing")
+    vbm = vbm_mod.VBMicrolensing()
+    vbm.RelTol = 1e-4
+    truth = dict(TRUTH, rho=2.5e-3)
+    t = np.linspace(T_0 - 1.5 * T_E, T_0 + 1.5 * T_E, 500)
+    t = np.sort(np.concatenate([t, np.linspace(T_0 - 6.0, T_0 - 3.0, 100)]))  # dense over the crossing
+    tau = (t - T_0) / T_E
+    a = math.radians(ALPHA)
+    x = tau * math.cos(a) - truth["u_0"] * math.sin(a)
+    y = tau * math.sin(a) + truth["u_0"] * math.cos(a)
+    mag = np.array([vbm.BinaryMag2(S, Q, -xi, yi, truth["rho"]) for xi, yi in zip(x, y, strict=True)])
+    ev = _event(mag, t, seed=7, frac=0.003)
+    pk = pack_event(ev)
+    names = BINARY + ("rho",)
+    import jax.numpy as jnp
+
+    from mulens_sbi.inference.localfit import residual_rows, to_z
+
+    zt = to_z({k: np.array([truth[k]] * 2) for k in names}, names)
+    zt[1, -1] = math.log(1e-5)  # ~ point source
+    r, ok = residual_rows(jnp.asarray(zt), names, pk)
+    chi2_truth, chi2_point = np.sum(np.asarray(r) ** 2, axis=1)
+    assert bool(np.all(np.asarray(ok))) and chi2_point > chi2_truth + 1000
+    res = find_modes(ev, settings=ExactSettings(n_starts=24, grid=False, hops=1))
+    best = res.best
+    assert best.finite and "rho" in best.names
+    assert best.chi2 < chi2_truth + 10
+    assert abs(math.log(best.params["rho"] / truth["rho"])) < 0.1
+    assert abs(math.log(best.params["s"] / S)) < 0.01 and abs(math.log10(best.params["q"] / Q)) < 0.05
