@@ -287,18 +287,25 @@ def _cloud(centres: Mapping, rng: np.random.Generator, n: int) -> dict:
     }
 
 
-def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` best candidates, at most two per (log s, log q, alpha) cell."""
-    order = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf))
+def _cells(cand: Mapping) -> list[tuple]:
+    """Each candidate's (log s, log q, alpha, log |u_0|) cell: 0.03 in ln s, 0.25 dex in q, 3° in
+    alpha, 0.1 in ln |u_0|."""
     cell = (np.round(np.log(cand["s"]) / 0.03).astype(int), np.round(np.log10(cand["q"]) / 0.25).astype(int),
             np.round(np.asarray(cand["alpha"]) / 3.0).astype(int) % 120,
             np.round(np.log(np.abs(cand["u_0"]) + 1e-6) / 0.1).astype(int))
+    return list(zip(*(c.tolist() for c in cell), strict=True))
+
+
+def _distinct(cand: Mapping, chi2: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` best candidates, at most two per cell (:func:`_cells`)."""
+    order = np.argsort(np.where(np.isfinite(chi2), chi2, np.inf))
+    cells = _cells(cand)
     seen: dict = {}
     out = []
     for i in order:
         if not np.isfinite(chi2[i]):
             break
-        key = tuple(c[i] for c in cell)
+        key = cells[i]
         if seen.get(key, 0) >= 2:
             continue
         seen[key] = seen.get(key, 0) + 1
@@ -490,15 +497,25 @@ def find_modes(
         notes.append("no candidate could be evaluated")
         return ModeSearch([], single, anomalies, n_points, n_candidates, n_fits, timings, notes)
     z_fit, c_fit = np.concatenate(z_fit), np.concatenate(c_fit)
-    robust_best = None
-    if st.robust_scale > 0:  # the robust optima: starts of the finite-source valley scan; then χ²
-        robust_best = {k: v[_distinct(to_physical(z_fit, BINARY), c_fit, 4)]
-                       for k, v in to_physical(z_fit, BINARY).items()}
-        pol = levenberg_marquardt(packed, to_physical(z_fit, BINARY), BINARY, bounds=bounds,
+    robust_best, counts = None, None
+    if st.robust_scale > 0:
+        # the robust optima: starts of the finite-source valley scan; the best distinct ones are
+        # polished on χ² (each counts the optima of its cell as the starts that reached it)
+        phys = to_physical(z_fit, BINARY)
+        robust_best = {k: v[_distinct(phys, c_fit, 4)] for k, v in phys.items()}
+        pick = _distinct(phys, c_fit, LM_CHUNK)
+        cells = _cells(phys)
+        tally: dict = {}
+        for c in cells:
+            tally[c] = tally.get(c, 0) + 1
+        counts = np.ones(pick.size, dtype=int)
+        for j, i in enumerate(pick):
+            counts[j] = max(tally.pop(cells[i], 1), 1)
+        pol = levenberg_marquardt(packed, {k: v[pick] for k, v in phys.items()}, BINARY, bounds=bounds,
                                   max_iter=st.max_iter, chunk=LM_CHUNK, progress=progress, desc="polish")
-        z_fit, c_fit = pol.z, pol.chi2
+        z_fit, c_fit, o_fit = pol.z, pol.chi2, [o_fit[i] for i in pick]
     covs = _covariances(packed, z_fit, BINARY)
-    modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit)
+    modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit, counts)
     timings["modes_s"] = time.perf_counter() - t0
     if not modes:
         notes.append("no local fit converged to a certified optimum")
