@@ -34,7 +34,7 @@ import numpy as np
 
 from mulens_sbi.inference.localfit import chi2_batch, levenberg_marquardt, to_z
 from mulens_sbi.lightcurve import magnification_batch
-from mulens_sbi.likelihood import PackedEvent, evaluate
+from mulens_sbi.likelihood import PackedEvent
 
 __all__ = [
     "Anomaly",
@@ -87,9 +87,14 @@ def _masked(packed: PackedEvent, mask: np.ndarray) -> PackedEvent:
     return packed._replace(weight=jnp.where(jnp.asarray(mask), 0.0, packed.weight))
 
 
-def _single_chi2(packed: PackedEvent, params: Mapping) -> np.ndarray:
+#: Cauchy scale (σ) of the single-lens fit: the anomaly's points must not drag it (a densely
+#: covered caustic crossing can be a sixth of the data, hundreds of σ off)
+SINGLE_SCALE = 3.0
+
+
+def _single_chi2(packed: PackedEvent, params: Mapping, scale: float = 0.0) -> np.ndarray:
     z = jnp.asarray(to_z(params, SINGLE))
-    return np.asarray(chi2_batch(z, SINGLE, {}, packed))
+    return np.asarray(chi2_batch(z, SINGLE, {}, packed, scale))
 
 
 def _pspl_fit(packed: PackedEvent, t_bright: float, t_span: tuple[float, float]) -> dict:
@@ -97,23 +102,39 @@ def _pspl_fit(packed: PackedEvent, t_bright: float, t_span: tuple[float, float])
     te = np.geomspace(1.0, 300.0, 24)
     g = np.stack(np.meshgrid([t_bright], u0, te, indexing="ij"), axis=-1).reshape(-1, 3)
     cand = {"t_0": g[:, 0], "u_0": g[:, 1], "t_E": g[:, 2]}
-    c = _single_chi2(packed, cand)
+    c = _single_chi2(packed, cand, SINGLE_SCALE)
     best = np.argsort(np.where(np.isfinite(c), c, np.inf))[:8]
     starts = {k: v[best] for k, v in cand.items()}
-    res = levenberg_marquardt(packed, starts, SINGLE, max_iter=80,
+    res = levenberg_marquardt(packed, starts, SINGLE, max_iter=80, scale=SINGLE_SCALE,
                               bounds={"u_0": (1e-5, 3.0), "t_E": (0.1, 1e3), "t_0": t_span})
     i = int(np.argmin(res.chi2))
     p = res.physical()
     return {k: float(p[k][i]) for k in SINGLE}
 
 
-def _single_model(packed: PackedEvent, params: Mapping) -> np.ndarray:
-    """(N,) model flux of the single lens, fluxes fitted on the points with weight > 0."""
+def _single_model(packed: PackedEvent, params: Mapping, scale: float = SINGLE_SCALE) -> np.ndarray:
+    """(N,) model flux of the single lens, each dataset's fluxes fitted on the points with weight
+    > 0 by least squares, then again under Cauchy weights ``w/(1 + (r/scale)²)`` (as the robust
+    cost of :func:`mulens_sbi.inference.localfit.chi2_batch` does)."""
     p = {k: jnp.asarray([v]) for k, v in params.items()}
-    res = evaluate(p, packed)
-    mag, _ = magnification_batch(packed.t, p)
+    mag = np.asarray(magnification_batch(packed.t, p)[0])[0]
     oh = np.asarray(packed.onehot)
-    return np.asarray(res.f_s)[0] @ oh * np.asarray(mag)[0] + np.asarray(res.f_b)[0] @ oh
+    w0 = np.asarray(packed.weight)
+    f = np.asarray(packed.flux)
+    model = np.zeros_like(f)
+    for d in range(oh.shape[0]):
+        m = (oh[d] > 0) & (w0 > 0)
+        if m.sum() < 2:
+            continue
+        a = np.stack([mag[m], np.ones(m.sum())], axis=1)
+        w = w0[m]
+        for _ in range(2 if scale > 0 else 1):
+            coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], f[m] * np.sqrt(w), rcond=None)[0]
+            r = (f[m] - a @ coef) * np.sqrt(w0[m])
+            w = w0[m] / (1.0 + (r / scale) ** 2) if scale > 0 else w
+        on = oh[d] > 0
+        model[on] = coef[0] * mag[on] + coef[1]
+    return model
 
 
 def fit_single_lens(
