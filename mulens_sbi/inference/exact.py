@@ -110,6 +110,11 @@ class ExactSettings:
             ``Σ c²·log(1 + (r/c)²)`` with ``c = robust_scale`` σ, so that the few points of a
             caustic crossing, which a point source cannot follow, do not decide where it goes;
             the optima are then polished on χ². 0: χ² throughout.
+        broad_share, broad_delta_chi2: when the best binary mode beats the single lens by less
+            than ``broad_delta_chi2`` (no clear anomaly: s, q and alpha are bounded only by what the
+            data exclude), two broad laws (u_0 of either sign) take ``broad_share`` of the mixture:
+            the best mode's t_0, u_0, t_E (their covariance ×4), and s, q, alpha spread over the
+            prior's range (sd 1.2 in ln s, 3.5 in ln q, 150° in alpha).
         profile_points, profile_span: where rho matters, the valley of the point-source fit is
             scanned: s pinned at ``profile_points`` values within ``exp(±profile_span)`` of the
             fit's, the others refitted (robust cost), then χ² with rho at every point.
@@ -141,6 +146,8 @@ class ExactSettings:
     grid: bool = True
     rho_prior: tuple = (1e-4, 0.05)
     robust_scale: float = 3.0
+    broad_share: float = 0.3
+    broad_delta_chi2: float = 100.0
     profile_points: int = 17
     profile_span: float = 0.12
 
@@ -172,6 +179,8 @@ class ExactSettings:
             "rho_prior": (len(self.rho_prior) == 2 and 0 < self.rho_prior[0] < self.rho_prior[1] < 1,
                           "(low, high) with 0 < low < high < 1"),
             "robust_scale": (self.robust_scale >= 0, ">= 0 (0: plain chi2)"),
+            "broad_share": (0 <= self.broad_share < 1, "0 <= broad_share < 1"),
+            "broad_delta_chi2": (self.broad_delta_chi2 >= 0, ">= 0"),
             "profile_points": (self.profile_points >= 0, ">= 0 (0: no valley scan)"),
             "profile_span": (0 < self.profile_span < 1, "0 < profile_span < 1"),
         }
@@ -895,5 +904,23 @@ def exact_proposal(search: ModeSearch, settings: ExactSettings | None = None) ->
     logz = np.asarray(logz)
     w_ev = np.exp(logz - logz.max())
     w = 0.5 * w_ev / w_ev.sum() + 0.5 / len(modes)
+    best = modes[0]
+    gain = search.single.chi2_all - best.chi2 if search.single is not None else math.inf
+    if not finite and st.broad_share > 0 and gain < st.broad_delta_chi2:
+        # no clear anomaly: the posterior spreads over whatever (s, q, alpha) the data do not exclude
+        sd = {"s": 1.2, "q": 3.5, "alpha": 150.0}
+        centre = {"s": 0.0, "q": 0.5 * (math.log(1e-5) + 0.0), "alpha": 180.0}
+        for sign in (1.0, -1.0):
+            mu = best.z.copy()
+            c = np.zeros((len(names), len(names)))
+            c[:3, :3] = best.cov[:3, :3] * 4.0
+            for k in sd:
+                j = names.index(k)
+                mu[j] = centre[k]
+                c[j, j] = sd[k] ** 2
+            mu[names.index("u_0")] = sign * abs(best.z[names.index("u_0")])
+            means.append(mu)
+            covs.append(c)
+        w = np.concatenate([w * (1.0 - st.broad_share), [st.broad_share / 2] * 2])
     return MixtureProposal(names=names, means=np.asarray(means), covs=np.asarray(covs), weights=w,
                            df=st.df, defensive=st.defensive, defensive_scale=st.defensive_scale)

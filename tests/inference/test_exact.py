@@ -255,3 +255,33 @@ def test_rho_is_found_when_the_data_demand_it():
     assert best.chi2 < chi2_truth + 10
     assert abs(math.log(best.params["rho"] / truth["rho"])) < 0.1
     assert abs(math.log(best.params["s"] / S)) < 0.01 and abs(math.log10(best.params["q"] / Q)) < 0.05
+
+
+def test_mixture_with_broad_laws_is_normalized_and_spreads():
+    """No clear anomaly (the best mode beats the single lens by Δχ² 5 < 100): the mixture gains the
+    two broad laws, stays normalized (E_q[p/q] = 1 for a known Gaussian p), and its draws spread
+    over the prior's s and q while t_E stays at the mode's."""
+    from mulens_sbi.inference.search import SingleLensFit
+
+    z1 = np.array([0.0, 0.3, math.log(20.0), math.log(1.2), math.log(1e-3), 40.0])
+    single = SingleLensFit(params={"t_0": 0.0, "u_0": 0.3, "t_E": 20.0}, chi2=5.0, chi2_all=5.0,
+                           mask=np.zeros(10, dtype=bool))
+    search = ModeSearch([_mode(z1, 0.0)], single, [], 100, 0, 0)
+    prop = exact_proposal(search, ExactSettings(defensive=0.1, broad_share=0.3))
+    assert prop.means.shape[0] == 3 and abs(prop.weights[1:].sum() - 0.3) < 1e-12
+    draws = prop.sample(40000, seed=3)
+    lq = prop.log_prob(draws)
+    zz = np.stack([np.log(draws[k]) if k in ("t_E", "s", "q") else draws[k] for k in BINARY], axis=1)
+    d = zz - z1
+    d[:, 5] = (d[:, 5] + 180.0) % 360.0 - 180.0
+    lp = -0.5 * np.sum(d**2 / 1e-4, axis=1) - 3 * math.log(2 * math.pi * 1e-4)
+    lp -= np.log(draws["t_E"]) + np.log(draws["s"]) + np.log(draws["q"])
+    ratio = np.exp(lp - lq)
+    assert abs(ratio.mean() - 1.0) < 4 * ratio.std() / math.sqrt(ratio.size) + 1e-3
+    broad = prop.component(draws) > 0
+    assert np.mean(broad) > 0.2
+    assert np.percentile(np.log10(draws["q"][broad]), 90) - np.percentile(np.log10(draws["q"][broad]), 10) > 3
+    assert np.std(np.log(draws["t_E"][broad])) < 0.05
+    # a clear anomaly (Δχ² 500): no broad laws
+    single_far = SingleLensFit(params=single.params, chi2=500.0, chi2_all=500.0, mask=single.mask)
+    assert exact_proposal(ModeSearch([_mode(z1, 0.0)], single_far, [], 100, 0, 0)).means.shape[0] == 1
