@@ -43,8 +43,8 @@ EVENTS: dict[str, dict] = {
                 "params": {"t_0": 2848.06, "u_0": 0.133, "t_E": 61.5, "s": 1.120, "q": 0.0039,
                            "alpha": 43.8, "rho": 0.00096},
                 "static": True,
-                "source": "MulensModel examples (rpoleski/MulensModel, examples/example_01_models.py "
-                          "and MulensModelTutorial.py): t_0 = 2452848.06, u_0 = 0.133, t_E = 61.5, "
+                "source": "MulensModel's tutorial (rpoleski/MulensModel, its 1S2L model): "
+                          "t_0 = 2452848.06, u_0 = 0.133, t_E = 61.5, "
                           "rho = 0.00096, q = 0.0039, s = 1.120, alpha = 223.8 (pre-v3 MulensModel); "
                           "Bond et al. 2004 Table 1",
                 "conversion": "t_0 − 2450000; alpha 223.8 − 180 = 43.8 deg (MulensModel v3 turned alpha "
