@@ -126,6 +126,22 @@ def chi2_at(event, params: dict) -> dict:
             "chi2_datasets": {d.name: float(c) for d, c in zip(event.datasets, per, strict=True)}}
 
 
+def refit_published(event, params: dict, max_iter: int = 25) -> dict:
+    """A local fit started at a published solution with our likelihood (Levenberg–Marquardt,
+    :func:`mulens_sbi.inference.localfit.levenberg_marquardt_fd`, every parameter of the solution
+    free, finite source when it has ``rho``): the optimum of the published basin on these files,
+    with its χ² — what our global search should reach if it finds that basin."""
+    from mulens_sbi.inference.localfit import levenberg_marquardt_fd, to_physical
+    from mulens_sbi.likelihood import pack_event
+
+    names = tuple(k for k in COMPARED if params.get(k) is not None)
+    starts = {k: np.atleast_1d(float(params[k])) for k in names}
+    fb = levenberg_marquardt_fd(pack_event(event), starts, names, max_iter=max_iter)
+    best = {k: float(np.asarray(v)[0]) for k, v in to_physical(fb.z, names).items()}
+    return {"params": best, "chi2": float(fb.chi2[0]), "chi2_start": float(fb.chi2_start[0]),
+            "iterations": int(fb.iterations), "converged": bool(fb.converged[0])}
+
+
 def canonical(params: dict, like: dict | None = None) -> dict:
     """``params`` mapped to ``q ≤ 1`` (``q → 1/q``, ``alpha → 180 − alpha``, ``u_0 → −u_0``: the same
     lens seen from the other body) and, when ``like`` is given, to the sign of its ``u_0`` (the mirror
@@ -155,6 +171,10 @@ def parse_args(argv, doc: str) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true", help="replace the fit's files in an existing OUT")
     ap.add_argument("--published-only", action="store_true",
                     help="no fit: only the chi2 at the published solutions (about a minute, compilation)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="compare an existing fit in OUT (its summary.json) instead of fitting again")
+    ap.add_argument("--no-refit", action="store_true",
+                    help="skip the local fit started at each published solution (a minute or two)")
     return ap.parse_args(argv)
 
 
@@ -193,7 +213,7 @@ def _fmt(v, name: str = "") -> str:
 
 
 def comparison_markdown(key: str, rows: list[dict], ours: dict | None, ours_chi2: dict | None,
-                        status: str | None) -> str:
+                        status: str | None, modes: list | None = None) -> str:
     ev = EVENTS[key]
     lines = [f"# {ev['name']}: ours against {ev['paper']}", ""]
     if ours is None:
@@ -207,6 +227,26 @@ def comparison_markdown(key: str, rows: list[dict], ours: dict | None, ours_chi2
     for r in rows:
         lines.append(f"| {r['label']} | " + " | ".join(_fmt(r["params"].get(k), k) for k in COMPARED)
                      + f" | {_fmt(r['chi2'])} | {_fmt(r['chi2'] - best)} |")
+    if modes:
+        lines += ["", "Modes of our exact stage (mirror images (u_0, α) → (−u_0, −α) and duplicates within "
+                  "Δχ² 0.001 merged, their posterior weights summed):", "",
+                  "| mode | origin | " + " | ".join(COMPARED) + " | χ² | Δχ² | posterior weight |",
+                  "|" + "---|" * (len(COMPARED) + 5)]
+        groups: list[dict] = []
+        for i, m in enumerate(modes):
+            p = canonical(m["params"], {"u_0": 1.0})
+            w = float(m.get("posterior_weight") or 0.0)
+            for g in groups:
+                if abs(m["chi2"] - g["chi2"]) < 1e-3 and abs(p.get("s", 0) - g["p"].get("s", 0)) < 1e-3:
+                    g["w"] += w
+                    break
+            else:
+                groups.append({"i": i, "origin": m["origin"], "p": p, "chi2": m["chi2"],
+                               "d": m["delta_chi2"], "w": w})
+        for g in groups:
+            vals = " | ".join(_fmt(g["p"].get(k), k) for k in COMPARED)
+            lines.append(f"| {g['i']} | {g['origin']} | {vals} | {_fmt(g['chi2'])} | {_fmt(g['d'])} | "
+                         f"{g['w']:.3g} |")
     n = rows[0]["n_points"] if rows else (ours_chi2 or {}).get("n_points")
     lines += ["", f"{n} points; χ² on the published error bars (no rescaling); status of our fit: {status}.",
               "Published solutions with parallax or orbital motion are evaluated static "
@@ -229,31 +269,47 @@ def main(key: str, argv=None, doc: str = "") -> int:
         rows.append({"label": sol["label"], "params": sol["params"], "static": sol["static"], **c})
         print(f"published {sol['label']}: chi2 {c['chi2']:.1f} for {c['n_points']} points "
               f"({', '.join(f'{k} {v:.1f}' for k, v in c['chi2_datasets'].items())})")
+        if not args.no_refit and "s" in sol["params"]:
+            r = refit_published(event, sol["params"], max_iter=10 if args.quick else 25)
+            rows.append({"label": f"{sol['label']}, refitted with our likelihood", "params": r["params"],
+                         "static": True, "refit": r, **chi2_at(event, r["params"])})
+            found = ", ".join(f"{k} {v:.5g}" for k, v in r["params"].items())
+            print(f"  refitted from there: chi2 {r['chi2']:.1f} after {r['iterations']} steps "
+                  f"(converged {r['converged']}): {found}")
     timings = {"published_chi2_s": time.perf_counter() - t0}
     ours = ours_chi2 = None
     status = "not run"
     summary = None
-    if not args.published_only:
+    if args.reuse:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        status = summary["status"]
+    elif not args.published_only:
         from mulens_sbi.fit import save_fit
 
         t0 = time.perf_counter()
         result = fit_event(key, args)
         timings["fit_s"] = time.perf_counter() - t0
         print(result)
-        save_fit(result, out, overwrite=args.overwrite, figures=not args.quick)
+        try:
+            save_fit(result, out, overwrite=args.overwrite, figures=not args.quick)
+        except Exception as exc:  # a figure that fails must not lose the fit
+            print(f"saving the figures failed ({type(exc).__name__}: {exc}); saved without figures")
+            save_fit(result, out, overwrite=True, figures=False)
         summary = result.summary
         status = result.status
+    if summary is not None:
         raw = best_mode(summary)
         if raw is not None:
             like = ev["solutions"][0]["params"] if ev["solutions"] else None
             ours = canonical(raw, like)
             ours_chi2 = chi2_at(event, raw)
     out.mkdir(parents=True, exist_ok=True)
-    md = comparison_markdown(key, rows, ours, ours_chi2, status)
+    modes = ((summary or {}).get("exact") or {}).get("modes")
+    md = comparison_markdown(key, rows, ours, ours_chi2, status, modes)
     (out / "comparison.md").write_text(md, encoding="utf-8")
     record = {"event": key, "paper": ev["paper"], "status": status, "ours": ours, "ours_chi2": ours_chi2,
               "published": rows, "timings_s": timings, "quick": args.quick,
-              "exact_modes": ((summary or {}).get("exact") or {}).get("modes")}
+              "exact_modes": modes}
     (out / "comparison.json").write_text(json.dumps(record, indent=1, default=float), encoding="utf-8")
     print()
     print(md)
