@@ -295,7 +295,9 @@ def plot_fit_lightcurve(
             f_al = (d.flux - fb) / fs * fs0 + fb0
             s_al = d.sigma * abs(fs0 / fs)
             with np.errstate(divide="ignore", invalid="ignore"):
-                emag = _MAG_PER_FLUX * s_al / f_al
+                # no magnitude (NaN, not drawn) where the aligned flux is not positive: difference
+                # fluxes (MOA, KMTNet pySIS) go below zero at baseline
+                emag = np.where(f_al > 0, _MAG_PER_FLUX * s_al / f_al, np.nan)
             ax.errorbar(d.t, flux_to_mag(f_al), yerr=emag, fmt=".", ms=2, lw=0.4, alpha=0.6,
                         color=f"C{j}" if event.n_datasets > 1 else "0.35", label=d.name, zorder=1)
             res = (d.flux - (fs * a_best_data[j] + fb)) / d.sigma

@@ -66,3 +66,24 @@ def test_lightcurve_plot(tmp_path):
     assert fig.axes[2].get_xlim() == pytest.approx((4.0, 6.0))
     fig.savefig(tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 5000
+
+
+def test_fit_lightcurve_plot_with_fluxes_below_zero(tmp_path):
+    """Difference fluxes (MOA, KMTNet pySIS) are negative at baseline when the blend flux is: those
+    points have no magnitude and are not drawn, and the plot is made (it raised "'yerr' must not
+    contain negative values" on OGLE-2003-BLG-235's MOA data)."""
+    from mulens_sbi.event import Event
+    from mulens_sbi.lightcurve import magnification
+
+    t = np.linspace(0.0, 100.0, 300)
+    p = {"t_0": 50.0, "u_0": 0.3, "t_E": 10.0}
+    sigma = np.full_like(t, 0.4)
+    noise = sigma * np.random.default_rng(1).standard_normal(t.size)
+    flux = np.asarray(magnification(t, **p)) - 0.5 + noise
+    assert (flux < 0).any()
+    event = Event.single(t, flux, sigma, name="diff")
+    draws = {k: np.full(3, v) for k, v in p.items()}
+    fig = plots.plot_fit_lightcurve(event, draws, np.ones((3, 1)), np.full((3, 1), -0.5), p,
+                                    np.array([1.0]), np.array([-0.5]))
+    fig.savefig(tmp_path / "lc.png")
+    assert (tmp_path / "lc.png").stat().st_size > 5000
