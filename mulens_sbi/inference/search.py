@@ -176,11 +176,19 @@ def fit_single_lens(
     cadence = float(np.median(np.diff(t[valid])))
     win = window_days if window_days is not None else max(0.005 * span, 3 * cadence)
     mask = ~valid.copy()
+    prev_mask = mask
     params = None
     anomalies: list[Anomaly] = []
     for _ in range(rounds):
         pk = _masked(packed, mask)
-        params = _pspl_fit(pk, t_bright if params is None else params["t_0"], t_span)
+        trial = _pspl_fit(pk, t_bright if params is None else params["t_0"], t_span)
+        if params is not None and not (2e-5 < trial["u_0"] < 2.99 and 0.11 < trial["t_E"] < 999.0):
+            # the mask took what constrains the single lens (on high-S/N ground data the whole peak
+            # can depart from a first fit): the fit ran to a bound, so the previous round stands
+            mask = prev_mask
+            break
+        params = trial
+        prev_mask = mask
         model = _single_model(pk, params)
         r = np.where(valid, (f - model) / sig, 0.0)
         # running mean over the window (in time), significance √n · mean
