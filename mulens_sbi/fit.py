@@ -874,6 +874,7 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
     use_flow = (flow_log_prob is not None and st.flow_share > 0 and "rho" not in prop.names
                 and all(k in flow_samples for k in prop.names))
     rounds = 0
+    best_round = None
     while True:
         rng = np.random.default_rng([seed, rounds])
         n_flow = min(int(rng.binomial(n, st.flow_share)), len(flow_samples["t_0"])) if use_flow else 0
@@ -893,7 +894,12 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
             log_q = np.logaddexp(math.log1p(-st.flow_share) + log_q, math.log(st.flow_share) + lf)
         ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
         imp = importance_weights(ev["log_likelihood"], lp, log_q, proposal_mass=float(keep.mean()))
+        if best_round is None or imp.ess > best_round[4].ess:
+            best_round = (draws, lp, log_q, ev, imp, keep)
         if imp.efficiency >= 0.1 or rounds >= st.adapt_rounds or not imp.ess > 0:
+            # an adapted mixture can do worse than the one before it: the round with the most
+            # effective samples is the result
+            draws, lp, log_q, ev, imp, keep = best_round
             break
         messages.append(f"exact stage: importance efficiency {100 * imp.efficiency:.2g}% "
                         f"(ESS {imp.ess:.1f}); the mixture adapted to the weighted draws (population Monte "

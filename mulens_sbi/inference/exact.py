@@ -146,7 +146,7 @@ class ExactSettings:
     grid: bool = True
     rho_prior: tuple = (1e-4, 0.05)
     robust_scale: float = 3.0
-    broad_share: float = 0.3
+    broad_share: float = 0.7
     broad_delta_chi2: float = 100.0
     profile_points: int = 17
     profile_span: float = 0.12
