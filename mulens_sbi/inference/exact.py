@@ -40,7 +40,7 @@ from jax.scipy.special import gammaln
 from mulens_sbi.event import Event
 from mulens_sbi.inference.localfit import (
     LOG_NAMES,
-    fd_hessian_scaled,
+    fd_hessian,
     gauss_newton_hessian,
     levenberg_marquardt,
     levenberg_marquardt_fd,
@@ -351,9 +351,9 @@ def _covariances(packed, z, names, chunk: int = LM_CHUNK):
 
 
 def _fd_covariances(packed, z, names):
-    """Gauss–Newton covariances of finite-source optima (forward-difference Jacobian, steps of one
-    conditional σ: :func:`mulens_sbi.inference.localfit.fd_hessian_scaled`)."""
-    return [_invert(h) for h in fd_hessian_scaled(packed, z, names, rows=FD_ROWS)]
+    """Gauss–Newton covariances of finite-source optima (forward-difference Jacobian); the modes
+    kept get theirs from χ² itself (:func:`_quadratic_covariance`)."""
+    return [_invert(h) for h in fd_hessian(packed, z, names, rows=FD_ROWS)]
 
 
 def _merge(z, chi2, covs, names, merge_sigma, origin, counts=None) -> list[Mode]:

@@ -39,7 +39,6 @@ __all__ = [
     "FD_STEPS",
     "chi2_batch",
     "fd_hessian",
-    "fd_hessian_scaled",
     "gauss_newton_hessian",
     "levenberg_marquardt",
     "levenberg_marquardt_fd",
@@ -403,7 +402,7 @@ def fd_hessian(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: i
                steps: np.ndarray | None = None) -> np.ndarray:
     """(K, P, P) Gauss–Newton ``JᵀJ`` with the forward-difference Jacobian of
     :func:`levenberg_marquardt_fd` (same compiled function); ``steps`` (K, P) replaces
-    :data:`FD_STEPS` (see :func:`fd_hessian_scaled`)."""
+    :data:`FD_STEPS`."""
     names = tuple(names)
     p = len(names)
     steps = _fd_steps(z, names) if steps is None else np.asarray(steps, dtype=float)
@@ -417,18 +416,3 @@ def fd_hessian(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: i
         out[k] = jac.T @ jac
     return out
 
-
-def fd_hessian_scaled(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: int = 40,
-                      max_factor: float = 100.0) -> np.ndarray:
-    """:func:`fd_hessian` with each parameter's step set to its conditional standard deviation
-    ``1/√H_ii`` from a first pass (at most ``max_factor`` times :data:`FD_STEPS`, never below).
-
-    The finite-source magnification carries quadrature errors of ~1e-4 relative; over the default
-    steps (1e-5 in ln s) they swamp the derivative of a Roman light curve, and the Hessian changed
-    by factors of several with the step. Over one conditional σ the χ² surface is smooth and
-    quadratic (measured on a resonant caustic crossing), so that is the step."""
-    base = _fd_steps(z, names)
-    h1 = fd_hessian(packed, z, names, rows, base)
-    diag = np.maximum(np.einsum("kpp->kp", h1), 1e-300)
-    steps = np.clip(1.0 / np.sqrt(diag), base, max_factor * base)
-    return fd_hessian(packed, z, names, rows, steps)
