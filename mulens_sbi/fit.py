@@ -61,6 +61,8 @@ from mulens_sbi.inference.importance import (
     log_prior,
     parse_priors,
 )
+from mulens_sbi.inference.importance import MIN_ESS as IMPORTANCE_MIN_ESS
+from mulens_sbi.inference.pareto import KHAT_GOOD, KHAT_MAX
 from mulens_sbi.likelihood import evaluate, pack_event
 from mulens_sbi.restrict import RESTRICT_ROUNDS, describe_restrict, no_sample_message, restrict_priors
 from mulens_sbi.settings_file import dump_settings
@@ -866,23 +868,30 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
         messages.append(f"exact stage: {len(inside) - sum(inside)} mode(s) outside the prior's support "
                         "left out")
         search.modes = [md for md, ok in zip(search.modes, inside, strict=True) if ok]
-    prop = modes_prop = exact_stage.exact_proposal(search, st)
+    box = {k: (priors[k].low, priors[k].high) if k in priors and priors[k].dist == "log_uniform" else d
+           for k, d in (("s", (0.2, 5.0)), ("q", (1e-5, 1.0)))}
+    prop = modes_prop = exact_stage.exact_proposal(search, st, s_range=box["s"], q_range=box["q"])
     if any(md.finite for md in search.modes) and n > st.finite_draws:
         messages.append(f"exact stage: {st.finite_draws} draws instead of {n} (finite-source likelihood, "
                         "~50 ms a draw on 2 cores)")
         n = st.finite_draws
     use_flow = (flow_log_prob is not None and st.flow_share > 0 and "rho" not in prop.names
                 and all(k in flow_samples for k in prop.names))
-    rounds = 0
-    best_round = None
-    while True:
-        rng = np.random.default_rng([seed, rounds])
-        n_flow = min(int(rng.binomial(n, st.flow_share)), len(flow_samples["t_0"])) if use_flow else 0
-        draws = prop.sample(n - n_flow, seed=seed + rounds)
+    n_flow_all = len(flow_samples["t_0"]) if use_flow else 0
+
+    def draw_round(prop, n_round, key, flow_from):
+        """``n_round`` draws of ``prop`` (with the flow's share), their prior, proposal density and
+        likelihood; draws outside the prior's support are dropped and counted in ``keep``."""
+        rng = np.random.default_rng(key)
+        n_flow = int(rng.binomial(n_round, st.flow_share)) if use_flow else 0
+        if flow_from + n_flow > n_flow_all:
+            return None  # the flow's draws are used up
+        draws = prop.sample(n_round - n_flow, seed=int(rng.integers(2**31)))
         if n_flow:
-            draws = {k: np.concatenate([v, np.asarray(flow_samples[k], dtype=float)[:n_flow]])
+            take = slice(flow_from, flow_from + n_flow)
+            draws = {k: np.concatenate([v, np.asarray(flow_samples[k], dtype=float)[take]])
                      for k, v in draws.items()}
-        lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n, st.rho_prior[0])) for k in priors
+        lp = np.asarray(log_prior(priors, {k: draws.get(k, np.full(n_round, st.rho_prior[0])) for k in priors
                                            if priors[k].dist != "fixed"}))
         keep = np.isfinite(lp)  # draws outside the support have zero weight: drop them, count them
         draws = {k: v[keep] for k, v in draws.items()}
@@ -893,28 +902,58 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
             lf = np.where(np.isfinite(lf), lf, -np.inf)
             log_q = np.logaddexp(math.log1p(-st.flow_share) + log_q, math.log(st.flow_share) + lf)
         ev = evaluate_samples(event, draws, chunk_size=chunk_size, progress=progress)
-        imp = importance_weights(ev["log_likelihood"], lp, log_q, proposal_mass=float(keep.mean()))
-        if best_round is None or imp.ess > best_round[4].ess:
-            best_round = (draws, lp, log_q, ev, imp, keep)
+        return {"draws": draws, "lp": lp, "log_q": log_q, "ev": ev, "keep": keep, "n_flow": n_flow}
+
+    def weigh(r):
+        return importance_weights(r["ev"]["log_likelihood"], r["lp"], r["log_q"],
+                                  proposal_mass=float(r["keep"].mean()))
+
+    rounds = 0
+    best = None
+    while True:
+        r = draw_round(prop, n, [seed, rounds], 0)
+        imp = weigh(r)
+        if best is None or imp.ess > best[1].ess:
+            best = (r, imp, prop)
         if imp.efficiency >= 0.1 or rounds >= st.adapt_rounds or not imp.ess > 0:
             # an adapted mixture can do worse than the one before it: the round with the most
             # effective samples is the result
-            draws, lp, log_q, ev, imp, keep = best_round
             break
         messages.append(f"exact stage: importance efficiency {100 * imp.efficiency:.2g}% "
                         f"(ESS {imp.ess:.1f}); the mixture adapted to the weighted draws (population Monte "
                         "Carlo) and redrawn")
-        prop = prop.adapt(draws, imp.weights)
+        prop = prop.adapt(r["draws"], imp.weights)
         rounds += 1
+    r, imp, prop = best
+    # more draws of the same proposal until the effective sample size reaches the target: a
+    # posterior wider or more curved than the modes' laws is still sampled, at a cost ∝ 1/efficiency
+    n_max = st.finite_max_draws if "rho" in prop.names else st.max_draws
+    extra = 0
+    while 0 < imp.ess < st.target_ess and len(r["keep"]) + n <= n_max:
+        more = draw_round(prop, n, [seed, 1000 + extra], r["n_flow"])
+        if more is None:
+            break
+        extra += 1
+        r = {"draws": {k: np.concatenate([r["draws"][k], more["draws"][k]]) for k in r["draws"]},
+             "ev": {k: np.concatenate([r["ev"][k], more["ev"][k]]) for k in r["ev"]},
+             "n_flow": r["n_flow"] + more["n_flow"],
+             **{k: np.concatenate([r[k], more[k]]) for k in ("lp", "log_q", "keep")}}
+        imp = weigh(r)
+    if extra:
+        messages.append(f"exact stage: {len(r['keep'])} draws of the final mixture ({extra} more "
+                        f"batches) for ESS {imp.ess:.0f} (target {st.target_ess:g})")
+    draws, lp, log_q, ev, keep = r["draws"], r["lp"], r["log_q"], r["ev"], r["keep"]
+    n = len(keep)
+    status, verdict = exact_status(imp.ess, imp.k_hat)
     importance = {
-        "n": imp.n, "n_requested": n, "ess": imp.ess, "efficiency": imp.efficiency,
+        "n": imp.n, "n_requested": n, "ess": imp.ess, "efficiency": imp.efficiency, "k_hat": imp.k_hat,
         "log_evidence": imp.log_evidence, "proposal_acceptance": float(keep.mean()),
         "log_evidence_err": imp.log_evidence_err,
-        "status": imp.status, "verdict": imp.verdict, "n_outside_prior": imp.n_outside_prior,
+        "status": status, "verdict": "; ".join([verdict] + imp.verdict.split("; ")[1:]),
+        "n_outside_prior": imp.n_outside_prior,
         "n_likelihood_failed": imp.n_likelihood_failed, "fail_efficiency": FAIL_EFFICIENCY,
         "proposal": "exact-stage mixture of the modes",
     }
-    status = imp.status
     weights = imp.weights if imp.ess > 0 else np.full(imp.n, 1.0 / imp.n)
     comp = modes_prop.component(draws)  # each draw's mode
     mode_w = [float(np.sum(weights[comp == k])) for k in range(len(search.modes))]
@@ -927,20 +966,40 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
         status = "fail"
         messages.append(f"EXACT STAGE: the best mode has chi2/dof {chi2_dof:.2f} > {st.accept_chi2_dof:g}: "
                         "no acceptable binary-lens solution was found (or the error bars are underestimated)")
-    elif imp.ess < MIN_ESS or status == "fail":
-        status = "fail"
-        messages.append(f"EXACT STAGE: importance sampling around the modes gave ESS {imp.ess:.1f} of "
-                        f"{imp.n}: the modes' Gaussian laws do not describe the posterior")
+    elif status == "fail":
+        messages.append(f"EXACT STAGE: importance sampling around the modes: {verdict}")
     else:
         best = search.best
         messages.append(
             f"exact stage: {len(search.modes)} mode(s) within chi2 {st.keep_delta_chi2:g} of the best "
-            f"(chi2 {best.chi2:.1f}, chi2/dof {chi2_dof:.3f}), ESS {imp.ess:.0f} of {imp.n}"
+            f"(chi2 {best.chi2:.1f}, chi2/dof {chi2_dof:.3f}); importance sampling: {verdict}"
         )
     if status == "fail":
         warnings.warn(messages[-1], RuntimeWarning, stacklevel=3)
     return {"samples": draws, "evaluation": ev, "log_prior": lp, "log_proposal": log_q, "weights": weights,
             "importance": importance, "status": status, "info": info, "priors": priors}
+
+
+def exact_status(ess: float, k_hat: float) -> tuple[str, str]:
+    """Verdict on the exact stage's importance sampling from its effective sample size and the
+    Pareto k̂ of its weights (:mod:`mulens_sbi.inference.pareto`; ``nan``: not estimable, e.g.
+    equal weights). The number of draws grows until the ESS reaches its target, so the efficiency
+    itself says nothing here; what matters is whether the weights can be trusted:
+
+    * ``"ok"``: ESS ≥ 100 and k̂ ≤ 0.7 (the weights have a finite variance in practice);
+    * ``"caution"``: ESS ≥ 30 and k̂ ≤ 1, not ok (usable but noisy, or a few draws dominate);
+    * ``"fail"``: fewer than 30 effective samples, or k̂ > 1 (no finite mean: the proposal misses
+      part of the posterior).
+    """
+    kh = "not estimable" if not math.isfinite(k_hat) else f"{k_hat:.2f}"
+    heavy = math.isfinite(k_hat) and k_hat > KHAT_GOOD
+    if not ess >= MIN_ESS or (math.isfinite(k_hat) and k_hat > KHAT_MAX) or k_hat == math.inf:
+        return "fail", (f"fail: ESS {ess:.1f}, Pareto k-hat {kh}: the modes' laws do not describe the "
+                        "posterior (too few effective draws or weights without a finite mean)")
+    if ess < IMPORTANCE_MIN_ESS or heavy:
+        return "caution", (f"caution: ESS {ess:.0f}, Pareto k-hat {kh}: usable but noisy"
+                           + ("; a few draws dominate the weights" if heavy else ""))
+    return "ok", f"ok: ESS {ess:.0f}, Pareto k-hat {kh}"
 
 
 def nuts_status(r_hat_max: float, chains: int, divergences: int, n_samples: int, n_eff_min: float) -> str:

@@ -199,6 +199,7 @@ def main(argv=None) -> int:
                "delta_chi2_single": d_single, "best_chi2": best_chi2,
                "delta_chi2_best_minus_truth": best_chi2 - chi2_truth, "truth_in_95": inside,
                "status": res.status, "ess": (res.importance or {}).get("ess"), "wall_s": wall,
+               "k_hat": (res.importance or {}).get("k_hat"),
                "n_modes": len(modes), "best_mode": modes[0] if modes else None}
         rows.append(row)
         print(f"{i:3d} {kind:8s} n={t.size} dchi2={row['delta_chi2_best_minus_truth']:9.1f} "

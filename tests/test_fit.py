@@ -501,6 +501,21 @@ def test_nuts_status_rule():
     assert nuts_status(float("nan"), 1, 0, 300, 250.0) == "ok"
 
 
+def test_exact_status_rule():
+    """The exact stage's verdict from ESS and Pareto k-hat: efficiency plays no part (the draws grow
+    until the ESS target); heavy-tailed weights are a caution (k-hat > 0.7) or a failure (> 1)."""
+    from mulens_sbi.fit import exact_status
+
+    assert exact_status(250.0, 0.3)[0] == "ok"
+    assert exact_status(250.0, float("nan"))[0] == "ok"  # equal weights: k-hat not estimable
+    assert exact_status(250.0, 0.8)[0] == "caution"
+    assert exact_status(60.0, 0.3)[0] == "caution"
+    assert exact_status(29.0, 0.3)[0] == "fail"
+    assert exact_status(250.0, 1.2)[0] == "fail"
+    assert exact_status(250.0, math.inf)[0] == "fail"
+    assert "k-hat 0.80" in exact_status(250.0, 0.8)[1]
+
+
 class RestrictableGaussian(GaussianProposal):
     """``GaussianProposal`` that can also be truncated to a restriction by rejection, reporting the
     fraction of draws kept (``acceptance``), as the real models do."""

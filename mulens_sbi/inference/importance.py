@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mulens_sbi.event import Event
+from mulens_sbi.inference.pareto import pareto_khat
 from mulens_sbi.likelihood import log_likelihood, pack_event
 
 __all__ = [
@@ -255,6 +256,9 @@ class ImportanceResult:
             inside the prior (uncertified magnification or invalid parameters).
         status: ``"ok"``, ``"caution"`` or ``"fail"``; verdict: a sentence saying what to do.
         samples: the proposal samples (physical), if given.
+        k_hat: the Pareto k̂ of the weights (:func:`mulens_sbi.inference.pareto.pareto_khat`;
+            ≤ 0.7 reliable, > 0.7 a few draws dominate and the ESS overstates the precision;
+            ``nan`` when not estimable, e.g. equal weights).
     """
 
     log_weights: np.ndarray
@@ -272,6 +276,7 @@ class ImportanceResult:
     status: str
     verdict: str
     samples: dict | None = None
+    k_hat: float = math.nan
 
     def resample(self, n: int | None = None, seed: int = 0, samples: Mapping | None = None) -> dict:
         """Unweighted samples: ``n`` draws with replacement by weight (default ``round(ESS)``).
@@ -386,6 +391,7 @@ def importance_weights(
         efficiency=eff, log_evidence=log_z, log_evidence_err=log_z_err, n_outside_prior=n_out,
         n_likelihood_failed=n_fail, status=status, verdict=verdict,
         samples=None if samples is None else {k: np.asarray(v) for k, v in samples.items()},
+        k_hat=pareto_khat(logw),
     )
 
 
