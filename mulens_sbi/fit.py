@@ -957,9 +957,12 @@ def exact_posterior(event, priors, flow_samples, flow_ll, n, seed, settings=None
     weights = imp.weights if imp.ess > 0 else np.full(imp.n, 1.0 / imp.n)
     comp = modes_prop.component(draws)  # each draw's mode
     mode_w = [float(np.sum(weights[comp == k])) for k in range(len(search.modes))]
+    # draws more likely from the broad law (an event without a clear anomaly) than from any mode's
+    # carry the rest of the posterior
     info = search.to_dict()
     for md, w in zip(info["modes"], mode_w, strict=True):
         md["posterior_weight"] = w
+    info["off_mode_weight"] = float(max(0.0, 1.0 - sum(mode_w)))
     info["chi2_dof_accept"] = st.accept_chi2_dof
     chi2_dof = search.chi2_dof()
     if not chi2_dof <= st.accept_chi2_dof:
@@ -1299,6 +1302,9 @@ def report_markdown(result: FitResult, figures: bool = True) -> str:
                 f"| {rho} | "
                 f"{md['origin']} ({md['n_starts']} starts) |"
             )
+        if ex.get("off_mode_weight", 0.0) > 0.01:
+            lines += ["", f"Posterior weight away from every mode (binaries that look like the single lens, "
+                          f"over the (s, q, alpha) the data do not exclude): {ex['off_mode_weight']:.3f}."]
         lines += [""] + [f"- {n}" for n in ex["notes"]] + [""]
     nd = s.get("nuts")
     if nd:
