@@ -45,7 +45,7 @@ from mulens_sbi.inference.localfit import (
     gauss_newton_hessian,
     levenberg_marquardt,
     levenberg_marquardt_fd,
-    residual_rows,
+    residuals_in_rows,
     to_physical,
     to_z,
 )
@@ -600,13 +600,8 @@ def find_modes(
 
 def _fs_chi2(packed, z: np.ndarray, names: tuple) -> np.ndarray:
     """χ² of finite-source parameter vectors (rows of ``z``), FD_ROWS at a time (one compilation)."""
-    chi = np.empty(len(z))
-    for i0 in range(0, len(z), FD_ROWS):
-        idx = np.minimum(np.arange(i0, i0 + FD_ROWS), len(z) - 1)
-        r, ok = residual_rows(jnp.asarray(z[idx]), names, packed)
-        m = min(FD_ROWS, len(z) - i0)
-        chi[i0:i0 + m] = np.where(np.asarray(ok), np.sum(np.asarray(r) ** 2, axis=1), np.inf)[:m]
-    return chi
+    r, ok = residuals_in_rows(packed, z, names, FD_ROWS)
+    return np.where(ok, np.sum(r**2, axis=1), np.inf)
 
 
 def _with_rho(params: Mapping, rho: np.ndarray, names: tuple) -> np.ndarray:

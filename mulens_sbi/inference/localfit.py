@@ -41,6 +41,7 @@ __all__ = [
     "fd_hessian",
     "gauss_newton_hessian",
     "levenberg_marquardt",
+    "residuals_in_rows",
     "levenberg_marquardt_fd",
     "residual_rows",
     "to_physical",
@@ -301,6 +302,21 @@ def _fd_steps(z: np.ndarray, names: tuple) -> np.ndarray:
     return h
 
 
+def residuals_in_rows(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: int = 8
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Whitened residuals (K, N) and their certificates (K,) of the parameter vectors ``z`` (K, P)
+    in the optimization variables, ``rows`` at a time through one compiled shape (the last chunk
+    padded by repeating its last row): the finite-source magnification compiles once for any K."""
+    out_r, out_ok = [], []
+    for i0 in range(0, z.shape[0], rows):
+        idx = np.minimum(np.arange(i0, i0 + rows), z.shape[0] - 1)
+        r, ok = residual_rows(jnp.asarray(z[idx]), tuple(names), packed)
+        m = min(rows, z.shape[0] - i0)
+        out_r.append(np.asarray(r)[:m])
+        out_ok.append(np.asarray(ok)[:m])
+    return np.concatenate(out_r), np.concatenate(out_ok)
+
+
 def levenberg_marquardt_fd(
     packed: PackedEvent,
     starts: Mapping,
@@ -336,14 +352,7 @@ def levenberg_marquardt_fd(
             hi[i] = math.log(b1) if n in LOG_NAMES else b1
 
     def resid(zz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out_r, out_ok = [], []
-        for i0 in range(0, zz.shape[0], rows):
-            idx = np.minimum(np.arange(i0, i0 + rows), zz.shape[0] - 1)
-            r, ok = residual_rows(jnp.asarray(zz[idx]), names, packed)
-            m = min(rows, zz.shape[0] - i0)
-            out_r.append(np.asarray(r)[:m])
-            out_ok.append(np.asarray(ok)[:m])
-        return np.concatenate(out_r), np.concatenate(out_ok)
+        return residuals_in_rows(packed, zz, names, rows)
 
     def chi2_of(r, ok):
         return np.where(ok, np.sum(r * r, axis=1), np.inf)
@@ -409,9 +418,7 @@ def fd_hessian(packed: PackedEvent, z: np.ndarray, names: Sequence[str], rows: i
     out = np.empty((z.shape[0], p, p))
     for k in range(z.shape[0]):
         zz = np.concatenate([z[k:k + 1], z[k] + np.diag(steps[k])])
-        idx = np.minimum(np.arange(rows), zz.shape[0] - 1)
-        r, _ = residual_rows(jnp.asarray(zz[idx]), names, packed)
-        r = np.asarray(r)[: zz.shape[0]]
+        r, _ = residuals_in_rows(packed, zz, names, rows)
         jac = ((r[1:] - r[0]) / steps[k][:, None]).T
         out[k] = jac.T @ jac
     return out
