@@ -41,6 +41,7 @@ __all__ = [
     "fd_hessian",
     "gauss_newton_hessian",
     "levenberg_marquardt",
+    "profile_residuals",
     "residuals_in_rows",
     "levenberg_marquardt_fd",
     "residual_rows",
@@ -67,7 +68,7 @@ def to_physical(z, names: Sequence[str]) -> dict:
     return {k: (xp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
 
 
-def _profile(a: jax.Array, w: jax.Array, f: jax.Array, oh: jax.Array) -> tuple[jax.Array, jax.Array]:
+def profile_residuals(a: jax.Array, w: jax.Array, f: jax.Array, oh: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(K, N) flux residuals ``f − F_s·A − F_b``, each dataset's fluxes solved by weighted least
     squares (weights ``w``, (N,) or (K, N)), and (K,) flags of a solvable 2×2 system."""
     s1 = w @ oh.T
@@ -98,11 +99,11 @@ def _residuals(z: jax.Array, names: tuple, fixed: dict, packed: PackedEvent,
     w, f, oh, valid = packed.weight, packed.flux, packed.onehot, packed.valid
     ok = jnp.all(ok_pts | ~valid[None, :], axis=1)
     a = jnp.where(ok[:, None] & ok_pts, mag, 1.0)
-    e, solvable = _profile(a, w, f, oh)
+    e, solvable = profile_residuals(a, w, f, oh)
     r = jnp.sqrt(w) * e
     robust = scale > 0
     sc = jnp.where(robust, scale, 1.0)
-    e_rob, solvable_rob = _profile(a, jax.lax.stop_gradient(w / (1.0 + (r / sc) ** 2)), f, oh)
+    e_rob, solvable_rob = profile_residuals(a, jax.lax.stop_gradient(w / (1.0 + (r / sc) ** 2)), f, oh)
     r_rob = jnp.sqrt(w) * e_rob
     u = jnp.maximum((r_rob / sc) ** 2, 1e-12)
     r_rob = r_rob * jnp.sqrt(jnp.log1p(u) / u)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from mulens_sbi.inference.localfit import chi2_batch, levenberg_marquardt, to_z
+from mulens_sbi.inference.localfit import chi2_batch, levenberg_marquardt, profile_residuals, to_z
 from mulens_sbi.lightcurve import magnification_batch
 from mulens_sbi.likelihood import PackedEvent
 
@@ -117,24 +117,15 @@ def _single_model(packed: PackedEvent, params: Mapping, scale: float = SINGLE_SC
     > 0 by least squares, then again under Cauchy weights ``w/(1 + (r/scale)²)`` (as the robust
     cost of :func:`mulens_sbi.inference.localfit.chi2_batch` does)."""
     p = {k: jnp.asarray([v]) for k, v in params.items()}
-    mag = np.asarray(magnification_batch(packed.t, p)[0])[0]
-    oh = np.asarray(packed.onehot)
-    w0 = np.asarray(packed.weight)
-    f = np.asarray(packed.flux)
-    model = np.zeros_like(f)
-    for d in range(oh.shape[0]):
-        m = (oh[d] > 0) & (w0 > 0)
-        if m.sum() < 2:
-            continue
-        a = np.stack([mag[m], np.ones(m.sum())], axis=1)
-        w = w0[m]
-        for _ in range(2 if scale > 0 else 1):
-            coef = np.linalg.lstsq(a * np.sqrt(w)[:, None], f[m] * np.sqrt(w), rcond=None)[0]
-            r = (f[m] - a @ coef) * np.sqrt(w0[m])
-            w = w0[m] / (1.0 + (r / scale) ** 2) if scale > 0 else w
-        on = oh[d] > 0
-        model[on] = coef[0] * mag[on] + coef[1]
-    return model
+    mag = magnification_batch(packed.t, p)[0]
+    w0 = packed.weight
+    w = w0
+    passes = 2 if scale > 0 else 1
+    for i in range(passes):
+        r = profile_residuals(mag, w, packed.flux, packed.onehot)[0][0]
+        if i < passes - 1:
+            w = w0 / (1.0 + (r * jnp.sqrt(w0) / scale) ** 2)
+    return np.asarray(packed.flux - r)
 
 
 def fit_single_lens(
