@@ -325,21 +325,21 @@ class OnDeviceSimulator:
             k_prior, k_sim, k_cand = jax.random.split(jax.random.fold_in(key, f), 3)
             p = draw_prior(self.spec, k_prior, n_p)
             is_slot = jnp.arange(n_p + k) >= n_p
+            valid = jnp.ones(n_p + k, bool)  # a prior row or a slot holding a pre-filter survivor
             if k:  # prior rows and candidate slots are simulated together (one compiled solver)
                 cand, valid, n_surv = self._candidates(k_cand, f, lay["lens_groups"], k)
                 p = {name: jnp.concatenate([v, cand[name]]) for name, v in p.items()}
-                valid = jnp.concatenate([jnp.zeros(n_p, bool), valid])
+                valid = jnp.concatenate([jnp.ones(n_p, bool), valid])
                 diag["slots"] += k
                 diag["survivors"] += n_surv
                 diag["overflow"] += jnp.maximum(n_surv - k, 0)
             rows = self._rows(k_sim, f, p)
-            cls, acc = rows["in_class"], rows["accepted"]
-            w_prior = jnp.where(cls, lay["w_class"], lay["w_other"])
-            w = jnp.where(is_slot, jnp.where(valid & cls, lay["w_class"], 0.0) if k else 0.0, w_prior) * acc
+            cls, acc = rows["in_class"] & valid, rows["accepted"]
+            w = jnp.where(cls, lay["w_class"], jnp.where(is_slot, 0.0, lay["w_other"])) * acc
             diag["prior_rows"] += n_p
             diag["in_class_prior"] += jnp.sum(cls & acc & ~is_slot)
             if k:
-                diag["in_class_candidates"] += jnp.sum(valid & cls & acc)
+                diag["in_class_candidates"] += jnp.sum(cls & acc & is_slot)
             diag["refused"] += jnp.sum(~acc & ~is_slot)
             diag["unsolved_points"] += jnp.sum(rows["unsolved"])
             if st.sharp_weight != 1.0:
@@ -348,7 +348,7 @@ class OnDeviceSimulator:
             xs.append(rows["x"])
             ws.append(w.astype(jnp.float32))
             flags.append(cls)
-            blocks.append({**rows, "weight": w, "slot": is_slot})
+            blocks.append({**rows, "in_class": cls, "weight": w, "slot": is_slot, "valid": valid})
         diag["rows"] += self.batch_size
         return {"theta_net": jnp.concatenate(thetas), "x": jnp.concatenate(xs),
                 "weights": jnp.concatenate(ws), "in_class": jnp.concatenate(flags), "diagnostics": diag,
@@ -358,8 +358,9 @@ class OnDeviceSimulator:
 
     def draw(self, key: Array) -> dict[str, Any]:
         """One batch with everything: ``theta_net`` (N, 6) float32, ``x`` (N, n_bins, 4), ``weights``
-        (N,), ``in_class`` (N,), ``diagnostics`` and ``blocks`` (per field class: its rows' parameters,
-        times, fluxes, binned values, flags, ``weight`` and ``slot`` (a candidate slot)). For tests and
+        (N,), ``in_class`` (N,; False for empty slots), ``diagnostics`` and ``blocks`` (per field class:
+        its rows' parameters, times, fluxes, binned values, flags, ``weight``, ``slot`` (a candidate
+        slot) and ``valid`` (a prior row or a slot holding a pre-filter survivor)). For tests and
         inspection."""
         return self._draw(key)
 
