@@ -12,6 +12,7 @@ fixed.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -238,3 +239,48 @@ def test_settings_layout_and_refusals(survey):
     sim = OnDeviceSimulator(survey, CFG, 8)
     with pytest.raises(ValueError, match="batches of 8 rows, asked for 16"):
         sim(jax.random.PRNGKey(0), 16)
+
+
+def test_training_with_batches_simulated_on_the_device(survey, tmp_path):
+    """``run_training(sampler="simulate")``: no data folder; stops on its time limit and resumes;
+    the model records the on-device settings and what was simulated; the CLI builds the settings."""
+    from mulens_sbi.cli import build_parser, train_settings
+    from mulens_sbi.models import load_model
+    from mulens_sbi.npe.config import EmbeddingConfig, FlowConfig, TrainConfig
+    from mulens_sbi.training import TrainSettings, run_training
+
+    n_bins = 64
+    settings = TrainSettings(
+        out=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"), sampler="simulate",
+        survey=survey.spec.path, preprocess=PreprocessConfig(n_bins=n_bins, min_points=20, min_cells=8),
+        embedding=EmbeddingConfig(kind="binned_conv", out_dim=16, hidden=(32,), n_bins=n_bins,
+                                  channels=(8, 16, 16), blocks_per_stage=0, kernel_size=5),
+        flow=FlowConfig(n_layers=3, hidden=(32, 32), n_bins=6),
+        train=TrainConfig(max_steps=60, batch_size=64, learning_rate=3e-3, warmup_steps=10, val_size=128,
+                          eval_every=20, patience=0, checkpoint_every=20, seed=0),
+        ondevice=OnDeviceSettings(enrich_fraction=0.25, pilot_lenses=1024), max_minutes=1e-6, progress=False)
+    first = run_training(settings, log=lambda m: None)
+    assert first["finished"] is False and first["ondevice"]["rows"] == 64.0
+    summary = run_training(TrainSettings(**{**settings.__dict__, "max_minutes": 0.0}), log=lambda m: None)
+    assert summary["finished"] and summary["steps"] == 60 and summary["n_train_rows"] == 60 * 64
+    hist = json.loads((tmp_path / "model" / "training.json").read_text())["history"]
+    assert summary["best_val_loss"] < hist[0]["val_loss"]
+    model = load_model(str(tmp_path / "model"))
+    meta = model.posterior.metadata
+    assert meta["settings"]["sampler"] == "simulate"
+    assert meta["settings"]["ondevice"]["enrich_fraction"] == 0.25
+    od = meta["training"]["ondevice_last_session"]  # (the first session's step was not checkpointed)
+    assert od["rows"] == 60 * 64 and od["overflow"] == 0 and od["slots"] == 60 * 16
+    assert meta["provenance"]["enrichment"]["ondevice"]["layout"][0]["slots"] == 16
+    # the shard path's options are refused with this sampler
+    with pytest.raises(ValueError, match="enrich"):
+        run_training(TrainSettings(**{**settings.__dict__, "enrich": "x", "overwrite": True}))
+    with pytest.raises(ValueError, match="data"):
+        TrainSettings(data="d", out="o", sampler="simulate", survey="roman_season")
+    with pytest.raises(ValueError, match="survey"):
+        TrainSettings(data="d", out="o", survey="roman_season")
+    args = build_parser().parse_args(["train", "--sampler", "simulate", "--survey", "roman_season",
+                                      "--out", "o", "--simulate-enrich", "0.2"])
+    s = train_settings(args)
+    assert s.sampler == "simulate" and s.survey == "roman_season" and s.data == ""
+    assert s.ondevice.enrich_fraction == 0.2

@@ -368,16 +368,33 @@ class OnDeviceSimulator:
     def _train_fn(self):
         def fn(key):
             out = self._batch(key)
-            return out["theta_net"], out["x"], out["weights"], out["diagnostics"]
+            prior_ok = jnp.concatenate([~b["slot"] & b["accepted"] for b in out["blocks"]])
+            return out["theta_net"], out["x"], out["weights"], prior_ok, out["diagnostics"]
         return jax.jit(fn)
 
     def __call__(self, key: Array, n: int) -> tuple[Array, Array, Array]:
         """A training batch ``(theta_net, x, weights)`` of ``n`` rows (``n`` must be ``batch_size``)."""
         if n != self.batch_size:
             raise ValueError(f"this on-device sampler makes batches of {self.batch_size} rows, asked for {n}")
-        theta, x, w, diag = self._train_fn(key)
+        theta, x, w, _, diag = self._train_fn(key)
         self.totals = {k: self.totals[k] + diag[k] for k in DIAGNOSTICS}
         return theta, x, w
+
+    def prior_rows(self, key: Array, n: int) -> tuple[Array, Array]:
+        """``n`` accepted prior rows ``(theta_net, x)``, unweighted (a validation set: the prior rows
+        of batches drawn with ``fold_in(key, i)``, i = 0, 1, ...; the same compiled function as the
+        training batches). Not counted in :attr:`totals`."""
+        thetas, xs, got, i = [], [], 0, 0
+        while got < n:
+            theta, x, _, ok, _ = self._train_fn(jax.random.fold_in(key, i))
+            ok = np.asarray(ok)
+            thetas.append(np.asarray(theta)[ok])
+            xs.append(np.asarray(x)[ok])
+            got += int(ok.sum())
+            i += 1
+            if i > 100 and got == 0:
+                raise RuntimeError("no accepted prior rows in 100 batches (every light curve refused)")
+        return jnp.asarray(np.concatenate(thetas)[:n]), jnp.asarray(np.concatenate(xs)[:n])
 
     def diagnostics(self) -> dict[str, float]:
         """The running sums of :data:`DIAGNOSTICS` (host floats; this waits for the device)."""
