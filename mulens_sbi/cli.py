@@ -354,6 +354,7 @@ def _train_run(args: argparse.Namespace) -> int:
 VALIDATE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _same), "data": ("data", _same), "n": ("n", _same), "n_samples": ("n_samples", _same),
     "holdout_shards": ("holdout_shards", _same), "caustic_data": ("caustic_data", _same),
+    "other_spec": ("other_spec", _true),
     "out": ("out", _same), "seed": ("seed", _same), "overwrite": ("overwrite", _true),
     "no_progress": ("progress", _false),
 }
@@ -371,6 +372,9 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
                    help="a `mulens-sbi simulate --condition caustic-crossing` folder (not used in training): "
                         "the caustic-crossing figure is measured on its events instead of on the few "
                         "caustic crossings among the --n events")
+    p.add_argument("--other-spec", action="store_true",
+                   help="accept a --caustic-data folder simulated with another spec than the model's (to "
+                        "compare models on the same events, e.g. on whole-season light curves)")
     p.add_argument("--out", default=None, help="output folder (default: the model folder)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling / simulation seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing validation outputs")

@@ -12,6 +12,7 @@ fixed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -284,3 +285,19 @@ def test_training_with_batches_simulated_on_the_device(survey, tmp_path):
     s = train_settings(args)
     assert s.sampler == "simulate" and s.survey == "roman_season" and s.data == ""
     assert s.ondevice.enrich_fraction == 0.2
+    # the shipped (event-window) model against whole-season events: validate --other-spec accepts a
+    # caustic-crossing set of another spec (here the same spec, edited)
+
+    from mulens_sbi.simulate import SimulateSettings, run_simulation
+    from mulens_sbi.validation import ValidateSettings, run_validation
+
+    other = tmp_path / "other.toml"
+    other.write_text(Path(survey.spec.path).read_text() + "\n# another spec\n")
+    run_simulation(SimulateSettings(survey=str(other), n=4, out=str(tmp_path / "cross"), seed=4, shard_size=4,
+                                    condition="caustic-crossing", progress=False), log=lambda m: None)
+    v = ValidateSettings(model=str(tmp_path / "model"), n=10, n_samples=50,
+                         caustic_data=str(tmp_path / "cross"), out=str(tmp_path / "val"), progress=False)
+    with pytest.raises(ValueError, match="another survey spec"):
+        run_validation(v, log=lambda m: None)
+    rep = run_validation(dataclasses.replace(v, other_spec=True), log=lambda m: None)
+    assert rep["caustic_crossing_planetary_set"]["n_events"] == 4
