@@ -64,7 +64,7 @@ from jax import Array
 
 from mulens_sbi.data.conditioned import caustic_geometry, may_cross_caustic
 from mulens_sbi.data.samplers import sharp_feature
-from mulens_sbi.lensing import point_source, single
+from mulens_sbi.lensing import finite, point_source, single
 from mulens_sbi.lightcurve import source_trajectory
 from mulens_sbi.preprocess import PreprocessConfig, bin_points_jax, estimate_peak_time_jax, network_input
 from mulens_sbi.survey import Survey
@@ -160,8 +160,7 @@ def _magnification(spec, t: Array, p: dict[str, Array]) -> tuple[Array, Array, A
         return mag, ok, jnp.zeros(mag.shape, jnp.int8)
     x, y = source_trajectory(t, t_0, u_0, t_E, p["alpha"][:, None])
     if spec.model.source == "finite":
-        raise NotImplementedError("the on-device sampler simulates point sources only so far "
-                                  "(model.source = 'finite' is for the shard path)")
+        return finite.binary_finite_trajectory_images(x, y, p["s"], p["q"], p["rho"], p["limb_darkening"])
     return point_source.magnification_trajectory_images(x, y, p["s"], p["q"])
 
 
@@ -177,7 +176,7 @@ class OnDeviceSimulator:
         pilot_key: key of the pilot that fixes the lenses per batch (enrichment only).
 
     Attributes: ``layout`` (rows, slots and lenses per field class, the loss weights),
-    ``totals`` (running sums of :data:`DIAGNOSTICS` over the batches drawn; device arrays, read
+    ``totals`` (running sums of :data:`DIAGNOSTICS` over the batches drawn; one device array, read
     them with :meth:`diagnostics`).
     """
 
@@ -228,7 +227,7 @@ class OnDeviceSimulator:
             lay["w_other"] = scale / lay["prior_rows"]
             lay["w_class"] = scale / (lay["prior_rows"] + lay.get("n_cand", 0.0))
         self._draw = jax.jit(self._batch)
-        self.totals = {k: jnp.zeros((), jnp.float64) for k in DIAGNOSTICS}
+        self.totals = jnp.zeros(len(DIAGNOSTICS), jnp.float64)  # (one add per step, no host sync)
 
     # ------------------------------------------------------------------ pieces (pure)
 
@@ -369,7 +368,8 @@ class OnDeviceSimulator:
         def fn(key):
             out = self._batch(key)
             prior_ok = jnp.concatenate([~b["slot"] & b["accepted"] for b in out["blocks"]])
-            return out["theta_net"], out["x"], out["weights"], prior_ok, out["diagnostics"]
+            diag = jnp.stack([jnp.asarray(out["diagnostics"][k], jnp.float64) for k in DIAGNOSTICS])
+            return out["theta_net"], out["x"], out["weights"], prior_ok, diag
         return jax.jit(fn)
 
     def __call__(self, key: Array, n: int) -> tuple[Array, Array, Array]:
@@ -377,7 +377,7 @@ class OnDeviceSimulator:
         if n != self.batch_size:
             raise ValueError(f"this on-device sampler makes batches of {self.batch_size} rows, asked for {n}")
         theta, x, w, _, diag = self._train_fn(key)
-        self.totals = {k: self.totals[k] + diag[k] for k in DIAGNOSTICS}
+        self.totals = self.totals + diag
         return theta, x, w
 
     def prior_rows(self, key: Array, n: int) -> tuple[Array, Array]:
@@ -398,7 +398,7 @@ class OnDeviceSimulator:
 
     def diagnostics(self) -> dict[str, float]:
         """The running sums of :data:`DIAGNOSTICS` (host floats; this waits for the device)."""
-        return {k: float(v) for k, v in self.totals.items()}
+        return dict(zip(DIAGNOSTICS, (float(v) for v in np.asarray(self.totals)), strict=True))
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (settings, layout, pilot): for the model's provenance."""
