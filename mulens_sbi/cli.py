@@ -242,12 +242,13 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "checkpoint_every": ("train.checkpoint_every", _same), "workers": ("workers", _same),
     "stream_prior": ("stream_rows", _same), "stream_enrich": ("stream_enrich_rows", _same),
     "stream_workers": ("stream_workers", _same), "no_progress": ("progress", _false),
+    "survey": ("survey", _same), "simulate_enrich": ("ondevice.enrich_fraction", _same),
 }
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="a `mulens-sbi simulate` output folder (training set; required unless in "
-                                  "--settings)")
+                                  "--settings or with --sampler simulate)")
     p.add_argument("--out",
                    help="model folder to write (weights, posterior.json, training.json; required unless in "
                         "--settings)")
@@ -287,9 +288,16 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="preprocessing + network: 'standard' (512 time cells, the CPU default) or 'fine' "
                         "(2048 cells, residual blocks, a deeper flow; for a GPU); replaces the [preprocess], "
                         "[embedding] and [flow] of --settings")
-    p.add_argument("--sampler", choices=("host", "device"), default="host",
+    p.add_argument("--sampler", choices=("host", "device", "simulate"), default="host",
                    help="draw batches with numpy on the host (default) or with jax.random on the "
-                        "accelerator, where the pre-binned set is kept (use 'device' on a GPU)")
+                        "accelerator, where the pre-binned set is kept (use 'device' on a GPU); 'simulate': "
+                        "no --data, every batch is simulated afresh on the accelerator from --survey")
+    p.add_argument("--survey", default=None, metavar="NAME|PATH",
+                   help="with --sampler simulate: the survey spec to simulate (whole-season windows, "
+                        "e.g. roman_season)")
+    p.add_argument("--simulate-enrich", type=float, default=None, metavar="F",
+                   help="with --sampler simulate: share of each batch given to caustic-crossing candidates, "
+                        "weighted back to the prior (default 0 = off; [ondevice] enrich_fraction)")
     p.add_argument("--budget-minutes", type=float, default=0.0,
                    help="fit the learning-rate schedule to this wall time: the step rate measured during "
                         "the warm-up sets the number of steps (at most --max-steps; default: off)")
@@ -322,7 +330,8 @@ def train_settings(args: argparse.Namespace):
     if args.network is not None:
         pre, emb, flow = NETWORKS[args.network]
         extra = {"preprocess": pre, "embedding": emb, "flow": flow}
-    return _settings(args, TrainSettings, TRAIN_FLAGS, ("data", "out"), extra)
+    required = ("out",) if args.sampler == "simulate" else ("data", "out")
+    return _settings(args, TrainSettings, TRAIN_FLAGS, required, extra)
 
 
 def _train_run(args: argparse.Namespace) -> int:
@@ -345,6 +354,7 @@ def _train_run(args: argparse.Namespace) -> int:
 VALIDATE_FLAGS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _same), "data": ("data", _same), "n": ("n", _same), "n_samples": ("n_samples", _same),
     "holdout_shards": ("holdout_shards", _same), "caustic_data": ("caustic_data", _same),
+    "other_spec": ("other_spec", _true),
     "out": ("out", _same), "seed": ("seed", _same), "overwrite": ("overwrite", _true),
     "no_progress": ("progress", _false),
 }
@@ -362,6 +372,9 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
                    help="a `mulens-sbi simulate --condition caustic-crossing` folder (not used in training): "
                         "the caustic-crossing figure is measured on its events instead of on the few "
                         "caustic crossings among the --n events")
+    p.add_argument("--other-spec", action="store_true",
+                   help="accept a --caustic-data folder simulated with another spec than the model's (to "
+                        "compare models on the same events, e.g. on whole-season light curves)")
     p.add_argument("--out", default=None, help="output folder (default: the model folder)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="sampling / simulation seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace existing validation outputs")

@@ -51,7 +51,9 @@ __all__ = [
     "PreprocessConfig",
     "Prepared",
     "estimate_peak_time",
+    "estimate_peak_time_jax",
     "bin_points",
+    "bin_points_jax",
     "bin_edges",
     "network_input",
     "preprocess",
@@ -230,6 +232,71 @@ def bin_points(t, flux, sigma, mask, t_ref, cfg: PreprocessConfig):
     err = np.where(has, 1.0 / np.sqrt(np.where(has, sw, 1.0)), 0.0)
     if one:
         return mean[0], err[0], cnt[0]
+    return mean, err, cnt
+
+
+# ----------------------------------------------------------------------------------------------
+# steps 2-4 in JAX (for light curves simulated on the device; equal to the numpy versions above)
+
+
+def estimate_peak_time_jax(t, flux, sigma, mask, smooth_points: int = 15):
+    """JAX twin of :func:`estimate_peak_time` for rows (B, N) -> (B,): the centre time of the best
+    window of ``smooth_points`` consecutive usable points by inverse-variance weighted mean flux.
+    Jittable (``smooth_points`` static); rows sorted in time among their usable points; NaN for a row
+    with no usable point."""
+    t, flux, sigma = (jnp.asarray(a, jnp.float64) for a in (t, flux, sigma))
+    mask = jnp.asarray(mask, bool)
+    n = t.shape[-1]
+    order = jnp.argsort(~mask, axis=-1, stable=True)  # usable points first, in time order
+    tt = jnp.take_along_axis(t, order, -1)
+    ff = jnp.take_along_axis(jnp.where(mask, flux, 0.0), order, -1)
+    ss = jnp.take_along_axis(jnp.where(mask, sigma, 1.0), order, -1)
+    mm = jnp.take_along_axis(mask, order, -1)
+    w = jnp.where(mm, 1.0 / ss**2, 0.0)
+    zero = jnp.zeros(w.shape[:-1] + (1,), w.dtype)
+    cw = jnp.concatenate([zero, jnp.cumsum(w, axis=-1)], axis=-1)
+    cwf = jnp.concatenate([zero, jnp.cumsum(w * ff, axis=-1)], axis=-1)
+    n_ok = jnp.sum(mm, axis=-1)
+    kk = jnp.minimum(smooth_points, jnp.maximum(n_ok, 1))
+    starts = jnp.arange(n)
+    ends = starts + kk[..., None]
+    valid = ends <= n_ok[..., None]
+    ends_c = jnp.minimum(ends, n)
+    sw = jnp.take_along_axis(cw, ends_c, -1) - cw[..., :n]
+    swf = jnp.take_along_axis(cwf, ends_c, -1) - cwf[..., :n]
+    run = jnp.where(valid & (sw > 0), swf / jnp.where(sw > 0, sw, 1.0), -jnp.inf)
+    j = jnp.argmax(run, axis=-1)
+    last = jnp.clip(j + kk - 1, 0, n - 1)
+    t_first = jnp.take_along_axis(tt, j[..., None], -1)[..., 0]
+    t_last = jnp.take_along_axis(tt, last[..., None], -1)[..., 0]
+    return jnp.where(n_ok > 0, 0.5 * (t_first + t_last), jnp.nan)
+
+
+def bin_points_jax(t, flux, sigma, mask, t_ref, cfg: PreprocessConfig):
+    """JAX twin of :func:`bin_points` for rows (B, N) with ``t_ref`` (B,): ``(mean, err, count)``
+    (B, n_bins) of the inverse-variance weighted binning onto the warped cells (float64; empty cells
+    0, 0, 0). Jittable (``cfg`` static)."""
+    t, flux, sigma = (jnp.asarray(a, jnp.float64) for a in (t, flux, sigma))
+    t_ref = jnp.asarray(t_ref, jnp.float64)
+    dt = t - t_ref[..., None]
+    inside = jnp.asarray(mask, bool) & (jnp.abs(dt) <= cfg.half_width_days) & jnp.isfinite(dt)
+    a = math.asinh(cfg.half_width_days / cfg.tau0_days)
+    tn = 0.5 * (jnp.arcsinh(jnp.where(inside, dt, 0.0) / cfg.tau0_days) / a + 1.0)
+    idx = jnp.clip(jnp.floor(tn * cfg.n_bins).astype(jnp.int32), 0, cfg.n_bins - 1)
+    s = jnp.where(inside, sigma, 1.0)
+    w = jnp.where(inside, 1.0 / s**2, 0.0)
+    f = jnp.where(inside, flux, 0.0)
+    b = t.shape[0]
+    flat = (idx + cfg.n_bins * jnp.arange(b)[:, None]).reshape(-1)
+    size = b * cfg.n_bins
+
+    def total(v):
+        return jnp.zeros(size, v.dtype).at[flat].add(v.reshape(-1)).reshape(b, cfg.n_bins)
+
+    sw, swf, cnt = total(w), total(w * f), total(inside.astype(jnp.float64))
+    has = cnt > 0
+    mean = jnp.where(has, swf / jnp.where(has, sw, 1.0), 0.0)
+    err = jnp.where(has, 1.0 / jnp.sqrt(jnp.where(has, sw, 1.0)), 0.0)
     return mean, err, cnt
 
 

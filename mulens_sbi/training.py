@@ -20,6 +20,13 @@ Data flow:
 
 Shards: by default the last ``holdout_shards`` shards are never used here (they are for
 ``mulens-sbi validate``); of the remaining rows, ``val_size`` are the validation set.
+
+**Simulation inside the training loop** (``sampler="simulate"``, ``survey=`` a spec with whole-season
+windows): no shards at all. Every step's batch is drawn, simulated, binned and normalized on the
+device by :class:`mulens_sbi.data.ondevice.OnDeviceSimulator` (settings in the ``[ondevice]`` table:
+caustic-crossing enrichment, noise construction, sharp-feature emphasis); the validation set is the
+prior rows of a few batches drawn with their own keys (noise fixed once), which also give the
+standardization. A resumed run continues the same key sequence.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mulens_sbi.data.ondevice import OnDeviceSettings, OnDeviceSimulator
 from mulens_sbi.data.prebin import NETWORK_NAMES, accepted_mask, accepted_rows, class_flags, prepare_binned
 from mulens_sbi.data.samplers import (
     BinnedSimulator,
@@ -55,6 +63,7 @@ from mulens_sbi.npe.transforms import ParameterSpace
 from mulens_sbi.params import PHYSICAL_NAMES
 from mulens_sbi.preprocess import PreprocessConfig
 from mulens_sbi.settings_file import check_fields
+from mulens_sbi.survey import Survey
 from mulens_sbi.survey.spec import load_spec, parse_spec
 
 __all__ = ["TrainSettings", "NETWORKS", "make_space", "run_training"]
@@ -85,7 +94,7 @@ class TrainSettings:
     """Everything ``mulens-sbi train`` needs (stored in the model's metadata).
 
     Attributes:
-        data: a ``mulens-sbi simulate`` output folder.
+        data: a ``mulens-sbi simulate`` output folder (not used by ``sampler="simulate"``).
         out: model folder to write (weights + posterior.json + training.json).
         checkpoint_dir: training-state folder (default ``<out>/_checkpoint``); a killed run resumes.
         holdout_shards: last shards kept out of training (for validation).
@@ -109,7 +118,13 @@ class TrainSettings:
         sharp_threshold: the feature statistic's threshold (in units of its noise).
         sampler: ``host`` draws each batch's rows and noise with numpy on the host; ``device`` keeps
             the pre-binned set on the accelerator and draws them there with ``jax.random`` (same
-            distribution, another random stream; the host path is too slow to feed a GPU).
+            distribution, another random stream; the host path is too slow to feed a GPU);
+            ``simulate`` simulates every batch afresh on the device from ``survey`` (no ``data``
+            folder; :mod:`mulens_sbi.data.ondevice`).
+        survey: with ``sampler="simulate"``: the survey spec (name or path) to simulate; it must
+            set ``lightcurve.window = "season"``.
+        ondevice: the on-device simulator's settings (``sampler="simulate"``): enrichment fraction
+            and class, noise construction, sharp-feature emphasis.
         budget_minutes: fit the schedule's length to this wall time (see ``budget_s`` of
             :func:`mulens_sbi.npe.train.train`; 0 = ``max_steps`` steps).
         workers: processes for pre-binning and class flags (1 = this process).
@@ -121,8 +136,8 @@ class TrainSettings:
         progress: show progress bars.
     """
 
-    data: str
-    out: str
+    data: str = ""
+    out: str = ""
     checkpoint_dir: str | None = None
     holdout_shards: int = 5
     max_train_shards: int = 0
@@ -147,11 +162,15 @@ class TrainSettings:
     stream_rows: int = 0
     stream_enrich_rows: int = 0
     stream_workers: int = 0
+    survey: str | None = None
+    ondevice: OnDeviceSettings = field(default_factory=OnDeviceSettings)
     progress: bool = True
 
     def __post_init__(self) -> None:
+        simulated = self.sampler == "simulate"
         checks = {
-            "data": (isinstance(self.data, str) and self.data != "", "a non-empty path"),
+            "data": (isinstance(self.data, str) and (self.data != "") != simulated,
+                     "a non-empty path (empty with sampler = 'simulate', which simulates every batch)"),
             "out": (isinstance(self.out, str) and self.out != "", "a non-empty path"),
             "holdout_shards": (self.holdout_shards >= 0, ">= 0"),
             "max_train_shards": (self.max_train_shards >= 0, ">= 0"),
@@ -159,7 +178,10 @@ class TrainSettings:
             "enrich_fraction": (0 < self.enrich_fraction < 1, "0 < enrich_fraction < 1"),
             "sharp_weight": (self.sharp_weight >= 1, ">= 1"),
             "sharp_threshold": (self.sharp_threshold > 0, "> 0"),
-            "sampler": (self.sampler in ("host", "device"), "one of host, device"),
+            "sampler": (self.sampler in ("host", "device", "simulate"), "one of host, device, simulate"),
+            "survey": ((self.survey is not None and self.survey != "") == simulated,
+                       "a survey spec name or path with sampler = 'simulate', and None otherwise"),
+            "ondevice": (isinstance(self.ondevice, OnDeviceSettings), "an OnDeviceSettings"),
             "budget_minutes": (self.budget_minutes >= 0, ">= 0"),
             "workers": (self.workers >= 1, ">= 1"),
             "stream_rows": (self.stream_rows >= 0, ">= 0"),
@@ -178,6 +200,7 @@ class TrainSettings:
         d["embedding"] = self.embedding.to_dict()
         d["flow"] = self.flow.to_dict()
         d["train"] = self.train.to_dict()
+        d["ondevice"] = self.ondevice.to_dict()
         return d
 
 
@@ -226,9 +249,11 @@ def _hardware() -> dict[str, Any]:
 def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     """Train and save a model folder; returns a summary dict. Resumable: run the same settings again
     after a kill (or after ``max_minutes`` ran out: the summary then has ``finished: False``)."""
+    if settings.sampler == "simulate":
+        return _run_simulated(settings, log)
     out = Path(settings.out)
     if settings.sampler not in ("host", "device"):
-        raise ValueError(f"sampler must be 'host' or 'device', got {settings.sampler!r}")
+        raise ValueError(f"sampler must be 'host', 'device' or 'simulate', got {settings.sampler!r}")
     if settings.workers < 1 or settings.budget_minutes < 0:
         raise ValueError(f"workers must be >= 1 and budget_minutes >= 0, got {settings.workers} and "
                          f"{settings.budget_minutes}")
@@ -376,21 +401,110 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     if not finished:
         log(f"stopped after {session / 60:.1f} min (max_minutes); run the same command again to resume")
         return {"finished": False, "session_s": session}
+    extra: dict[str, Any] = {"prebin_s_last_session": t_prep}
+    if plan is not None:
+        extra["stream_last_session"] = sim.stats
+    return _save_trained(settings, res, acc, extra, int(n - tc.val_size), log)
+
+
+def _save_trained(settings: TrainSettings, res, acc: dict, extra: dict[str, Any], n_train_rows: int,
+                  log) -> dict[str, Any]:
+    """Write a finished run's model folder (posterior, settings, ``training.json``); returns the summary."""
+    out = Path(settings.out)
     res.posterior.metadata["training"]["train_wall_s_total"] = acc["train_wall_s"]
     res.posterior.metadata["training"]["sessions"] = acc["sessions"]
-    res.posterior.metadata["training"]["prebin_s_last_session"] = t_prep
-    if plan is not None:
-        res.posterior.metadata["training"]["stream_last_session"] = sim.stats
+    res.posterior.metadata["training"].update(extra)
     res.posterior.metadata["settings"] = settings.to_dict()
     save_posterior(res.posterior, out, overwrite=settings.overwrite or (out / "posterior.json").exists())
     summary = {"finished": True, "out": str(out), "steps": res.steps_done, "best_step": res.best_step,
                "best_val_loss": res.best_val_loss, "stopped_early": res.stopped_early,
                "n_params": res.posterior.n_params, "train_wall_s_total": acc["train_wall_s"],
-               "n_train_rows": int(n - tc.val_size)}
+               "n_train_rows": n_train_rows}
     (out / "training.json").write_text(json.dumps({**summary, "history": res.history}, indent=1))
     log(f"saved model to {out}: {res.steps_done} steps, best val loss {res.best_val_loss:.4f} at step "
         f"{res.best_step}, {res.posterior.n_params} parameters, {acc['train_wall_s'] / 60:.1f} min training")
     return summary
+
+
+def _run_simulated(settings: TrainSettings, log) -> dict[str, Any]:
+    """``run_training`` with ``sampler="simulate"``: every batch simulated on the device (see the
+    module docstring)."""
+    out = Path(settings.out)
+    unused = {"enrich": settings.enrich, "stream_rows": settings.stream_rows,
+              "stream_enrich_rows": settings.stream_enrich_rows,
+              "sharp_weight": None if settings.sharp_weight == 1.0 else settings.sharp_weight}
+    given = [k for k, v in unused.items() if v]
+    if given:
+        raise ValueError(f"sampler = 'simulate' simulates every batch on the device; {', '.join(given)} "
+                         f"belong to the shard path (enrichment and emphasis: the [ondevice] settings)")
+    if settings.embedding.kind != "binned_conv" or settings.embedding.n_bins != settings.preprocess.n_bins:
+        raise ValueError(f"the embedding must be 'binned_conv' with n_bins = preprocess.n_bins "
+                         f"({settings.preprocess.n_bins}), got {settings.embedding.kind!r} with "
+                         f"{settings.embedding.n_bins}")
+    if (out / "posterior.json").exists() and not settings.overwrite and not settings.stop:
+        raise FileExistsError(f"{out / 'posterior.json'} exists; pass --overwrite to replace the model")
+    spec = load_spec(settings.survey)
+    survey = Survey(spec)
+    tc = settings.train
+    ckdir = Path(settings.checkpoint_dir) if settings.checkpoint_dir else out / "_checkpoint"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    root = jax.random.PRNGKey(tc.seed)
+    sim = OnDeviceSimulator(survey, settings.preprocess, tc.batch_size, settings.ondevice,
+                            pilot_key=jax.random.fold_in(root, 1))
+    # validation rows: the accepted prior rows of batches with their own keys (noise drawn once)
+    theta_val, x_val = sim.prior_rows(jax.random.fold_in(root, 2), tc.val_size)
+    t_prep = time.perf_counter() - t0
+    log(f"simulating every batch on the device ({jax.devices()[0].device_kind}): {tc.batch_size} rows of "
+        f"{spec.name} whole seasons per step; validation set of {tc.val_size} prior light curves in "
+        f"{t_prep:.0f} s")
+    space = make_space(spec, np.asarray(theta_val, np.float64), settings.preprocess)
+    init_post = None
+    if settings.init_from:
+        init_post = load_posterior(settings.init_from)
+        space = _warm_start_space(space, init_post.space, settings.init_from)
+    config = NPEConfig(flow=settings.flow, embedding=settings.embedding)
+    desc = sim.describe()
+    data_info = {"sampler": "simulate", "survey_sha256": spec.sha256, "ondevice": desc}
+    provenance = {
+        "survey": spec.name, "simulation": {"on_device": True, "spec_sha256": spec.sha256},
+        "n_train_rows": None, "n_val_rows": int(tc.val_size), "preprocess": settings.preprocess.to_dict(),
+        "physical_names": list(PHYSICAL_NAMES), "network_names": list(NETWORK_NAMES), "spec_text": spec.text,
+        "hardware": _hardware(), "code_commit": code_commit(), "enrichment": data_info,
+    }
+    val = (theta_val, x_val)
+    acc_path = ckdir / "wall_time.json"
+    acc = json.loads(acc_path.read_text()) if acc_path.exists() else {"train_wall_s": 0.0, "sessions": 0}
+    if settings.stop:
+        return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
+                                  init_post)
+    start = time.perf_counter()
+
+    def on_step(step, loss):
+        if settings.max_minutes and time.perf_counter() - start > 60 * settings.max_minutes:
+            raise _TimeUp
+
+    finished = True
+    try:
+        res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
+                        resume=not settings.overwrite, overwrite=settings.overwrite,
+                        progress=settings.progress, provenance=provenance, on_step=on_step,
+                        init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
+    except _TimeUp:
+        finished = False
+    session = time.perf_counter() - start
+    acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
+    acc_path.write_text(json.dumps(acc))
+    diag = sim.diagnostics()
+    log(f"simulated {diag['rows']:.0f} light curves on the device this session ({diag['rows'] / session:.0f} "
+        f"per second with training); class rows {diag['in_class_prior']:.0f} prior + "
+        f"{diag['in_class_candidates']:.0f} enrichment, slot overflow {diag['overflow']:.0f}")
+    if not finished:
+        log(f"stopped after {session / 60:.1f} min (max_minutes); run the same command again to resume")
+        return {"finished": False, "session_s": session, "ondevice": diag}
+    extra = {"validation_set_s": t_prep, "ondevice_last_session": diag,
+             "light_curves_simulated": int(res.steps_done * tc.batch_size)}
+    return _save_trained(settings, res, acc, extra, int(res.steps_done * tc.batch_size), log)
 
 
 def _stream_plan(settings: TrainSettings, manifest: dict, spec_text: str | None) -> StreamPlan:

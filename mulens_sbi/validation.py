@@ -79,6 +79,9 @@ class ValidateSettings:
         caustic_data: a ``mulens-sbi simulate --condition caustic-crossing`` folder of the model's
             spec, not used in training: the caustic-crossing figure is measured on all its events
             (hundreds, instead of the ~1% of ``n`` held-out events that cross a caustic).
+        other_spec: accept a ``caustic_data`` folder simulated with another spec than the model's
+            (to compare models on the same events, e.g. an event-window model on whole-season
+            light curves; the report records it). ``data`` is never checked against the spec.
         overwrite: replace existing outputs.
         progress: progress bars.
     """
@@ -92,6 +95,7 @@ class ValidateSettings:
     holdout_shards: int = 5
     caustic_subset: bool = True
     caustic_data: str | None = None
+    other_spec: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -523,9 +527,9 @@ def _reliability_figure(rep: dict, out: Path, title: str) -> str:
     return "reliability.png"
 
 
-def _check_crossing_folder(model, folder: Path) -> dict:
+def _check_crossing_folder(model, folder: Path, other_spec: bool = False) -> dict:
     """The manifest of a ``--caustic-data`` folder, checked: a complete caustic-crossing simulation
-    (q_max 0.01) of the spec the model was trained on."""
+    (q_max 0.01) of the spec the model was trained on (of any spec with ``other_spec``)."""
     mpath = folder / "manifest.json"
     if not mpath.exists():
         raise FileNotFoundError(f"{mpath} not found (--caustic-data must be a mulens-sbi simulate "
@@ -535,19 +539,22 @@ def _check_crossing_folder(model, folder: Path) -> dict:
         raise ValueError(f"{folder}: not a --condition caustic-crossing simulation with q_max 0.01 "
                          f"(condition {man.get('condition')!r}, q_max {man.get('q_max')!r})")
     spec_text = model.metadata.get("provenance", {}).get("spec_text")
-    if spec_text and hashlib.sha256(spec_text.encode()).hexdigest() != man.get("spec_sha256"):
-        raise ValueError(f"{folder}: simulated with another survey spec than the model was trained on")
+    if (spec_text and hashlib.sha256(spec_text.encode()).hexdigest() != man.get("spec_sha256")
+            and not other_spec):
+        raise ValueError(f"{folder}: simulated with another survey spec than the model was trained on "
+                         f"(--other-spec to compare models on the same events)")
     return man
 
 
 def _crossing_set(model, settings: ValidateSettings) -> dict[str, Any]:
     """Caustic-crossing figures on a conditioned simulation folder."""
     folder = Path(settings.caustic_data)
-    man = _check_crossing_folder(model, folder)
+    man = _check_crossing_folder(model, folder, settings.other_spec)
     d = read_simulation(folder)
     res = crossing_coverage(model, d, settings.n_samples, settings.seed, settings.progress)
     res.pop("_levels")
-    return {**res, "source": str(folder), "seed": man.get("seed"), "condition": condition_stats(folder)}
+    return {**res, "source": str(folder), "seed": man.get("seed"), "condition": condition_stats(folder),
+            "survey": man.get("survey"), "spec_sha256": man.get("spec_sha256")}
 
 
 def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
@@ -560,7 +567,7 @@ def run_validation(settings: ValidateSettings, log=print) -> dict[str, Any]:
     if existing and not settings.overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace the validation outputs")
     if settings.caustic_data:
-        _check_crossing_folder(model, Path(settings.caustic_data))  # before the long work
+        _check_crossing_folder(model, Path(settings.caustic_data), settings.other_spec)  # before the work
     t0 = time.perf_counter()
     if settings.data:
         d = _holdout(settings.data, settings.holdout_shards, settings.n)

@@ -50,14 +50,43 @@ def build(folder: Path, notes: str = "") -> str:
         "",
         "| item | value |",
         "|---|---|",
-        f"| training data | {prov['n_train_rows']:,} simulated light curves "
-        f"({len(prov['train_shards'])} shards of "
-        f"`mulens-sbi simulate --survey {prov['survey']} --n {prov['simulation']['n']} --seed "
-        f"{prov['simulation']['seed']}`), {prov['n_val_rows']:,} more rows for early stopping; held out: "
-        f"{', '.join(prov['holdout_shards'])} |",
-        "| noise | redrawn every step at the binned level (exact in distribution) |",
     ]
+    on_device = bool(prov["simulation"].get("on_device"))
+    if on_device:  # mulens-sbi train --sampler simulate: every batch simulated afresh
+        n_sim = tr.get("light_curves_simulated") or tr["steps_done"] * tc["batch_size"]
+        lines += [
+            f"| training data | {n_sim:,} light curves simulated on the device inside the training steps "
+            f"(`mulens-sbi train --sampler simulate --survey {prov['survey']}`): every batch fresh prior "
+            f"draws, whole seasons at full cadence, none seen twice; {prov['n_val_rows']:,} prior light "
+            "curves drawn once for early stopping |",
+            "| noise | drawn per point with each light curve; t_ref and the bins from the same realisation"
+            + (" (shard-path construction: fresh binned noise)" if
+               meta.get("settings", {}).get("ondevice", {}).get("reference_noise") == "independent" else "")
+            + " |",
+        ]
+    else:
+        lines += [
+            f"| training data | {prov['n_train_rows']:,} simulated light curves "
+            f"({len(prov['train_shards'])} shards of "
+            f"`mulens-sbi simulate --survey {prov['survey']} --n {prov['simulation']['n']} --seed "
+            f"{prov['simulation']['seed']}`), {prov['n_val_rows']:,} more rows for early stopping; held out: "
+            f"{', '.join(prov['holdout_shards'])} |",
+            "| noise | redrawn every step at the binned level (exact in distribution) |",
+        ]
     enr = prov.get("enrichment")
+    od = (enr or {}).get("ondevice")
+    if od and od["settings"]["enrich_fraction"] > 0:
+        lay = od["layout"]
+        diag = tr.get("ondevice_last_session") or {}
+        lines.append(
+            f"| enrichment (`--simulate-enrich`) | {od['settings']['enrich_fraction']:.0%} of each batch are "
+            f"caustic-crossing candidate slots ({', '.join(str(x['lens_groups']) for x in lay)} lenses with "
+            f"q < {od['settings']['q_max']} × {od['settings']['per_lens']} trajectories per batch, "
+            "pre-filtered; the class members kept), weighted back to the prior (class rows "
+            + ", ".join(f"{x['w_class']:.4f}" for x in lay) + ", others "
+            + ", ".join(f"{x['w_other']:.4f}" for x in lay) + ")"
+            + (f"; last session: {diag['in_class_prior']:,.0f} prior and {diag['in_class_candidates']:,.0f} "
+               f"candidate class rows, slot overflow {diag['overflow']:,.0f}" if diag else "") + " |")
     if enr and enr.get("enrich"):
         c = enr["condition"]
         lines.append(
@@ -77,8 +106,9 @@ def build(folder: Path, notes: str = "") -> str:
         f"| steps | {tr['steps_done']} of {planned} planned"
         + (f" (the step rate of the warm-up fitted to a {tr['budget_s'] / 60:g}-min budget)"
            if tr.get("budget_s") else "") + f" (batch {tc['batch_size']}, "
-        f"{tr['steps_done'] * tc['batch_size']:,} light curves seen ≈ "
-        f"{tr['steps_done'] * tc['batch_size'] / prov['n_train_rows']:.1f} epochs)"
+        f"{tr['steps_done'] * tc['batch_size']:,} light curves seen"
+        + (", each once)" if on_device else
+           f" ≈ {tr['steps_done'] * tc['batch_size'] / prov['n_train_rows']:.1f} epochs)")
         + (" — stopped by hand when the time budget ran out" if tr.get("stopped_by_user") else "")
         + (" — early stopping" if tr.get("stopped_early") else "") + " |",
         f"| optimizer | AdamW, peak lr {tc['learning_rate']:g}, {tc['warmup_steps']} warm-up steps, "
@@ -94,8 +124,9 @@ def build(folder: Path, notes: str = "") -> str:
            if prior else "") + " |",
         (f"| hardware | {hw.get('platform', '?')} ({hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
          "shared with other jobs) — **no GPU** |" if hw.get("platform", "cpu") == "cpu" else
-         f"| hardware | one {hw.get('device', '?')} GPU ({hw.get('cpu_count', '?')} CPU cores simulated the "
-         "training set in the same run) |"),
+         f"| hardware | one {hw.get('device', '?')} GPU ("
+         + ("it simulated every training light curve itself" if on_device else
+            f"{hw.get('cpu_count', '?')} CPU cores simulated the training set in the same run") + ") |"),
         f"| network | {side['n_params']:,} parameters: binned 1-D CNN embedding ({emb['n_bins']} cells, "
         f"channels {emb['channels']}, kernel {emb['kernel_size']}"
         + (f", {emb['blocks_per_stage']} residual block(s) per stage" if emb.get("blocks_per_stage") else "")

@@ -21,7 +21,8 @@ import pytest
 
 from mulens_sbi.data.classes import caustic_crossing
 from mulens_sbi.data.conditioned import (
-    _caustic_points,
+    caustic_geometry,
+    may_cross_caustic,
     probability_se,
     segment_near_caustics,
     simulate_conditioned,
@@ -33,7 +34,7 @@ from mulens_sbi.lightcurve import source_trajectory
 from mulens_sbi.preprocess import PreprocessConfig
 from mulens_sbi.simulate import OutputExistsError, SimulateSettings, run_simulation
 from mulens_sbi.survey import Survey
-from mulens_sbi.survey.cadence import half_width
+from mulens_sbi.survey.cadence import half_width, window_bounds
 from mulens_sbi.survey.spec import simulators_dir
 
 N_POINTS = 256
@@ -84,7 +85,7 @@ def test_prefilter_keeps_every_caustic_crossing(survey):
     p["u_0"] = rng.uniform(-0.3, 0.3, n)
     d = simulate_lightcurves(survey, rng, n, batch_size=128, params=p)
     exact = caustic_crossing(d["t"], d["mask"], {k: d[k] for k in KEYS})
-    pts, edge = _caustic_points(jnp.asarray(p["s"]), jnp.asarray(p["q"]))
+    pts, edge, _ = caustic_geometry(jnp.asarray(p["s"]), jnp.asarray(p["q"]))
     hw = half_width(survey.spec, p["t_E"])
     ends = []
     for sg in (-1.0, 1.0):
@@ -95,6 +96,39 @@ def test_prefilter_keeps_every_caustic_crossing(survey):
     assert exact.sum() >= 40                   # the check has something to check
     assert not np.any(exact & ~near)           # necessary condition
     assert near.mean() < 0.8                   # and it does filter
+
+
+@pytest.mark.slow
+def test_prefilter_keeps_every_caustic_crossing_of_whole_seasons(tmp_path):
+    """Whole-season windows of long events: the source moves less than a caustic's size over the
+    season, so a path can lie wholly inside a caustic without passing near its edge; the pre-filter
+    must keep those too (``may_cross_caustic``'s length test). The geometry holds for any q: big
+    caustics of stellar binaries make such paths common."""
+    text = (simulators_dir() / "roman_season.toml").read_text()
+    text = text.replace("interval_min = 15.16", "interval_min = 60.0")
+    text = text.replace("n_points = 6840", "n_points = 1729")
+    path = tmp_path / "roman_season.toml"
+    path.write_text(text)
+    survey = Survey.load(str(path))
+    rng = np.random.default_rng(12)
+    n = 384
+    p = survey.sample_parameters(rng, n)
+    p["s"] = 10 ** rng.uniform(-0.1, 0.1, n)
+    p["q"] = 10 ** rng.uniform(-0.5, 0.0, n)   # stellar binaries: resonant caustics ~1 θ_E across
+    p["u_0"] = rng.uniform(-0.1, 0.1, n)
+    p["t_E"] = 10 ** rng.uniform(1.8, 2.0, n)  # 72-day seasons: paths of 0.7-1.1 θ_E
+    d = simulate_lightcurves(survey, rng, n, batch_size=128, params=p)
+    exact = caustic_crossing(d["t"], d["mask"], {k: d[k] for k in KEYS})
+    pts, edge, diam = caustic_geometry(jnp.asarray(p["s"]), jnp.asarray(p["q"]))
+    ends = []
+    for t_end in window_bounds(survey.spec, p["t_0"], p["t_E"]):
+        x, y = source_trajectory(t_end, p["t_0"], p["u_0"], p["t_E"], p["alpha"])
+        ends.append(np.asarray(x) + 1j * np.asarray(y))
+    keep = np.asarray(may_cross_caustic(ends[0][:, None], ends[1][:, None], pts, edge, diam))[:, 0]
+    near = np.asarray(segment_near_caustics(ends[0][:, None], ends[1][:, None], pts, edge))[:, 0]
+    assert exact.sum() >= 40
+    assert not np.any(exact & ~keep)           # necessary condition
+    assert np.any(exact & ~near)               # which the edge test alone would break
 
 
 @pytest.fixture(scope="module")

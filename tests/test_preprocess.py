@@ -11,7 +11,9 @@ from mulens_sbi.preprocess import (
     PreprocessConfig,
     bin_edges,
     bin_points,
+    bin_points_jax,
     estimate_peak_time,
+    estimate_peak_time_jax,
     network_input,
     preprocess,
     preprocess_event,
@@ -55,6 +57,25 @@ def test_binning_matches_direct_weighted_mean(rng):
         np.testing.assert_allclose(mean[k], np.sum(w * f[sel]) / np.sum(w), rtol=1e-12)
         np.testing.assert_allclose(err[k], 1 / np.sqrt(np.sum(w)), rtol=1e-12)
     assert cnt.sum() == np.sum(np.abs(t - t_ref) <= CFG.half_width_days)
+
+
+def test_jax_peak_time_and_binning_equal_the_numpy_ones(rng):
+    """The device twins of steps 2-4 (used by the on-device sampler) give the numpy results: rows
+    with gaps, masked points, points outside the view, a row of 5 usable points and an empty row."""
+    b, n = 12, 700
+    t = np.sort(rng.uniform(-220.0, 220.0, (b, n)), axis=1)
+    f = rng.normal(1.0, 0.1, (b, n)) + np.exp(-t**2 / 50.0)
+    s = rng.uniform(0.01, 0.1, (b, n))
+    m = rng.random((b, n)) > 0.3
+    m[3] = False
+    m[4] = np.arange(n) < 5
+    ref = estimate_peak_time(t, f, s, m, 15)
+    got = np.asarray(estimate_peak_time_jax(t, f, s, m, 15))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=0, atol=1e-12)
+    t_ref = np.where(np.isnan(ref), 0.0, ref)
+    for a, c in zip(bin_points(t, f, s, m, t_ref, CFG), bin_points_jax(t, f, s, m, t_ref, CFG), strict=True):
+        np.testing.assert_allclose(np.asarray(c), a, rtol=1e-12, atol=1e-15)
 
 
 def test_noise_at_binned_level_is_exact_in_distribution(rng):

@@ -105,7 +105,8 @@ def test_partial_file_takes_the_defaults_and_overrides_apply(tmp_path):
      r"TrainSettings.sharp_weight=0.5 is not allowed: >= 1"),
     ('data = "d"\nout = "o"\n[train]\nlearning_rate = -1\n',
      r"TrainConfig.learning_rate must be > 0, got -1.0 \(in table \[train\]\)"),
-    ('out = "o"\n', r"missing key 'data' \(TrainSettings.data has no default\)"),
+    ('out = "o"\n',
+     r"TrainSettings.data='' is not allowed: a non-empty path \(empty with sampler = 'simulate'"),
     ('data = "d"\nout = "o"\nworkers = \n', r"TOML syntax error: .*line 3"),
 ])
 def test_bad_file_names_the_file_and_the_key(tmp_path, text, pattern):

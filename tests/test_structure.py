@@ -47,7 +47,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: Inside ``data/`` (docs/architecture.md and the package docstring): each module imports only
 #: modules before it in this list.
-DATA_ORDER = ("parallel", "lightcurves", "classes", "conditioned", "shards", "prebin", "samplers", "stream")
+DATA_ORDER = ("parallel", "lightcurves", "classes", "conditioned", "shards", "prebin", "samplers", "stream",
+              "ondevice")
 
 #: Known imports against the layer order, (importer, imported) -> why. Keep it empty: an entry is a
 #: debt with a name on it, not a permission.

@@ -156,6 +156,43 @@ def test_roman_event_observations(rng):
     assert abs(frac - 0.99) < 5 * math.sqrt(0.01 * 0.99 / scheduled)
 
 
+def test_season_window_spec_checks():
+    season = _edit(ROMAN_TEXT, "n_points = 2048", 'window = "season"\nn_points = 6840')
+    msg = _error(season)  # the event-window keys are not used by whole seasons
+    assert "lightcurve.window_tE: not used by window = 'season'" in msg
+    for key in ("window_tE", "min_half_width_days", "max_half_width_days"):
+        season = re.sub(rf"\n{key} = [^\n]*", "", season)
+    spec = parse_spec(season, "ok.toml")
+    assert spec.lightcurve.window == "season" and spec.lightcurve.window_tE is None
+    msg = _error(_edit(season, 'dist = "seasons"', 'dist = "uniform"\nlow = 11449.2\nhigh = 11500.0'))
+    assert "priors.t_0.dist: lightcurve.window = 'season' needs t_0 inside a season" in msg
+    msg = _error(_edit(ROMAN_TEXT, "window_tE = 2.0 ", ""))
+    assert "lightcurve.window_tE: missing required key (window = 'event' needs it)" in msg
+    with pytest.raises(SpecError, match="n_points must be >= the largest season's 6840 exposures, got 6000"):
+        Survey(parse_spec(_edit(season, "n_points = 6840", "n_points = 6000"), "small.toml"))
+    assert Survey.load("roman_season").n_points == 6840
+
+
+def test_roman_whole_season_observations(rng):
+    survey = Survey.load("roman_season")
+    spec = survey.spec
+    params = survey.sample_parameters(rng, 40)
+    obs = survey.observations(rng, params)
+    starts = np.array([s.start for s in spec.seasons])
+    k = np.searchsorted(starts, params["t_0"], side="right") - 1
+    lo, hi = starts[k], np.array([s.end for s in spec.seasons])[k]
+    assert np.all(params["t_0"] >= lo) and np.all(params["t_0"] <= hi)
+    inside = (obs.t >= lo[:, None]) & (obs.t <= hi[:, None])
+    assert np.all(inside[obs.mask])  # only the season of t_0
+    # nothing thinned: every surviving exposure is kept, ~99% of the 6840 (1% dropout, 5 sigma)
+    assert np.all(obs.mask.sum(1) == obs.n_available)
+    frac = obs.n_available.sum() / (40 * 6840)
+    assert abs(frac - 0.99) < 5 * math.sqrt(0.01 * 0.99 / (40 * 6840))
+    # the window does not depend on t_E: same first and last planned time for every event of a season
+    first = obs.t[:, 0]
+    assert np.all(np.abs(first - lo) < 1.0)
+
+
 def test_sun_and_altitude_against_analytic_culminations():
     # June solstice 2022 (Jun 21 09:14 UT): solar declination = obliquity 23.436 deg
     jd_solstice = 2459751.885

@@ -13,7 +13,9 @@ One job per module; imports go one way, down this list (a module imports only th
 * :mod:`~mulens_sbi.data.prebin` – pre-binning of stored light curves onto the network's cells, cached;
 * :mod:`~mulens_sbi.data.samplers` – the training samplers (fresh noise per batch, enrichment mixture,
   sharp-feature emphasis, device-resident sampling);
-* :mod:`~mulens_sbi.data.stream` – fresh simulations while training (a sampler whose rows grow).
+* :mod:`~mulens_sbi.data.stream` – fresh simulations while training (a sampler whose rows grow);
+* :mod:`~mulens_sbi.data.ondevice` – every batch simulated afresh inside one compiled function on the
+  accelerator (whole-season light curves, caustic-crossing enrichment without a stored set).
 
 The package imports :mod:`mulens_sbi.lensing`, :mod:`mulens_sbi.lightcurve`, :mod:`mulens_sbi.survey`
 and :mod:`mulens_sbi.preprocess`, never the network code (:mod:`mulens_sbi.npe`) or the commands

@@ -11,9 +11,13 @@ exactly from ``p(θ, data | class)``:
    every candidate is a prior draw (candidates that share a lens are dependent, not biased).
 2. **Geometric pre-filter** (a necessary condition, so nothing of the class is lost): the caustics
    of the lens are sampled at ``_N_CAUSTIC`` points per branch (:func:`mulens_sbi.lensing.caustics`);
-   a trajectory whose straight segment over the event window ``t_0 ± half_width(t_E)`` keeps farther
+   a trajectory whose straight segment over the event's observation window
+   (:func:`mulens_sbi.survey.cadence.window_bounds`: ``t_0 ± half_width(t_E)``, or the season) keeps farther
    than the longest caustic edge from every caustic point cannot cross an edge of the caustic
-   polygon, so it cannot have a data point inside a caustic.
+   polygon, so it cannot have a data point inside a caustic unless it lies wholly inside one, which
+   needs a caustic at least as long as the segment (:func:`may_cross_caustic`: segments no longer
+   than a bound on the caustic diameter always pass; that matters only for whole-season windows of
+   long events, whose source moves less than 1 θ_E).
 3. **Exact test.** The survivors are simulated in full (cadence, noise: the survey's
    :func:`mulens_sbi.data.lightcurves.simulate_lightcurves`) and kept when
    :func:`mulens_sbi.data.classes.caustic_crossing` (the point-source image count at the data points)
@@ -38,10 +42,10 @@ from mulens_sbi.data.classes import caustic_crossing
 from mulens_sbi.data.lightcurves import simulate_lightcurves
 from mulens_sbi.lensing.caustics import caustics
 from mulens_sbi.lightcurve import source_trajectory
-from mulens_sbi.survey.cadence import half_width
+from mulens_sbi.survey.cadence import window_bounds
 
 __all__ = ["CONDITIONS", "ConditionStats", "check_condition", "probability_se", "simulate_conditioned",
-           "segment_near_caustics"]
+           "segment_near_caustics", "caustic_geometry", "may_cross_caustic"]
 
 #: supported conditions (``mulens-sbi simulate --condition``)
 CONDITIONS = ("caustic-crossing",)
@@ -98,15 +102,22 @@ def probability_se(n_candidates: int, n_accepted: int, n_lenses: int, sum_sq_per
     return float(np.sqrt(max(var, 0.0) / n_lenses))
 
 
-@jax.jit
-def _caustic_points(s, q):
-    """(L, 4·n) caustic points (complex, centre-of-mass frame) and (L,) longest edge length."""
-    c = jax.vmap(lambda a, b: caustics(a, b, n_points=_N_CAUSTIC))(s, q)  # (L, 4, n)
+def caustic_geometry(s, q, n_points: int = _N_CAUSTIC):
+    """The pre-filter's view of lenses ``s``, ``q`` (L,): their caustic samples (L, 4·n_points)
+    (complex, centre-of-mass frame, θ_E), the longest edge between neighbouring samples (L,) and the
+    sum over the four branches of their bounding-box diagonals (L,), an upper bound on the diameter
+    of any caustic (a closed caustic is made of whole branches). Jittable."""
+    c = jax.vmap(lambda a, b: caustics(a, b, n_points=n_points))(s, q)  # (L, 4, n)
     edge = jnp.max(jnp.abs(jnp.diff(c, axis=-1)), axis=(-1, -2))
     # closing edge of each branch: to the nearest branch start (branches permute over a turn)
     close = jnp.min(jnp.abs(c[:, :, -1][:, :, None] - c[:, :, 0][:, None, :]), axis=-1)
     edge = jnp.maximum(edge, jnp.max(close, axis=-1))
-    return c.reshape(c.shape[0], -1), edge
+    span = lambda a: jnp.max(a, axis=-1) - jnp.min(a, axis=-1)  # noqa: E731
+    diam = jnp.sum(jnp.hypot(span(c.real), span(c.imag)), axis=-1)
+    return c.reshape(c.shape[0], -1), edge, diam
+
+
+_caustic_geometry = jax.jit(caustic_geometry)
 
 
 def segment_near_caustics(p0, p1, pts, radius):
@@ -121,7 +132,18 @@ def segment_near_caustics(p0, p1, pts, radius):
     return dist <= jnp.asarray(radius)[:, None]
 
 
-_near = jax.jit(segment_near_caustics)
+def may_cross_caustic(p0, p1, pts, edge, diam):
+    """(L, M) bool, a necessary condition for the segment ``p0``–``p1`` (complex (L, M), the source's
+    path over the observation window) to have a point inside a caustic of lens ``l``: it passes
+    within the longest caustic edge of a caustic sample (it may cross the caustic polygon), or it is
+    too short to rule out lying wholly inside a caustic (no longer than the caustic diameter bound
+    plus two edges). ``pts``, ``edge``, ``diam`` from :func:`caustic_geometry`. Jittable."""
+    reach = jnp.asarray(diam) + 2.0 * jnp.asarray(edge)
+    short = jnp.abs(jnp.asarray(p1) - jnp.asarray(p0)) <= reach[:, None]
+    return segment_near_caustics(p0, p1, pts, edge) | short
+
+
+_may_cross = jax.jit(may_cross_caustic)
 
 
 def _candidates(survey, rng: np.random.Generator, n_lens: int, per_lens: int, q_max: float,
@@ -135,18 +157,16 @@ def _candidates(survey, rng: np.random.Generator, n_lens: int, per_lens: int, q_
     if keep.size == 0:
         return None
     s, q = lens["s"][keep], lens["q"][keep]
-    pts, edge = _caustic_points(jnp.asarray(s), jnp.asarray(q))
-    pts, edge = np.asarray(pts), np.asarray(edge)
+    pts, edge, diam = (np.asarray(a) for a in _caustic_geometry(jnp.asarray(s), jnp.asarray(q)))
     m = keep.size * per_lens
     p = survey.sample_parameters(rng, m)
     which = np.repeat(np.arange(keep.size), per_lens)
     p["s"], p["q"] = s[which], q[which]
-    hw = half_width(survey.spec, p["t_E"])
     ends = []
-    for sign in (-1.0, 1.0):
-        x, y = source_trajectory(p["t_0"] + sign * hw, p["t_0"], p["u_0"], p["t_E"], p["alpha"])
+    for t_end in window_bounds(survey.spec, p["t_0"], p["t_E"]):
+        x, y = source_trajectory(t_end, p["t_0"], p["u_0"], p["t_E"], p["alpha"])
         ends.append((np.asarray(x) + 1j * np.asarray(y)).reshape(keep.size, per_lens))
-    near = np.asarray(_near(ends[0], ends[1], pts, edge)).reshape(-1)
+    near = np.asarray(_may_cross(ends[0], ends[1], pts, edge, diam)).reshape(-1)
     stats.n_prefiltered += int(near.sum())
     if not near.any():
         return None

@@ -191,9 +191,11 @@ _contour.defjvp(_contour_jvp, symbolic_zeros=True)
 
 # ---- assembly -------------------------------------------------------------------------------------
 def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: Array, q: Array, rho: Array,
-                 gamma: Array, cau: Array | None, row: Array | None) -> tuple[Array, Array]:
+                 gamma: Array, cau: Array | None, row: Array | None) -> tuple[Array, Array, Array]:
     """Flat points (P,): solver-frame centres, point-source roots, caustic distance bound, params;
-    ``cau`` (R, 4, N_CAUSTIC) the lenses' caustics (CoM frame) and ``row`` (P,) each point's lens."""
+    ``cau`` (R, 4, N_CAUSTIC) the lenses' caustics (CoM frame) and ``row`` (P,) each point's lens.
+    Returns the magnification, its validity and the point source's image count at the centre (int8,
+    0 where the point-source solve failed)."""
     p = zeta.shape[0]
     zs = jnp.where(jnp.isfinite(z0), z0, 0.0)
     _, img, okc = point_source.classify(jax.lax.stop_gradient(zeta), jax.lax.stop_gradient(zs),
@@ -224,7 +226,8 @@ def _finite_core(zeta: Array, z0: Array, ok0: Array, lb: Array, dmin: Array, s: 
     oks = oks.reshape(need.shape)
     mag = jnp.sum(jnp.where(used, vals * wts, 0.0), axis=1)
     ok = ok0 & jnp.all(oks | ~used, axis=1) & jnp.isfinite(mag)
-    return jnp.where(ok, mag, jnp.nan), ok
+    n_img = jnp.where(ok0, jnp.sum(img, axis=-1), 0).astype(jnp.int8)
+    return jnp.where(ok, mag, jnp.nan), ok, n_img
 
 
 def binary_finite_trajectory(x: Array, y: Array, s: Array, q: Array, rho: Array,
@@ -239,6 +242,15 @@ def binary_finite_trajectory(x: Array, y: Array, s: Array, q: Array, rho: Array,
     Returns:
         ``(A, ok)`` of shape (B, N); ``A`` is NaN where ``ok`` is False. Jittable, differentiable.
     """
+    mag, ok, _ = binary_finite_trajectory_images(x, y, s, q, rho, gamma)
+    return mag, ok
+
+
+def binary_finite_trajectory_images(x: Array, y: Array, s: Array, q: Array, rho: Array,
+                                    gamma: Array) -> tuple[Array, Array, Array]:
+    """:func:`binary_finite_trajectory` and the point source's image count at every centre (int8: 5
+    inside a caustic, 3 outside, 0 where the point-source solve failed; not differentiated): the
+    caustic-crossing class test of :mod:`mulens_sbi.data.classes` at no extra solve."""
     b, n = x.shape
     zeta = point_source.to_solver_frame(x, y, s[:, None], q[:, None])
     _, ok0, roots = point_source.trajectory_roots(
@@ -247,9 +259,10 @@ def binary_finite_trajectory(x: Array, y: Array, s: Array, q: Array, rho: Array,
     lb, dmin, cau = _caustic_lower_bound(jax.lax.stop_gradient(x + 1j * y), jax.lax.stop_gradient(s),
                                          jax.lax.stop_gradient(q))
     rep = lambda a: jnp.repeat(a, n)  # noqa: E731
-    mag, ok = _finite_core(zeta.reshape(-1), roots.reshape(-1, 5), ok0.reshape(-1), lb.reshape(-1),
-                           dmin.reshape(-1), rep(s), rep(q), rep(rho), rep(gamma), cau, rep(jnp.arange(b)))
-    return mag.reshape(b, n), ok.reshape(b, n)
+    mag, ok, n_img = _finite_core(zeta.reshape(-1), roots.reshape(-1, 5), ok0.reshape(-1), lb.reshape(-1),
+                                  dmin.reshape(-1), rep(s), rep(q), rep(rho), rep(gamma), cau,
+                                  rep(jnp.arange(b)))
+    return mag.reshape(b, n), ok.reshape(b, n), n_img.reshape(b, n)
 
 
 def binary_finite_points(x: Array, y: Array, s: Array, q: Array, rho: Array,
@@ -269,5 +282,5 @@ def binary_finite_points(x: Array, y: Array, s: Array, q: Array, rho: Array,
         a[0, 0] for a in _caustic_lower_bound(zz[None, None], ss[None], qq[None])[:2]))(
         sg(x + 1j * y), sg(s), sg(q))
     # independent points may each have their own lens: the contour path computes caustics per circle
-    mag, ok = _finite_core(zeta, roots, conv, lb, dmin, s, q, rho, gamma, None, None)
+    mag, ok, _ = _finite_core(zeta, roots, conv, lb, dmin, s, q, rho, gamma, None, None)
     return mag.reshape(shape), ok.reshape(shape)

@@ -338,7 +338,7 @@ def _to_t(z: Array) -> tuple[Array, Array]:
     return z.real.T, z.imag.T
 
 
-def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
+def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool, want_images: bool = False) -> tuple:
     """Magnification along segments. ``zeta`` (M, L) (segment, step); ``s``, ``q`` shape (M,).
 
     The first point of each segment is solved in full (Aberth). Each later step predicts the roots
@@ -353,10 +353,11 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
     ``FIRST_STEP_NEWTON`` Newton steps outside the scan; with two it failed the certificate on about
     two lanes in three, half of all re-solves on dense light curves.
 
-    Returns ``(mag, ok)`` of shape (M, L) and, if ``want_roots``, the roots (M, L, 5).
+    Returns ``(mag, ok)`` of shape (M, L) and, if ``want_roots``, the roots (M, L, 5), or if
+    ``want_images`` the number of real images (M, L) (int8).
     """
     z_first, conv = solve_points(zeta[:, 0], s, q)
-    mag0, _, ok0 = classify(zeta[:, 0], z_first, s, q)
+    mag0, img0, ok0 = classify(zeta[:, 0], z_first, s, q)
     ok0 = ok0 & conv
 
     def step(hist, zt, n_newton=SCAN_NEWTON):
@@ -367,16 +368,26 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
         y = w1 * y1 + w2 * y2 + w3 * y3
         for _ in range(n_newton):
             x, y, corr2 = _newton_t(cr, ci, x, y)
-        mag, _, ok = _classify_t(zt.real, zt.imag, x, y, s, q)
+        mag, img, ok = _classify_t(zt.real, zt.imag, x, y, s, q)
         ok &= jnp.all(_root_certificate(corr2, x, y, s), axis=0)
-        out = (mag, ok, x, y) if want_roots else (mag, ok)
+        if want_roots:
+            out = (mag, ok, x, y)
+        elif want_images:
+            out = (mag, ok, jnp.sum(img, axis=0).astype(jnp.int8))
+        else:
+            out = (mag, ok)
         return (x, y, x1, y1, x2, y2, zt, p1, p2), out
 
     x0, y0 = _to_t(z_first)
     z0 = zeta[:, 0]
     hist = (x0, y0, x0, y0, x0, y0, z0, z0, z0)
     # per output: mag, ok (M, L) and, with want_roots, root parts (5, M, L); the step axis is last
-    first = [(mag0, ok0, x0, y0) if want_roots else (mag0, ok0)]
+    if want_roots:
+        first = [(mag0, ok0, x0, y0)]
+    elif want_images:
+        first = [(mag0, ok0, jnp.sum(img0, axis=-1).astype(jnp.int8))]
+    else:
+        first = [(mag0, ok0)]
     if zeta.shape[1] > 1:
         hist, out1 = step(hist, zeta[:, 1], FIRST_STEP_NEWTON)
         first.append(out1)
@@ -386,6 +397,8 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
         cols = [jnp.concatenate([c, jnp.moveaxis(o, 0, -1)], axis=-1)
                 for c, o in zip(cols, outs, strict=True)]
     mag, ok = cols[0], cols[1]
+    if want_images and not want_roots:
+        return mag, ok, cols[2]
     if not want_roots:
         return mag, ok
     # roots: (5, M, L) parts -> (M, L, 5)
@@ -393,30 +406,36 @@ def _segment_scan(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
     return mag, ok, roots
 
 
-def _resolve_uncertified(zeta: Array, s: Array, q: Array, mag: Array, ok: Array, roots: Array | None):
+def _resolve_uncertified(zeta: Array, s: Array, q: Array, mag: Array, ok: Array, roots: Array | None,
+                         n_img: Array | None = None):
     """Solve the uncertified points of flat arrays (P,) again from scratch, a chunk at a time.
 
-    Points that still fail keep ``ok = False`` and get NaN magnification (and NaN roots).
+    Points that still fail keep ``ok = False`` and get NaN magnification (and NaN roots; an image
+    count of 0). Returns ``(mag, ok, roots)``, and ``n_img`` too when it is given.
     """
     p = zeta.shape[0]
     chunk = min(p, max(64, p // 64))
 
     def body(state):
-        mag, ok, roots, todo = state
+        mag, ok, roots, n_img, todo = state
         idx = jnp.nonzero(todo, size=chunk, fill_value=p)[0]
         take = lambda a: jnp.take(a, idx, axis=0, mode="clip")  # noqa: E731
         zt, st, qt = take(zeta), take(s), take(q)
         zf, certified = solve_certified(zt, st, qt)
-        mf, _, okf = classify(zt, zf, st, qt)
+        mf, imf, okf = classify(zt, zf, st, qt)
         okf = okf & certified
         mag = mag.at[idx].set(jnp.where(okf, mf, jnp.nan), mode="drop")
         ok = ok.at[idx].set(okf, mode="drop")
         if roots is not None:
             roots = roots.at[idx].set(jnp.where(okf[:, None], zf, jnp.nan), mode="drop")
-        return mag, ok, roots, todo.at[idx].set(False, mode="drop")
+        if n_img is not None:
+            counts = jnp.where(okf, jnp.sum(imf, axis=-1), 0).astype(n_img.dtype)
+            n_img = n_img.at[idx].set(counts, mode="drop")
+        return mag, ok, roots, n_img, todo.at[idx].set(False, mode="drop")
 
-    mag, ok, roots, _ = jax.lax.while_loop(lambda st: jnp.any(st[3]), body, (mag, ok, roots, ~ok))
-    return mag, ok, roots
+    mag, ok, roots, n_img, _ = jax.lax.while_loop(lambda st: jnp.any(st[4]), body,
+                                                  (mag, ok, roots, n_img, ~ok))
+    return (mag, ok, roots) if n_img is None else (mag, ok, roots, n_img)
 
 
 def _trajectory_solve(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
@@ -490,6 +509,30 @@ def default_segment(n_curves: int, n_points: int) -> int:
     while seg > 16 and total // seg < 512:
         seg //= 2
     return seg
+
+
+def magnification_trajectory_images(
+    x: Array, y: Array, s: Array, q: Array, segment: int | None = None
+) -> tuple[Array, Array, Array]:
+    """:func:`magnification_trajectory` and the number of real images at every point (int8: 3, or 5
+    with the source inside a caustic; 0 where ``ok`` is False). Not differentiable (for simulation:
+    the image count gives the event classes of :mod:`mulens_sbi.data.classes` at no extra solve).
+    Points beyond the far-field radius have 3 images."""
+    b, n = x.shape
+    x, q_row = _lighter_companion(x, q[:, None])
+    q = q_row[:, 0]
+    zeta = to_solver_frame(x, y, s[:, None], q[:, None])
+    zs, ss, qs = _to_segments(zeta, s, q, segment)
+    m, seg = zs.shape
+    mag, ok, n_img = _segment_scan(zs, ss, qs, want_roots=False, want_images=True)
+    mag, ok, _, n_img = _resolve_uncertified(zs.reshape(-1), jnp.repeat(ss, seg), jnp.repeat(qs, seg),
+                                             mag.reshape(-1), ok.reshape(-1), None, n_img.reshape(-1))
+    cut = lambda a: a.reshape(b, -1)[:, :n]  # noqa: E731
+    mag, ok, n_img = cut(mag), cut(ok), cut(n_img)
+    far = x * x + y * y > (FAR_BASE + FAR_PER_S * s[:, None]) ** 2
+    mag, ok = _far_field(x, y, s[:, None], q[:, None], mag, ok)
+    n_img = jnp.where(far, jnp.int8(3), n_img)
+    return mag, ok, jnp.where(ok, n_img, jnp.int8(0))
 
 
 def magnification_trajectory(

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from mulens_sbi.survey.cadence import Observations, build_schedule, draw_field, draw_observations
+from mulens_sbi.survey.cadence import (
+    Observations,
+    build_schedule,
+    draw_field,
+    draw_observations,
+    max_season_exposures,
+)
 from mulens_sbi.survey.noise import add_noise, flux_sigma, flux_to_mag, mag_sigma, mag_to_flux
 from mulens_sbi.survey.priors import sample_parameters
 from mulens_sbi.survey.spec import SpecError, SurveySpec, available_surveys, load_spec, parse_spec
@@ -23,6 +29,12 @@ class Survey:
     def __init__(self, spec: SurveySpec):
         self.spec = spec
         self.schedule = build_schedule(spec)
+        if spec.lightcurve.window == "season":
+            most = max_season_exposures(spec, self.schedule)
+            if spec.lightcurve.n_points < most:
+                raise SpecError(f"{spec.path}: lightcurve.n_points: window = 'season' keeps whole seasons, "
+                                f"so n_points must be >= the largest season's {most} exposures, got "
+                                f"{spec.lightcurve.n_points}")
 
     @classmethod
     def load(cls, name_or_path: str) -> Survey:

@@ -6,10 +6,13 @@ season's start; a ground site keeps only the exposures taken when the Sun is bel
 Astronomical Almanac, good to ~0.01°; JD is used for HJD, a ≤ 8.3 min difference). Each *event*
 then sees a random subset: whole nights lost to weather per site (probability
 ``1 - clear_fraction``), single exposures lost at random (``dropout``), optional random multi-day
-gaps, inside the window ``t_0 ± clip(window_tE·t_E, min_half_width_days, max_half_width_days)``.
-A light curve has a fixed length ``n_points``: when more exposures survive, a uniform random subset
-of ``n_points`` of them is kept (an extra random dropout, documented in docs/surveys.md); when
-fewer, the arrays are padded at the end with the last time and ``mask = False``.
+gaps, inside the event's window (:func:`window_bounds`): ``t_0 ± clip(window_tE·t_E,
+min_half_width_days, max_half_width_days)`` for ``lightcurve.window = "event"``, or the whole observing
+season that holds ``t_0`` for ``"season"`` (the survey's own window: no parameter but which season t_0
+falls in decides it). A light curve has a fixed length ``n_points``: when more exposures survive, a
+uniform random subset of ``n_points`` of them is kept (an extra random dropout, documented in
+docs/surveys.md; never for season windows, whose ``n_points`` holds the largest season); when fewer,
+the arrays are padded at the end with the last time and ``mask = False``.
 """
 
 from __future__ import annotations
@@ -104,11 +107,52 @@ class Observations:
 
 
 def half_width(spec: SurveySpec, t_E: np.ndarray) -> np.ndarray:
-    """Half-width (days) of the event window for Einstein times ``t_E``."""
+    """Half-width (days) of the event window for Einstein times ``t_E`` (``window = "event"``)."""
     lc = spec.lightcurve
+    if lc.window != "event":
+        raise ValueError(f"{spec.path}: half_width is defined for lightcurve.window = 'event', not "
+                         f"{lc.window!r}; use window_bounds")
     return np.clip(
         lc.window_tE * np.asarray(t_E, dtype=float), lc.min_half_width_days, lc.max_half_width_days
     )
+
+
+def season_index(spec: SurveySpec, t_0: np.ndarray) -> np.ndarray:
+    """Index of the season holding each ``t_0`` (HJD', days); -1 where none does."""
+    t_0 = np.asarray(t_0, dtype=float)
+    starts = np.array([s.start for s in spec.seasons])
+    ends = np.array([s.end for s in spec.seasons])
+    k = np.searchsorted(starts, t_0, side="right") - 1
+    inside = (k >= 0) & (t_0 <= ends[np.clip(k, 0, None)])
+    return np.where(inside, k, -1)
+
+
+def window_bounds(spec: SurveySpec, t_0: np.ndarray, t_E: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(lo, hi)`` (HJD', days) of each event's observation window: ``t_0 ± half_width(t_E)``
+    (``window = "event"``) or the season holding ``t_0`` (``"season"``; a ``t_0`` outside every season
+    is an error). The window keeps the exposures with ``lo <= t <= hi``."""
+    t_0 = np.asarray(t_0, dtype=float)
+    if spec.lightcurve.window == "event":
+        hw = half_width(spec, t_E)
+        return t_0 - hw, t_0 + hw
+    k = season_index(spec, t_0)
+    if np.any(k < 0):
+        bad = float(t_0[np.flatnonzero(k < 0)[0]])
+        raise ValueError(f"{spec.path}: t_0 = {bad} is in no season (lightcurve.window = 'season')")
+    starts = np.array([s.start for s in spec.seasons])
+    ends = np.array([s.end for s in spec.seasons])
+    return starts[k], ends[k]
+
+
+def max_season_exposures(spec: SurveySpec, schedule: tuple[FieldSchedule, ...]) -> int:
+    """The largest number of planned exposures of one field class in one season."""
+    most = 0
+    for sch in schedule:
+        for s in spec.seasons:
+            lo = np.searchsorted(sch.t, s.start, side="left")
+            hi = np.searchsorted(sch.t, s.end, side="right")
+            most = max(most, int(hi - lo))
+    return most
 
 
 def draw_field(spec: SurveySpec, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -128,7 +172,7 @@ def draw_observations(
     """Observation times for each event (weather, dropout, gaps, fixed length); see module doc."""
     n_pts = spec.lightcurve.n_points
     b = len(t_0)
-    hw = half_width(spec, t_E)
+    w_lo, w_hi = window_bounds(spec, t_0, t_E)
     out_t = np.empty((b, n_pts))
     out_m = np.zeros((b, n_pts), bool)
     out_see = np.full((b, n_pts), np.nan)
@@ -140,7 +184,11 @@ def draw_observations(
     gaps = spec.cadence.random_gaps
     for i in range(b):
         sch = schedule[int(field[i])]
-        lo, hi = np.searchsorted(sch.t, [t_0[i] - hw[i], t_0[i] + hw[i]], side="left")
+        if spec.lightcurve.window == "event":
+            lo, hi = np.searchsorted(sch.t, [w_lo[i], w_hi[i]], side="left")
+        else:  # the whole season, both ends included
+            lo = np.searchsorted(sch.t, w_lo[i], side="left")
+            hi = np.searchsorted(sch.t, w_hi[i], side="right")
         t, site, night = sch.t[lo:hi], sch.site[lo:hi], sch.night[lo:hi]
         keep = rng.random(t.size) >= spec.cadence.dropout
         seeing = np.full(t.size, np.nan)
@@ -153,7 +201,7 @@ def draw_observations(
             seeing = fwhm[inv]
         if gaps.max_count > 0:
             k = int(rng.integers(0, gaps.max_count + 1))
-            starts = rng.uniform(t_0[i] - hw[i], t_0[i] + hw[i], size=k)
+            starts = rng.uniform(w_lo[i], w_hi[i], size=k)
             lengths = rng.uniform(gaps.min_days, gaps.max_days, size=k)
             for g0, gl in zip(starts, lengths, strict=True):
                 keep &= ~((t >= g0) & (t < g0 + gl))

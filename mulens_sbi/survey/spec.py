@@ -100,10 +100,20 @@ class Noise:
 
 @dataclass(frozen=True)
 class LightCurveSpec:
+    """Which exposures make a light curve.
+
+    ``window = "event"``: the exposures in ``t_0 ± clip(window_tE·t_E, min_half_width_days,
+    max_half_width_days)`` (days), randomly thinned to ``n_points`` when there are more.
+    ``window = "season"``: every exposure of the observing season that holds ``t_0`` (the survey's
+    own window, chosen without looking at t_E or any other parameter); ``n_points`` must hold the
+    largest season, so nothing is thinned, and the three window keys are not used (None).
+    """
+
     n_points: int
-    window_tE: float
-    min_half_width_days: float
-    max_half_width_days: float
+    window_tE: float | None
+    min_half_width_days: float | None
+    max_half_width_days: float | None
+    window: str = "event"
 
 
 @dataclass(frozen=True)
@@ -297,9 +307,10 @@ SCHEMA = _Table(
         "lightcurve": _Table(
             {
                 "n_points": _Num(lo=8, hi=1_000_000, integer=True),
-                "window_tE": POS,
-                "min_half_width_days": POS,
-                "max_half_width_days": POS,
+                "window": _Str(choices=("event", "season"), required=False, default="event"),
+                "window_tE": _Num(lo=0.0, lo_incl=False, required=False),
+                "min_half_width_days": _Num(lo=0.0, lo_incl=False, required=False),
+                "max_half_width_days": _Num(lo=0.0, lo_incl=False, required=False),
             }
         ),
         "model": _Table(
@@ -477,7 +488,14 @@ def parse_spec(text: str, file: str = "<string>") -> SurveySpec:
     noise = Noise(**n)
 
     lc = LightCurveSpec(**d["lightcurve"])
-    if lc.max_half_width_days < lc.min_half_width_days:
+    window_keys = ("window_tE", "min_half_width_days", "max_half_width_days")
+    for key in window_keys:
+        given = getattr(lc, key) is not None
+        if lc.window == "event" and not given:
+            raise val.fail(f"lightcurve.{key}", "missing required key (window = 'event' needs it)")
+        if lc.window == "season" and given:
+            raise val.fail(f"lightcurve.{key}", "not used by window = 'season' (whole seasons): remove it")
+    if lc.window == "event" and lc.max_half_width_days < lc.min_half_width_days:
         raise val.fail(
             "lightcurve.max_half_width_days", f"must be >= min_half_width_days = {lc.min_half_width_days!r}"
         )
@@ -500,6 +518,9 @@ def parse_spec(text: str, file: str = "<string>") -> SurveySpec:
             if name in priors_raw:
                 raise val.fail(f"priors.{name}", "not used by model.lens = 'single': remove it")
     priors = {name: _check_prior(val, name, p, f"priors.{name}") for name, p in priors_raw.items()}
+    if lc.window == "season" and priors["t_0"].dist != "seasons":
+        raise val.fail("priors.t_0.dist", f"lightcurve.window = 'season' needs t_0 inside a season: dist "
+                                          f"must be 'seasons', got {priors['t_0'].dist!r}")
     if model.source == "finite" and "limb_darkening" not in priors:
         priors["limb_darkening"] = Prior(dist="fixed", value=0.0)
 

@@ -198,6 +198,30 @@ def test_trajectories_aimed_at_caustics_vs_vbm(rng):
     assert err.shape[0] == 24
 
 
+def test_trajectory_image_count_is_the_roots_count(rng):
+    """``magnification_trajectory_images``: the same values and flags as ``magnification_trajectory``,
+    and an image count equal to the classified roots' (5 inside caustics, 3 outside, 0 unsolved)."""
+    p = _aimed_events(rng)
+    t = np.linspace(-2.0, 2.0, 300)
+    x, y = (jnp.asarray(a) for a in source_trajectory(t[None, :], p["t_0"][:, None], p["u_0"][:, None],
+                                                       p["t_E"][:, None], p["alpha"][:, None]))
+    s, q = jnp.asarray(p["s"]), jnp.asarray(p["q"])
+    a1, ok1 = ps.magnification_trajectory(x, y, s, q)
+    a2, ok2, n_img = ps.magnification_trajectory_images(x, y, s, q)
+    np.testing.assert_array_equal(np.asarray(ok1), np.asarray(ok2))
+    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))
+    zeta = ps.to_solver_frame(x, y, s[:, None], q[:, None])
+    _, ok_t, roots = ps.trajectory_roots(zeta, s, q)
+    _, img, ok_c = ps.classify(zeta, roots, s[:, None], q[:, None])
+    both = np.asarray(ok2 & ok_t & ok_c)
+    ref = np.asarray(img).sum(-1)
+    n_img = np.asarray(n_img)
+    assert both.mean() > 0.99
+    np.testing.assert_array_equal(n_img[both], ref[both])
+    assert set(np.unique(n_img[both])) == {3, 5}
+    assert np.all(n_img[~np.asarray(ok2)] == 0)
+
+
 def test_trajectory_and_public_api_vs_mulensmodel(rng):
     p = _events(rng, 4)
     t = np.linspace(-40, 40, 600)
