@@ -32,7 +32,13 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from mulens_sbi.inference.localfit import chi2_batch, levenberg_marquardt, profile_residuals, to_z
+from mulens_sbi.inference.localfit import (
+    chi2_batch,
+    gauss_newton_hessian,
+    levenberg_marquardt,
+    profile_residuals,
+    to_z,
+)
 from mulens_sbi.lightcurve import magnification_batch
 from mulens_sbi.likelihood import PackedEvent
 
@@ -57,12 +63,15 @@ class SingleLensFit:
         params: ``t_0`` (HJD'), ``u_0`` (≥ 0: the sign is not measurable), ``t_E`` (days).
         chi2: χ² over the unmasked points; ``chi2_all``: over all points.
         mask: (N,) bool, True where a point was left out of the fit (padding excluded).
+        cov: (3, 3) Gauss–Newton covariance of (t_0, u_0, ln t_E) on the unmasked points, or
+            None where it is singular.
     """
 
     params: dict
     chi2: float
     chi2_all: float
     mask: np.ndarray
+    cov: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,16 @@ def fit_single_lens(
     pk = _masked(packed, mask)
     chi2 = float(_single_chi2(pk, {k: np.array([v]) for k, v in params.items()})[0])
     chi2_all = float(_single_chi2(packed, {k: np.array([v]) for k, v in params.items()})[0])
-    return SingleLensFit(params=params, chi2=chi2, chi2_all=chi2_all, mask=mask & valid), anomalies
+    h, ok = gauss_newton_hessian(jnp.asarray(to_z({k: np.array([v]) for k, v in params.items()}, SINGLE)),
+                                 SINGLE, {}, pk)
+    cov = None
+    if bool(np.asarray(ok)[0]):
+        try:
+            cov = np.linalg.inv(np.asarray(h)[0])
+            np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            cov = None
+    return SingleLensFit(params=params, chi2=chi2, chi2_all=chi2_all, mask=mask & valid, cov=cov), anomalies
 
 
 def _group(t, r, sig_run, bad, gap) -> list[Anomaly]:

@@ -86,6 +86,33 @@ def test_forward_difference_fit_agrees_with_autodiff(crossing):
     assert np.sum(r8[0] ** 2) == pytest.approx(ad.chi2[0], rel=1e-9)
 
 
+def test_single_lens_covariance_is_the_curvature_of_chi2():
+    """The single-lens fit's Gauss–Newton covariance equals the inverse of ½ the χ² Hessian by
+    central differences in (t_0, u_0, ln t_E) (within 5%: a good fit's residuals are noise)."""
+    import jax.numpy as jnp
+
+    from mulens_sbi.inference.localfit import chi2_batch, to_z
+
+    t = np.linspace(-40, 40, 400)
+    p = {"t_0": 1.5, "u_0": 0.2, "t_E": 15.0}
+    ev = _event(np.asarray(MM.Model(p).get_magnification(t)), t, seed=2, frac=0.01)
+    pk = pack_event(ev)
+    fit, _ = fit_single_lens(pk)
+    names = ("t_0", "u_0", "t_E")
+    z0 = to_z({k: np.array([v]) for k, v in fit.params.items()}, names)[0]
+    sd = np.sqrt(np.diag(fit.cov))
+    e = np.eye(3) * sd * 0.5
+    pts = [z0]
+    for i in range(3):
+        for j in range(3):
+            pts += [z0 + e[i] + e[j], z0 + e[i] - e[j], z0 - e[i] + e[j], z0 - e[i] - e[j]]
+    c = np.asarray(chi2_batch(jnp.asarray(np.stack(pts)), names, {}, pk))
+    h = np.array([[(c[1 + 4 * (3 * i + j)] - c[2 + 4 * (3 * i + j)] - c[3 + 4 * (3 * i + j)]
+                    + c[4 + 4 * (3 * i + j)]) / (4 * e[i, i] * e[j, j]) for j in range(3)] for i in range(3)])
+    cov_fd = np.linalg.inv(0.5 * h)
+    assert np.allclose(np.sqrt(np.diag(cov_fd)), sd, rtol=0.05)
+
+
 def test_single_lens_masks_the_anomaly(crossing):
     """With the anomaly masked, the single lens recovers u_0 and t_E of the binary (the planet
     perturbs only the anomaly), and the anomaly's time is the caustic crossing's."""
