@@ -721,6 +721,8 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
             if any(abs(m.chi2 - o.chi2) < 1e-6 * max(1.0, o.chi2)
                    and abs(abs(m.params["u_0"]) - abs(o.params["u_0"])) < 1e-9 for o in taken):
                 continue  # the reflection of a mode already taken: the same fit mirrored
+            if not np.isfinite(chi[i, 0]):
+                continue  # uncertified there (seen on one of a mirror pair only): its mirror image
             taken.append(m)
             z0 = _with_rho({k: [m.params[k]] for k in BINARY}, rho_grid[:1], names)[0]
             if not any(t[2] == i and np.allclose(t[0], z0) for t in todo):
