@@ -721,12 +721,19 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
             if any(abs(m.chi2 - o.chi2) < 1e-6 * max(1.0, o.chi2)
                    and abs(abs(m.params["u_0"]) - abs(o.params["u_0"])) < 1e-9 for o in taken):
                 continue  # the reflection of a mode already taken: the same fit mirrored
-            if not np.isfinite(chi[i, 0]):
-                continue  # uncertified there (seen on one of a mirror pair only): its mirror image
             taken.append(m)
             z0 = _with_rho({k: [m.params[k]] for k in BINARY}, rho_grid[:1], names)[0]
+            c0 = chi[i, 0]
+            if not np.isfinite(c0):
+                # uncertified there: seen on one of a mirror pair only (the contour integral's
+                # certificate is not mirror-symmetric), so the mirror image starts instead
+                mirror = dict(m.params, u_0=-m.params["u_0"], alpha=(-m.params["alpha"]) % 360.0)
+                z0 = _with_rho({k: [mirror[k]] for k in BINARY}, rho_grid[:1], names)[0]
+                c0 = float(_fs_chi2(packed, z0[None], names)[0])
+                if not np.isfinite(c0):
+                    continue
             if not any(t[2] == i and np.allclose(t[0], z0) for t in todo):
-                forced.append((z0, chi[i, 0], i))
+                forced.append((z0, c0, i))
         if forced:
             notes.append(f"the best point source has chi2 {best_ps:.1f} for {dof} degrees of freedom: "
                          f"finite-source fits start from the best {len(forced)} point-source mode(s) with "
