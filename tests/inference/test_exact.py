@@ -304,3 +304,38 @@ def test_mixture_with_broad_laws_is_normalized_and_spreads():
     # a clear anomaly (Δχ² 500): no broad laws
     single_far = SingleLensFit(params=single.params, chi2=500.0, chi2_all=500.0, mask=single.mask)
     assert exact_proposal(ModeSearch([_mode(z1, 0.0)], single_far, [], 100, 0, 0)).means.shape[0] == 1
+
+
+def _mode_at(params: dict) -> Mode:
+    from mulens_sbi.inference.localfit import to_z
+
+    z = to_z({k: np.array([params[k]]) for k in BINARY}, BINARY)[0]
+    return Mode(params=dict(params), chi2=0.0, names=BINARY, z=z, cov=np.eye(6))
+
+
+def test_anomaly_check_flags_a_mode_that_misses_the_anomaly(crossing):
+    """The verdict's check (:func:`anomaly_residual_check`): at the truth the caustic crossing is
+    explained (z small, no flag), also when the error bars inside the anomaly are 1.5x too small;
+    a binary whose planet is too light to make the crossing, or whose caustic sits 5% off in s,
+    leaves it unexplained and is flagged. A MulensModel light curve, point source."""
+    from mulens_sbi.inference.exact import anomaly_residual_check
+
+    ev, pk, _ = crossing
+    single, _ = fit_single_lens(pk)
+    truth = anomaly_residual_check(pk, single, _mode_at(TRUTH))
+    assert truth is not None and not truth["flag"] and truth["z"] < 3.0
+    assert truth["t_start"] <= T_0 - T_E * TRUTH["u_0"] / math.tan(math.radians(ALPHA)) <= truth["t_end"]
+    for wrong in (dict(TRUTH, q=1e-6), dict(TRUTH, s=S * 1.05)):
+        res = anomaly_residual_check(pk, single, _mode_at(wrong))
+        assert res["flag"] and res["z"] > 10.0, res
+    # error bars 1.5x too small on the anomaly's points only: the truth is still not flagged
+    ds = ev.datasets[0]
+    inside = np.asarray(single.mask)[: ds.t.size]
+    order = np.argsort(ds.t, kind="stable")  # pack_event sorts by time; ds.t is already sorted
+    assert np.array_equal(order, np.arange(ds.t.size))
+    rng = np.random.default_rng(11)
+    flux = np.where(inside, ds.flux + 1.1 * np.asarray(ds.sigma) * rng.standard_normal(ds.t.size), ds.flux)
+    noisy = pack_event(Event(datasets=(Dataset(name="sim", t=ds.t, flux=flux, sigma=ds.sigma),),
+                             name="noisy"))
+    res = anomaly_residual_check(noisy, single, _mode_at(TRUTH))
+    assert not res["flag"], res
