@@ -659,7 +659,8 @@ def find_modes(
         notes.append(
             f"the best mode does not explain the anomaly at HJD' {check['t_start']:.2f}-"
             f"{check['t_end']:.2f}: clipped chi2 excess {check['z']:.1f} sd on its {check['n']} points "
-            f"({check['n_beyond']} beyond {check['clip']:g} sd, the largest at HJD' {check['t_worst']:.2f}); "
+            f"({check['n_beyond']} beyond {check['clip']:g} sd, the largest at HJD' {check['t_worst']:.2f}; "
+            f"residuals {check['scale_ratio']:.2g}x those outside it); "
             "a better solution the search did not reach may exist (or the data there have systematics)")
     timings["total_s"] = time.perf_counter() - t_begin
     return ModeSearch(modes, single, anomalies, n_points, n_candidates, n_fits, timings, notes, check)
@@ -689,7 +690,7 @@ def _clipped_moments(c: float) -> tuple[float, float]:
 
 
 def anomaly_residual_check(packed: PackedEvent, single: SingleLensFit, mode: Mode, *, clip: float = 6.0,
-                           z_max: float = 5.0) -> dict | None:
+                           z_max: float = 5.0, max_scale_ratio: float = 3.0) -> dict | None:
     """Does ``mode`` explain the anomaly the single lens left? A cheap check of the verdict.
 
     An acceptable χ²/dof says nothing about a short anomaly: on OGLE-2003-BLG-235 a wrong binary
@@ -702,9 +703,12 @@ def anomaly_residual_check(packed: PackedEvent, single: SingleLensFit, mode: Mod
     points far off do. ``min(r²/σ², clip²)`` is summed over the anomaly's points against its Gaussian
     mean and variance (clipped, so that one outlier cannot decide it); the excess of all datasets
     together, in standard deviations, is ``z``; ``flag`` when ``z > z_max`` and at least 2 points
-    lie beyond ``clip``σ. Measured on OGLE-2003-BLG-235: the wrong mode above z = 9.5, the
-    published solution refitted −1.8; on a simulated crossing with the error bars 1.5x too small
-    inside the anomaly, the truth at most 2.7 in 20 noise draws.
+    lie beyond ``clip``σ, or when the residuals inside are more than ``max_scale_ratio`` times
+    those outside (``scale_ratio``: a mode that misses the whole anomaly, which its inside scale
+    would otherwise absorb; a simulated OB03235-like event's wrong mode: 4.8, z 6.3 with one point
+    beyond 6σ). Measured on OGLE-2003-BLG-235: the wrong mode above z = 9.5, the published solution
+    refitted −1.8; on a simulated crossing with the error bars 1.5x too small inside the anomaly,
+    the truth at most 2.7 in 20 noise draws.
 
     Returns None when no point was masked (no anomaly) or no dataset has 3 points in it and 10
     outside.
@@ -730,7 +734,8 @@ def anomaly_residual_check(packed: PackedEvent, single: SingleLensFit, mode: Mod
         outside = oh[d] & valid & ~mask
         if inside.sum() < 3 or outside.sum() < 10:
             continue
-        sig2 = max(np.median(r[outside] ** 2) / CHI2_1_MEDIAN, _trimmed_scale(r[inside] ** 2))
+        sig2_out = np.median(r[outside] ** 2) / CHI2_1_MEDIAN
+        sig2 = max(sig2_out, _trimmed_scale(r[inside] ** 2))
         u = r[inside] ** 2 / sig2
         x = np.minimum(u, clip**2)
         ex = float(x.sum() - x.size * e2)
@@ -742,12 +747,14 @@ def anomaly_residual_check(packed: PackedEvent, single: SingleLensFit, mode: Mod
         if u[j] > worst:
             worst, worst_t = float(u[j]), float(t[inside][j])
         per.append({"dataset": d, "n": int(x.size), "z": ex / math.sqrt(x.size * v2),
-                    "error_scale": float(math.sqrt(sig2))})
+                    "error_scale": float(math.sqrt(sig2)), "scale_ratio": float(math.sqrt(sig2 / sig2_out))})
     if not per:
         return None
     z = num / math.sqrt(den)
-    return {"z": float(z), "flag": bool(z > z_max and n_beyond >= 2), "z_max": z_max, "clip": clip, "n": n_in,
-            "n_beyond": n_beyond, "t_worst": worst_t, "t_start": float(t[mask].min()),
+    ratio = max(p["scale_ratio"] for p in per)
+    flag = (z > z_max and n_beyond >= 2) or ratio > max_scale_ratio
+    return {"z": float(z), "flag": bool(flag), "z_max": z_max, "clip": clip, "n": n_in, "n_beyond": n_beyond,
+            "scale_ratio": float(ratio), "t_worst": worst_t, "t_start": float(t[mask].min()),
             "t_end": float(t[mask].max()), "datasets": per}
 
 

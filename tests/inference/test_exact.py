@@ -323,7 +323,7 @@ def test_anomaly_check_flags_a_mode_that_misses_the_anomaly(crossing):
     ev, pk, _ = crossing
     single, _ = fit_single_lens(pk)
     truth = anomaly_residual_check(pk, single, _mode_at(TRUTH))
-    assert truth is not None and not truth["flag"] and truth["z"] < 3.0
+    assert truth is not None and not truth["flag"] and truth["z"] < 3.0 and truth["scale_ratio"] < 1.5
     assert truth["t_start"] <= T_0 - T_E * TRUTH["u_0"] / math.tan(math.radians(ALPHA)) <= truth["t_end"]
     for wrong in (dict(TRUTH, q=1e-6), dict(TRUTH, s=S * 1.05)):
         res = anomaly_residual_check(pk, single, _mode_at(wrong))
