@@ -7,7 +7,9 @@ candidates where the data say the anomaly is, as analysts and RTModel do:
 1. **Single lens with the anomaly masked** (:func:`fit_single_lens`): a
    grid in (u_0, t_E) around the brightest part of the light curve, Levenberg–Marquardt, then the
    points whose smoothed residual departs by more than ``threshold``σ are masked and the fit is
-   repeated (the anomaly no longer drags u_0 and t_E).
+   repeated (the anomaly no longer drags u_0 and t_E). When the mask takes the peak, u_0 and t_E
+   are left to the wings, which fix only t_eff = u_0·t_E: :func:`single_lens_valley` gives the
+   fits along that valley the masked data do not exclude, and each is a base for candidates too.
 2. **Geometry of the anomaly** (:func:`anomaly_candidates`): at the anomaly's time t_a the single
    lens puts the source at ``p = R(alpha)·(τ_a, u_0)`` (MulensModel v3: ``x = τ cos α − u_0 sin α``,
    ``y = τ sin α + u_0 cos α``), at distance ``u_a = √(τ_a² + u_0²)`` from the primary. A
@@ -49,6 +51,7 @@ __all__ = [
     "evaluate_candidates",
     "fit_single_lens",
     "grid_candidates",
+    "single_lens_valley",
 ]
 
 SINGLE = ("t_0", "u_0", "t_E")
@@ -221,6 +224,49 @@ def fit_single_lens(
         except np.linalg.LinAlgError:
             cov = None
     return SingleLensFit(params=params, chi2=chi2, chi2_all=chi2_all, mask=mask & valid, cov=cov), anomalies
+
+
+def single_lens_valley(
+    packed: PackedEvent,
+    single: SingleLensFit,
+    *,
+    steps: tuple = (-0.2, 0.2),
+    delta: float = 9.0,
+) -> list[dict]:
+    """Single-lens fits along the u_0–t_E valley of the masked fit, where the data allow them.
+
+    With the anomaly masked, what is left of the light curve can constrain u_0 poorly: when the
+    anomaly covers the peak (a resonant or central caustic), only the wings remain, which fix
+    t_eff = u_0·t_E but not u_0 (with the blend flux free). The anomaly's geometry then depends on
+    where along that valley the trajectory is taken: on OGLE-2003-BLG-235 the masked fit has
+    u_0 0.106, t_E 75.6 against the published 0.133, 61.5 (robust cost 1.5 apart), and candidates
+    built on the fit put the caustic at the wrong place for the local fits to recover.
+
+    Args:
+        packed: the event.
+        single: the masked fit (:func:`fit_single_lens`); its mask is used.
+        steps: u_0 pinned at ``u_0·exp(step)`` (t_0 and t_E refitted on the robust cost, t_E
+            started at the same t_eff).
+        delta: a valley point is kept when its robust cost is within ``delta`` of the fit's.
+
+    Returns:
+        The kept valley points (dicts of t_0, u_0, t_E), closest to the fit's cost first.
+    """
+    pk = _masked(packed, single.mask)
+    u_fit, te_fit = abs(single.params["u_0"]), single.params["t_E"]
+    u0 = u_fit * np.exp(np.asarray(steps, dtype=float))
+    starts = {"t_0": np.full(u0.size, single.params["t_0"]), "u_0": u0, "t_E": te_fit * u_fit / u0}
+    t = np.asarray(packed.t)[np.asarray(packed.valid)]
+    bounds = {"t_E": (0.1, 1e3), "t_0": (float(t.min()) - 50.0, float(t.max()) + 50.0)}
+    res = levenberg_marquardt(pk, starts, SINGLE, max_iter=80, scale=SINGLE_SCALE, pin={"u_0": u0},
+                              bounds=bounds)
+    ref = float(_single_chi2(pk, {k: np.array([v]) for k, v in single.params.items()}, SINGLE_SCALE)[0])
+    phys = res.physical()
+    out = []
+    for i in np.argsort(res.chi2):
+        if np.isfinite(res.chi2[i]) and res.chi2[i] - ref < delta:
+            out.append({k: float(phys[k][i]) for k in SINGLE})
+    return out
 
 
 def _group(t, r, sig_run, bad, gap) -> list[Anomaly]:
