@@ -4,6 +4,11 @@ Compilation dominates the suite's time. A persistent cache (keyed by the program
 version, so it can never return a wrong executable) lets the pytest-xdist workers and the Ray
 actors started by the catalog tests reuse what another process already compiled. It lives in the
 system temp folder; set ``JAX_COMPILATION_CACHE_DIR`` to move it.
+
+Within one process a compiled program is reused outright, so CI runs pytest-xdist with
+``--dist loadfile`` (README, ``.ci/run``): one worker runs a module's tests, which share their
+module fixtures and compiled shapes (split across two workers, both compiled the same programs
+side by side). Tests that share an expensive result therefore live in one module.
 """
 
 from __future__ import annotations

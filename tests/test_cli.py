@@ -1,8 +1,8 @@
-"""Command line: help texts, simulate and demo end to end (in-process, to share the solver compile)."""
+"""Command line: help texts, simulate end to end (in-process, to share the solver compile); the demo
+command is tested in tests/test_demo.py."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -96,22 +96,3 @@ def test_simulate_command(tmp_path, capsys):
     assert f"{bad}:2:8: TOML syntax error" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_demo_command(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    for name in ("lightcurve.png", "caustics.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG" and (out / name).stat().st_size > 20_000
-    r = json.loads((out / "report.json").read_text())
-    assert r["parameters"]["s"] == 1.25 and r["parameters"]["q"] == 1e-3
-    # the planetary anomaly is covered and strong; the noise is consistent with the error bars
-    assert r["n_points_in_anomaly_window"] > 50
-    assert r["delta_chi2_binary_vs_point_lens"] > 1e3
-    assert abs(r["chi2_per_point"] - 1.0) < 5 * np.sqrt(2.0 / r["n_points"])
-    assert r["n_unsolved_points"] == 0
-    assert "| s | 1.25 |" in (out / "report.md").read_text()
-    # refuses to overwrite, then does with --overwrite (the simulation demo: the fit above already
-    # showed the fit demo's outputs, and another exact-stage fit would double the test's time)
-    assert main(["demo", "--out", str(out)]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    assert main(["demo", "--out", str(out), "--overwrite", "--mode", "simulate"]) == 0

@@ -15,7 +15,7 @@ against an independent reference and fail when it is wrong:
 * an untrained network wrapped in the real :class:`mulens_sbi.models.Model` (the real preprocessing
   runs, so its input checks and the "outside the view" bookkeeping are exercised).
 
-A shipped-model end-to-end fit is in ``test_fit_shipped_model`` below.
+A shipped-model end-to-end fit (the demo's) is in ``tests/test_demo.py``.
 """
 
 from __future__ import annotations
@@ -411,42 +411,6 @@ def test_two_datasets_and_nuts_refinement():
         assert abs(res.summary["parameters"][k]["median"] - p_is["median"]) < 0.5 * width
     fig = res.plot_lightcurve(n_draws=5)
     assert len(fig.axes) == 2  # no anomaly zoom for a point lens
-
-
-@pytest.mark.slow
-def test_fit_shipped_model_on_example_event():
-    """End to end with the shipped model on the shipped simulated event (truth known): importance
-    sampling of the wide flow fails (ESS of a few), so the default refine='auto' runs the exact
-    stage, which must end with status ok and every true parameter inside its 95% interval; the
-    best mode's chi2 is no worse than the truth's + 10 (the truth's chi2 from MulensModel)."""
-    from pathlib import Path
-
-    from mulens_sbi.models import available_models
-
-    MM = pytest.importorskip("MulensModel")
-    if "roman" not in available_models():
-        pytest.fail("the shipped model trained/roman/ is missing")
-    d = Path(__file__).resolve().parents[1] / "examples" / "events" / "roman_example"
-    truth = json.loads((d / "truth.json").read_text())["parameters"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = fit(d / "roman_example.dat", "roman", n=2000, seed=0, progress=False, degeneracy="off")
-    assert res.event.n_points == 2048 and res.summary["model"] == "roman"
-    assert res.method == "exact" and res.status == "ok", res.messages
-    for k in NAMES:
-        lo, hi = res.summary["parameters"][k]["interval_95"]
-        if k == "alpha":  # intervals are on one branch, their ends may lie outside 0..360
-            assert (truth[k] - lo) % 360.0 <= hi - lo, (k, lo, hi, truth[k])
-        else:
-            assert lo <= truth[k] <= hi, (k, lo, hi, truth[k], res.status)
-    ds = res.event.datasets[0]
-    model = MM.Model({k: truth[k] for k in NAMES})
-    model.set_magnification_methods([ds.t.min() - 1, "point_source", ds.t.max() + 1])
-    mag = np.asarray(model.get_magnification(ds.t))
-    a = np.stack([mag, np.ones_like(mag)], axis=1) / ds.sigma[:, None]
-    coef = np.linalg.lstsq(a, ds.flux / ds.sigma, rcond=None)[0]
-    chi2_truth = float(np.sum((ds.flux / ds.sigma - a @ coef) ** 2))
-    assert res.summary["exact"]["modes"][0]["chi2"] < chi2_truth + 10
 
 
 def test_restricted_prior_truncates_the_flow_and_the_importance_prior(binary, untrained_model, capsys):

@@ -344,3 +344,5 @@ def test_readme_test_command_is_what_ci_runs():
                if "pytest" in line and not line.lstrip().startswith("#")]
     assert readme_runs == ci_runs
     assert any('-m "not slow"' in c for c in ci_runs) and any(c.endswith("-m slow") for c in ci_runs)
+    # one worker runs a module's tests (module fixtures, compiled shapes: tests/conftest.py)
+    assert all("--dist loadfile" in c for c in ci_runs)

@@ -51,7 +51,8 @@ def test_fit_end_to_end_per_dataset_fluxes(example):
     efficiently (ESS ~ 1, status 'fail', see docs/data.md); the checks here are the ones that hold
     regardless of the model's quality: honest diagnostics, the peak time, and per-dataset fluxes
     that are each dataset's own linear solution at the returned parameters. Importance sampling of
-    the flow only (``refine="is"``): the exact stage on this event is the slow test below."""
+    the flow only (``refine="is"``): the exact stage end to end, and the catalog's against fit's, are the
+    slow tests of tests/test_demo.py."""
     event, truth = example
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -75,25 +76,3 @@ def test_fit_end_to_end_per_dataset_fluxes(example):
     assert len({round(float(v), 3) for v in res.f_s[b]}) == 3
 
 
-@pytest.mark.slow
-def test_catalog_and_fit_share_the_exact_stage():
-    """One pipeline: a catalog row with refine='exact' and fit(refine='exact') on the same event and
-    seed reach the same best mode (the flows' draws, extra starts, differ by their keys) and the same
-    posterior within its errors."""
-    from mulens_sbi.catalog.infer import BatchInference, InferenceSettings
-    from mulens_sbi.catalog.inputs import EventRef
-
-    path = Path(__file__).resolve().parents[2] / "examples" / "events" / "roman_example" / "roman_example.dat"
-    ref = EventRef(index=0, event="roman_example", source=str(path), kind="file", path=str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        row = BatchInference(InferenceSettings(model="roman", n_samples=1000, refine="exact", seed=0,
-                                               degeneracy=False)).run_shard(0, [ref])[0]
-        res = fit(path, "roman", n=1000, seed=0, refine="exact", progress=False, degeneracy="off")
-    assert row["method"] == "exact" and row["status"] == res.status == "ok", row["messages"]
-    cat_modes = json.loads(row["exact_json"])["modes"]
-    fit_modes = res.summary["exact"]["modes"]
-    assert abs(cat_modes[0]["chi2"] - fit_modes[0]["chi2"]) < 0.1
-    for k in ("s", "q", "t_E"):
-        sd = res.summary["parameters"][k]["std"]
-        assert abs(row[f"{k}_median"] - res.summary["parameters"][k]["median"]) < 0.5 * sd + 1e-12

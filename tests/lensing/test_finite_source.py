@@ -69,7 +69,8 @@ def results():
 
 @functools.cache
 def _results():
-    """Computed once per process (xdist may tear a module fixture down and set it up again)."""
+    """Computed once per process (xdist may tear a module fixture down and set it up again); the
+    module's tests run on one worker (CI's ``--dist loadfile``), so it is computed once."""
     import VBMicrolensing
 
     rng = np.random.default_rng(20261128)
@@ -165,6 +166,7 @@ def _simpson_check(a, d, p0, delta):
     return diff, simpson
 
 
+@pytest.mark.slow  # the compilation of _mag_and_grad (~80 s on 2 cores), shared with `results`
 def test_contour_path_derivatives_match_finite_differences():
     """Reverse-mode derivatives (``jax.vjp``, as ``jax.grad`` computes them) of contour-integrated
     values at a disc cut by a fold of the caustic, against differences of values.
