@@ -142,6 +142,7 @@ def test_device_priors_seasons_and_noise_equal_the_numpy_ones(survey, tmp_path):
         assert abs(a.mean() - b.mean()) < 5 * np.hypot(a.std() / np.sqrt(a.size), b.std() / np.sqrt(b.size))
 
 
+@pytest.mark.slow
 def test_on_device_batches_equal_the_shard_path_in_distribution(survey, device_draws):
     """Prior rows of the device batches against shards made, read and pre-binned by the shard path
     with fresh binned noise (the same construction): parameters, fluxes, numbers of points, the
@@ -176,6 +177,7 @@ def test_on_device_batches_equal_the_shard_path_in_distribution(survey, device_d
     assert np.all(np.isfinite(x_d))
 
 
+@pytest.mark.slow
 def test_enrichment_weights_keep_the_prior(survey, device_draws):
     """The candidate slots hold caustic-crossing rows drawn from the prior conditioned on the class
     (as ``simulate_conditioned`` draws them), and the weights make the batches' weighted class share
@@ -242,6 +244,7 @@ def test_settings_layout_and_refusals(survey):
         sim(jax.random.PRNGKey(0), 16)
 
 
+@pytest.mark.slow
 def test_training_with_batches_simulated_on_the_device(survey, tmp_path):
     """``run_training(sampler="simulate")``: no data folder; stops on its time limit and resumes;
     the model records the on-device settings and what was simulated; the CLI builds the settings."""

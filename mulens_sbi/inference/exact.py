@@ -68,6 +68,8 @@ from mulens_sbi.settings_file import check_fields
 FD_ROWS = 8
 #: starts per compiled Levenberg–Marquardt step (every stage uses it: one compilation per event shape)
 LM_CHUNK = 16
+#: every local-fit batch of the stage has LM_CHUNK rows: one compiled program whatever the number of starts
+LM_BATCH = {"chunk": LM_CHUNK, "fixed_chunk": True}
 
 __all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "anomaly_residual_check",
            "exact_proposal", "find_modes"]
@@ -547,11 +549,11 @@ def find_modes(
         starts = {k: np.concatenate(v) for k, v in starts.items()}
         # two stages: a few steps for every start, then the best third to convergence
         first = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.first_iter,
-                                    chunk=LM_CHUNK, scale=st.robust_scale, progress=progress,
+                                    **LM_BATCH, scale=st.robust_scale, progress=progress,
                                     desc="local fits")
         keep = _distinct(first.physical(), first.chi2, max(1, st.n_starts // 3))
         second = levenberg_marquardt(packed, {k: v[keep] for k, v in first.physical().items()}, BINARY,
-                                     bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
+                                     bounds=bounds, max_iter=st.max_iter, **LM_BATCH,
                                      scale=st.robust_scale, progress=progress, desc="local fits")
         n_fits += len(first.chi2)
         plain_fit += list(evaluate_candidates(packed, second.physical(), chunk=LM_CHUNK))
@@ -571,7 +573,7 @@ def find_modes(
         n_candidates += len(c)
         pick = _distinct(cloud, c, LM_CHUNK)
         hop = levenberg_marquardt(packed, {k: v[pick] for k, v in cloud.items()}, BINARY, bounds=bounds,
-                                  max_iter=st.max_iter, chunk=LM_CHUNK, scale=st.robust_scale,
+                                  max_iter=st.max_iter, **LM_BATCH, scale=st.robust_scale,
                                   progress=progress, desc="basin hops")
         n_fits += len(pick)
         z_fit.append(hop.z)
@@ -598,7 +600,7 @@ def find_modes(
         for j, i in enumerate(pick):
             counts[j] = max(tally.pop(cells[i], 1), 1)
         pol = levenberg_marquardt(packed, {k: v[pick] for k, v in phys.items()}, BINARY, bounds=bounds,
-                                  max_iter=st.max_iter, chunk=LM_CHUNK, progress=progress, desc="polish")
+                                  max_iter=st.max_iter, **LM_BATCH, progress=progress, desc="polish")
         z_fit, c_fit, o_fit = pol.z, pol.chi2, [o_fit[i] for i in pick]
     covs = _covariances(packed, z_fit, BINARY)
     modes = _merge(z_fit, c_fit, covs, list(BINARY), st.merge_sigma, o_fit, counts)
@@ -625,7 +627,7 @@ def find_modes(
     if extra_origin and time.perf_counter() - t_begin < st.time_budget_s:
         ex = {k: np.asarray(v) for k, v in extra.items()}
         r2 = levenberg_marquardt(packed, ex, BINARY, bounds=bounds, max_iter=st.max_iter,
-                                 chunk=LM_CHUNK, progress=progress, desc="partner fits")
+                                 **LM_BATCH, progress=progress, desc="partner fits")
         n_fits += len(r2.chi2)
         z_all = np.concatenate([np.stack([m.z for m in modes]), r2.z])
         c_all = np.concatenate([[m.chi2 for m in modes], r2.chi2])
@@ -830,7 +832,7 @@ def _valley(packed, start: Mapping, rho: float, st: ExactSettings, bounds) -> tu
     grid = start["s"] * np.exp(np.linspace(-st.profile_span, st.profile_span, st.profile_points))
     starts = {k: np.full(grid.size, start[k]) for k in BINARY}
     starts["s"] = grid
-    prof = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.max_iter, chunk=LM_CHUNK,
+    prof = levenberg_marquardt(packed, starts, BINARY, bounds=bounds, max_iter=st.max_iter, **LM_BATCH,
                                scale=st.robust_scale, pin={"s": grid}, desc="valley")
     z = _with_rho(prof.physical(), rho * np.array([1 / 3, 1.0, 3.0]), names)
     return z, _fs_chi2(packed, z, names)

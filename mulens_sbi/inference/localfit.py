@@ -207,6 +207,7 @@ def levenberg_marquardt(
     tol: float = 1e-7,
     lam0: float = 1e-2,
     chunk: int = 128,
+    fixed_chunk: bool = False,
     scale: float = 0.0,
     pin: Mapping | None = None,
     progress: bool = False,
@@ -224,6 +225,10 @@ def levenberg_marquardt(
         tol: stop a start when its χ² gain of an accepted step is below ``tol·χ²`` (and λ < 1).
         lam0: initial damping.
         chunk: starts per compiled batch (pads the last chunk by repetition).
+        fixed_chunk: every batch has exactly ``chunk`` rows, also when the call has fewer starts,
+            so that calls of any size share one compiled program (each new batch size compiles
+            the step anew: ~15 s for a binary lens on 2 CPU cores); otherwise a call with fewer
+            starts than ``chunk`` runs as one batch of its own size.
         scale: > 0: minimize the robust cost of :func:`_residuals` (Cauchy, ``scale`` in σ) instead
             of χ²; ``FitBatch.chi2`` then holds that cost.
         pin: name → (K,) physical values held fixed per start (a profile: e.g. ``{"s": grid}``
@@ -251,7 +256,7 @@ def levenberg_marquardt(
     c_out = np.empty(k)
     c_start = np.empty(k)
     conv_out = np.zeros(k, dtype=bool)
-    chunk = max(1, min(chunk, k))
+    chunk = max(1, chunk if fixed_chunk else min(chunk, k))
     n_chunks = -(-k // chunk)
     bar = tqdm(total=n_chunks * max_iter, desc=desc, disable=not progress, leave=False)
     iters = 0

@@ -12,9 +12,9 @@ import pytest
 
 from mulens_sbi.event import Dataset, Event
 from mulens_sbi.inference.broad import ProposalMixture
-from mulens_sbi.inference.exact import ExactSettings, Mode, ModeSearch, exact_proposal, find_modes
+from mulens_sbi.inference.exact import LM_CHUNK, ExactSettings, Mode, ModeSearch, exact_proposal, find_modes
 from mulens_sbi.inference.localfit import levenberg_marquardt, levenberg_marquardt_fd, residuals_in_rows
-from mulens_sbi.inference.search import fit_single_lens
+from mulens_sbi.inference.search import evaluate_candidates, fit_single_lens
 from mulens_sbi.likelihood import pack_event
 
 MM = pytest.importorskip("MulensModel")
@@ -45,12 +45,23 @@ def _event(mag, t, seed, frac=0.003, f_s=1.0, f_b=0.2):
                                    sigma=sigma),), name="sim")
 
 
+def _pack(ev):
+    """The event packed as the exact stage packs it (padded to a multiple of 1024 points), so that
+    the tests' own χ² and local fits share its compiled programs."""
+    return pack_event(ev, pad_to=1024 * math.ceil(ev.n_points / 1024))
+
+
+def _chi2(pk, params: dict) -> float:
+    """χ² of one parameter set, in the exact stage's compiled batch of LM_CHUNK rows."""
+    return float(evaluate_candidates(pk, {k: np.array([v]) for k, v in params.items()}, chunk=LM_CHUNK)[0])
+
+
 @pytest.fixture(scope="module")
 def crossing():
     t = np.linspace(T_0 - 2 * T_E, T_0 + 2 * T_E, 700)
     mag = _mm_binary(t, TRUTH)
     ev = _event(mag, t, seed=3)
-    return ev, pack_event(ev)
+    return ev, _pack(ev)
 
 
 def test_lm_single_lens_from_far_start():
@@ -70,15 +81,15 @@ def test_lm_single_lens_from_far_start():
     assert abs(phys["u_0"][0] - 0.2) < 0.01 and abs(phys["t_E"][0] - 15.0) < 0.5
 
 
+@pytest.mark.slow
 def test_forward_difference_fit_agrees_with_autodiff(crossing):
     """The forward-difference Levenberg–Marquardt (the finite-source path's fitter, here on point-
     source parameters so that it compiles quickly) reaches the same optimum as the autodiff one
     from the truth with t_E 1% off; its residuals in padded chunks of 3 equal the unchunked ones."""
     _, pk = crossing
-    chi2_truth = levenberg_marquardt(pk, {k: np.array([v]) for k, v in TRUTH.items()}, BINARY,
-                                     max_iter=1).chi2_start[0]
+    chi2_truth = _chi2(pk, TRUTH)
     start = {k: np.array([v * (1.01 if k == "t_E" else 1.0)]) for k, v in TRUTH.items()}
-    ad = levenberg_marquardt(pk, start, BINARY, max_iter=40)
+    ad = levenberg_marquardt(pk, start, BINARY, max_iter=40, chunk=LM_CHUNK, fixed_chunk=True)
     fd = levenberg_marquardt_fd(pk, start, BINARY, max_iter=40, rows=8)
     assert ad.chi2[0] < chi2_truth + 1.0 and fd.chi2[0] == pytest.approx(ad.chi2[0], abs=0.5)
     assert np.allclose(fd.z[0], ad.z[0], rtol=0, atol=5e-4 * np.maximum(1.0, np.abs(ad.z[0])))
@@ -138,7 +149,7 @@ def test_search_finds_the_crossing_from_outside_its_basin(crossing):
     starts = {k: np.array([v, v, v]) for k, v in TRUTH.items()}
     starts["s"] = np.array([S * 1.05, S, S])
     starts["alpha"] = np.array([ALPHA, ALPHA + 5.0, ALPHA])
-    local = levenberg_marquardt(pk, starts, BINARY, max_iter=60)
+    local = levenberg_marquardt(pk, starts, BINARY, max_iter=60, chunk=LM_CHUNK, fixed_chunk=True)
     chi2_truth = float(local.chi2_start[2])
     assert np.all(local.chi2[:2] > chi2_truth + 100), "the constructed event must have a narrow basin"
     res = find_modes(ev, settings=ExactSettings(grid=False))
@@ -180,12 +191,12 @@ def resonant():
     rng = np.random.default_rng(1)
     flux = f + sigma * rng.standard_normal(t.size)
     ev = Event(datasets=(Dataset(name="sim", t=t, flux=flux, sigma=sigma),), name="resonant")
-    pk = pack_event(ev)
-    chi2_truth = float(levenberg_marquardt(pk, {k: np.array([v]) for k, v in RESONANT.items()}, BINARY,
-                                           max_iter=1).chi2_start[0])
+    pk = _pack(ev)
+    chi2_truth = _chi2(pk, RESONANT)
     return ev, pk, chi2_truth
 
 
+@pytest.mark.slow
 def test_single_lens_valley_reaches_the_trajectory_the_mask_leaves_open(resonant):
     """With the peak masked the single lens lands 27% off in u_0 (measured: 0.174 against 0.133);
     the valley (u_0 pinned at exp(±0.2) times the fit's, the rest refitted) keeps both points,

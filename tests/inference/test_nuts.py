@@ -30,6 +30,7 @@ def _simulate(params, t, fs, fb, rel_err, seed):
     return Event.single(t, f + sig * rng.standard_normal(t.size), sig)
 
 
+@pytest.mark.slow
 def test_binary_event_recovered_two_chains():
     """Roman-like 15.16-min cadence, 150 exposures drawn from a ±12-day window, 0.5% photometry."""
     rng = np.random.default_rng(1)

@@ -198,6 +198,7 @@ def test_trajectories_aimed_at_caustics_vs_vbm(rng):
     assert err.shape[0] == 24
 
 
+@pytest.mark.slow
 def test_trajectory_image_count_is_the_roots_count(rng):
     """``magnification_trajectory_images``: the same values and flags as ``magnification_trajectory``,
     and an image count equal to the classified roots' (5 inside caustics, 3 outside, 0 unsolved)."""
