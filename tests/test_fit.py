@@ -413,6 +413,7 @@ def test_two_datasets_and_nuts_refinement():
     assert len(fig.axes) == 2  # no anomaly zoom for a point lens
 
 
+@pytest.mark.slow
 def test_restricted_prior_truncates_the_flow_and_the_importance_prior(binary, untrained_model, capsys):
     """``restrict``: every sample lies in the restricted range; the flow's probability of the range is
     reported (checked against the in-range fraction of unrestricted draws, 4 binomial σ); the

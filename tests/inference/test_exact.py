@@ -434,7 +434,6 @@ def test_anomaly_check_flags_a_mode_that_misses_the_anomaly(crossing):
     assert np.array_equal(order, np.arange(ds.t.size))
     rng = np.random.default_rng(11)
     flux = np.where(inside, ds.flux + 1.1 * np.asarray(ds.sigma) * rng.standard_normal(ds.t.size), ds.flux)
-    noisy = pack_event(Event(datasets=(Dataset(name="sim", t=ds.t, flux=flux, sigma=ds.sigma),),
-                             name="noisy"))
+    noisy = _pack(Event(datasets=(Dataset(name="sim", t=ds.t, flux=flux, sigma=ds.sigma),), name="noisy"))
     res = anomaly_residual_check(noisy, single, _mode_at(TRUTH))
     assert not res["flag"], res

@@ -223,6 +223,7 @@ def test_trajectory_image_count_is_the_roots_count(rng):
     assert np.all(n_img[~np.asarray(ok2)] == 0)
 
 
+@pytest.mark.slow
 def test_trajectory_and_public_api_vs_mulensmodel(rng):
     p = _events(rng, 4)
     t = np.linspace(-40, 40, 600)
@@ -320,6 +321,7 @@ def test_symmetries(rng):
     assert e1.max() < RTOL and e2.max() < RTOL, (e1.max(), e2.max())
 
 
+@pytest.mark.slow
 def test_unsorted_times_and_gaps(rng):
     p = {"t_0": 3.0, "u_0": 0.05, "t_E": 15.0, "s": 1.1, "q": 0.02, "alpha": 210.0}
     t = np.sort(np.concatenate([rng.uniform(-60, -40, 50), rng.uniform(-5, 8, 529),

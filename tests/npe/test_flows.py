@@ -53,7 +53,7 @@ def test_spline_identity_at_zero_and_monotone():
     np.testing.assert_allclose(ldi, ld, atol=1e-9)
 
 
-@pytest.mark.parametrize("dim", [1, 3])
+@pytest.mark.parametrize("dim", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_round_trip_and_logdet(dim):
     flow, params = _perturbed_flow(dim, ctx=3)
     theta = 2.5 * jax.random.normal(jax.random.PRNGKey(10), (64, dim))  # includes |theta| > bound tails
@@ -119,6 +119,7 @@ def test_samples_follow_log_prob():
     assert chi2 < sel.sum() + 5 * math.sqrt(2 * sel.sum()), (chi2, sel.sum())
 
 
+@pytest.mark.slow
 def test_float32_round_trip():
     flow = ConditionalFlow(FlowConfig(n_layers=4, hidden=(16, 16)), 3, jnp.float32)
     params = flow.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)), jnp.zeros((1, 2)))
