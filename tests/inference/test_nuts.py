@@ -37,7 +37,7 @@ def test_binary_event_recovered_two_chains():
     t = np.sort(rng.choice(np.arange(-12.0, 12.0, 15.16 / 1440), 150, replace=False))
     ev = _simulate(BINARY, t, 15.8, 5.0, 0.005, seed=2)
     init = {k: np.array([v * 1.002 + 0.001, v * 1.004 + 0.002]) for k, v in BINARY.items()}
-    samples, diag = run_nuts(ev, init, BINARY_PRIORS, num_warmup=100, num_samples=100, seed=0, chains=2)
+    samples, diag = run_nuts(ev, init, BINARY_PRIORS, num_warmup=150, num_samples=300, seed=0, chains=2)
     print("binary NUTS:", {k: diag[k] for k in ("time_s", "divergences", "accept_prob", "num_steps_mean")},
           diag["r_hat"])
     for k, v in BINARY.items():
@@ -46,7 +46,7 @@ def test_binary_event_recovered_two_chains():
         assert diag["r_hat"][k] < 1.05, (k, diag["r_hat"][k])
         assert diag["n_eff"][k] > 50, (k, diag["n_eff"][k])
     assert diag["divergences"] == 0
-    assert samples["t_E"].shape == (200,) and diag["samples_by_chain"]["q"].shape == (2, 100)
+    assert samples["t_E"].shape == (600,) and diag["samples_by_chain"]["q"].shape == (2, 300)
 
 
 SINGLE = dict(t_0=9100.0, u_0=0.2, t_E=20.0)  # realistic HJD'
