@@ -437,3 +437,36 @@ def test_anomaly_check_flags_a_mode_that_misses_the_anomaly(crossing):
     noisy = _pack(Event(datasets=(Dataset(name="sim", t=ds.t, flux=flux, sigma=ds.sigma),), name="noisy"))
     res = anomaly_residual_check(noisy, single, _mode_at(TRUTH))
     assert not res["flag"], res
+
+
+def test_quadratic_refine_moves_the_centre_to_the_minimum_and_learns_the_covariance():
+    """On a 7-D quadratic χ² with correlated curvature (condition number ~400) and quadrature-like
+    noise (σ 0.05 per evaluation), started 4σ off the minimum with a covariance 5x too wide and
+    uncorrelated: the centre ends within 0.3σ of the minimum (Mahalanobis distance) and the
+    covariance's eigenvalues relative to the true one lie in [0.7, 1.4]. The best of the random
+    draws alone (no Newton step) would end ~1σ off in 7 dimensions."""
+    from mulens_sbi.inference.exact import quadratic_refine
+
+    rng = np.random.default_rng(5)
+    p = 7
+    m = rng.standard_normal((p, p))
+    q, _ = np.linalg.qr(m)
+    true_cov = q @ np.diag(np.geomspace(0.05, 20.0, p)) @ q.T
+    prec = np.linalg.inv(true_cov)
+    z_star = rng.standard_normal(p)
+    noise = np.random.default_rng(6)
+
+    def chi2_fn(zz):
+        d = zz - z_star
+        return 1000.0 + np.einsum("ni,ij,nj->n", d, prec, d) + 0.05 * noise.standard_normal(len(zz))
+
+    direction = rng.standard_normal(p)
+    direction /= np.sqrt(direction @ prec @ direction)
+    z0 = z_star + 4.0 * direction
+    cov0 = np.diag(np.diag(true_cov)) * 5.0
+    z, c, cov = quadratic_refine(chi2_fn, z0, float(chi2_fn(z0[None])[0]), cov0, np.random.default_rng(7))
+    d = z - z_star
+    assert d @ prec @ d < 0.3**2
+    assert c < 1000.0 + 0.3**2 + 0.3
+    ev = np.linalg.eigvals(prec @ cov).real
+    assert np.all((ev > 0.7) & (ev < 1.4)), ev
