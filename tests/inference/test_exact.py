@@ -470,3 +470,45 @@ def test_quadratic_refine_moves_the_centre_to_the_minimum_and_learns_the_covaria
     assert c < 1000.0 + 0.3**2 + 0.3
     ev = np.linalg.eigvals(prec @ cov).real
     assert np.all((ev > 0.7) & (ev < 1.4)), ev
+
+
+def test_a_forced_finite_source_fit_replaces_its_point_source_mode(monkeypatch):
+    """Bookkeeping of the finite-source step when no point source fits (best χ² beyond dof +
+    5·√(2 dof)): the ρ grid says "point source" at both modes, the forced fits from them gain 25
+    and 3; the first point-source mode is replaced by its finite-source fit (on OGLE-2016-BLG-1195
+    the shadow, Δχ² 25 worse, kept 78% of the posterior weight), the second stays. The
+    finite-source likelihood is replaced by stubs here; the fits themselves are tested above."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import mulens_sbi.inference.exact as exact
+    from mulens_sbi.inference.localfit import FitBatch, to_z
+
+    names = BINARY + ("rho",)
+    n_pts = 1000
+    packed = SimpleNamespace(weight=np.ones(n_pts))
+    dof = n_pts - len(BINARY) - 2
+    bad = dof + 10.0 * math.sqrt(2.0 * dof)
+    modes = [_mode_at(TRUTH), _mode_at(dict(TRUTH, s=S * 1.3))]
+    modes[0].chi2, modes[1].chi2 = bad, bad + 5.0
+    gains = {round(modes[0].params["s"], 9): 25.0, round(modes[1].params["s"], 9): 3.0}
+
+    def fs_chi2(_, z, __):
+        return np.full(len(z), 1e9)  # the ρ grid at the point-source optima: far worse
+
+    def lm_fd(_, starts, names_, **__):
+        z = to_z(starts, names_)
+        chi2 = np.array([min(m.chi2 for m in modes if abs(m.params["s"] - s) < 1e-9)
+                         - gains[round(s, 9)] for s in starts["s"]])
+        return FitBatch(names=tuple(names_), z=z, chi2=chi2, chi2_start=chi2, iterations=1,
+                        converged=np.ones(len(chi2), bool), fixed={})
+
+    monkeypatch.setattr(exact, "_fs_chi2", fs_chi2)
+    monkeypatch.setattr(exact, "levenberg_marquardt_fd", lm_fd)
+    monkeypatch.setattr(exact, "_fd_covariances",
+                        lambda _, z, __: [(np.eye(len(names)) * 1e-6, True)] * len(z))
+    monkeypatch.setattr(exact, "_quadratic_covariance", lambda _, m, __: dataclasses.replace(m, finite=True))
+    out, notes = exact._finite_source(packed, modes, ExactSettings(), {}, False)
+    assert [m.finite for m in out] == [True, False]
+    assert out[0].chi2 == pytest.approx(bad - 25.0) and out[1] is modes[1]
+    assert any("replaced by their finite-source fits" in n for n in notes)
