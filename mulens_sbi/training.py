@@ -350,15 +350,7 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     val = BinnedSimulator(va, settings.preprocess).rows(np.arange(tc.val_size),
                                                        np.random.default_rng([tc.seed, 7]))
     config = NPEConfig(flow=settings.flow, embedding=settings.embedding)
-    # wall time accumulated over sessions
-    acc_path = ckdir / "wall_time.json"
-    acc = json.loads(acc_path.read_text()) if acc_path.exists() else {"train_wall_s": 0.0, "sessions": 0}
-    start = time.perf_counter()
-
-    def on_step(step, loss):
-        if settings.max_minutes and time.perf_counter() - start > 60 * settings.max_minutes:
-            raise _TimeUp
-
+    acc = _wall_time(ckdir)
     provenance = {
         "survey": spec.name,
         "simulation": {"folder": str(settings.data), "seed": manifest.get("seed"), "n": manifest.get("n"),
@@ -376,35 +368,64 @@ def run_training(settings: TrainSettings, log=print) -> dict[str, Any]:
     if settings.stop:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
                                   init_post)
-    finished = True
+    on_exit = None
     if plan is not None:
         sim = StreamingSampler(sim, settings.preprocess, plan)
         log(f"batches drawn on the device ({jax.devices()[0].device_kind}); streaming {plan.rows} prior and "
             f"{plan.enrich_rows} enrichment light curves from {plan.workers} worker processes")
-    try:
-        res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
-                        resume=not settings.overwrite, overwrite=settings.overwrite,
-                        progress=settings.progress, provenance=provenance, on_step=on_step,
-                        init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
-    except _TimeUp:
-        finished = False
-    finally:
-        if plan is not None:
+
+        def on_exit():
             sim.close()
             s_ = sim.stats
             log(f"streamed {s_['rows_added']} prior rows ({s_['shards_added']} shards) and "
                 f"{s_['enrich_rows_added']} enrichment rows ({s_['enrich_shards_added']} shards); "
                 f"{s_['shards_not_added']} shards not finished in time")
-    session = time.perf_counter() - start
-    acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
-    acc_path.write_text(json.dumps(acc))
-    if not finished:
+
+    res, session, acc = _train_session(settings, space, config, sim, val, ckdir, provenance, init_post,
+                                       data_info, acc, on_exit)
+    if res is None:
         log(f"stopped after {session / 60:.1f} min (max_minutes); run the same command again to resume")
         return {"finished": False, "session_s": session}
     extra: dict[str, Any] = {"prebin_s_last_session": t_prep}
     if plan is not None:
         extra["stream_last_session"] = sim.stats
     return _save_trained(settings, res, acc, extra, int(n - tc.val_size), log)
+
+
+def _wall_time(ckdir: Path) -> dict:
+    """Training wall time accumulated over the sessions of a checkpoint folder (``wall_time.json``)."""
+    path = ckdir / "wall_time.json"
+    return json.loads(path.read_text()) if path.exists() else {"train_wall_s": 0.0, "sessions": 0}
+
+
+def _train_session(settings: TrainSettings, space, config, sim, val, ckdir: Path, provenance: dict, init_post,
+                   data_info, acc: dict, on_exit=None) -> tuple[Any, float, dict]:
+    """One training session, stopped cleanly after ``settings.max_minutes`` (0: no limit).
+
+    Returns the training result (None when the time ran out: the checkpoint resumes), the session's
+    wall time in seconds, and the accumulated wall time ``acc`` plus this session, written to
+    ``ckdir/wall_time.json``. ``on_exit`` runs however the session ends (e.g. closing a stream)."""
+    start = time.perf_counter()
+
+    def on_step(step, loss):
+        if settings.max_minutes and time.perf_counter() - start > 60 * settings.max_minutes:
+            raise _TimeUp
+
+    res = None
+    try:
+        res = npe_train(space, config, settings.train, simulate=sim, validation_data=val,
+                        checkpoint_dir=ckdir, resume=not settings.overwrite, overwrite=settings.overwrite,
+                        progress=settings.progress, provenance=provenance, on_step=on_step,
+                        init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
+    except _TimeUp:
+        pass
+    finally:
+        if on_exit is not None:
+            on_exit()
+    session = time.perf_counter() - start
+    acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
+    (ckdir / "wall_time.json").write_text(json.dumps(acc))
+    return res, session, acc
 
 
 def _save_trained(settings: TrainSettings, res, acc: dict, extra: dict[str, Any], n_train_rows: int,
@@ -473,33 +494,17 @@ def _run_simulated(settings: TrainSettings, log) -> dict[str, Any]:
         "hardware": _hardware(), "code_commit": code_commit(), "enrichment": data_info,
     }
     val = (theta_val, x_val)
-    acc_path = ckdir / "wall_time.json"
-    acc = json.loads(acc_path.read_text()) if acc_path.exists() else {"train_wall_s": 0.0, "sessions": 0}
+    acc = _wall_time(ckdir)
     if settings.stop:
         return _export_checkpoint(settings, space, config, tc, val, ckdir, provenance, acc, t_prep, log,
                                   init_post)
-    start = time.perf_counter()
-
-    def on_step(step, loss):
-        if settings.max_minutes and time.perf_counter() - start > 60 * settings.max_minutes:
-            raise _TimeUp
-
-    finished = True
-    try:
-        res = npe_train(space, config, tc, simulate=sim, validation_data=val, checkpoint_dir=ckdir,
-                        resume=not settings.overwrite, overwrite=settings.overwrite,
-                        progress=settings.progress, provenance=provenance, on_step=on_step,
-                        init_from=init_post, data_info=data_info, budget_s=60.0 * settings.budget_minutes)
-    except _TimeUp:
-        finished = False
-    session = time.perf_counter() - start
-    acc = {"train_wall_s": acc["train_wall_s"] + session, "sessions": acc["sessions"] + 1}
-    acc_path.write_text(json.dumps(acc))
+    res, session, acc = _train_session(settings, space, config, sim, val, ckdir, provenance, init_post,
+                                       data_info, acc)
     diag = sim.diagnostics()
     log(f"simulated {diag['rows']:.0f} light curves on the device this session ({diag['rows'] / session:.0f} "
         f"per second with training); class rows {diag['in_class_prior']:.0f} prior + "
         f"{diag['in_class_candidates']:.0f} enrichment, slot overflow {diag['overflow']:.0f}")
-    if not finished:
+    if res is None:
         log(f"stopped after {session / 60:.1f} min (max_minutes); run the same command again to resume")
         return {"finished": False, "session_s": session, "ondevice": diag}
     extra = {"validation_set_s": t_prep, "ondevice_last_session": diag,
