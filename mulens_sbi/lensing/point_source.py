@@ -438,14 +438,19 @@ def _resolve_uncertified(zeta: Array, s: Array, q: Array, mag: Array, ok: Array,
     return (mag, ok, roots) if n_img is None else (mag, ok, roots, n_img)
 
 
-def _trajectory_solve(zeta: Array, s: Array, q: Array, want_roots: bool) -> tuple:
+def _trajectory_solve(zeta: Array, s: Array, q: Array, want_roots: bool, want_images: bool = False) -> tuple:
+    """Segments (M, L) solved and their uncertified points re-solved: ``(mag, ok)`` (M, L), plus the
+    roots (M, L, 5) with ``want_roots`` or else the image counts (M, L) with ``want_images``."""
     m, seg = zeta.shape
-    res = _segment_scan(zeta, s, q, want_roots)
+    res = _segment_scan(zeta, s, q, want_roots, want_images)
     flat = (zeta.reshape(-1), jnp.repeat(s, seg), jnp.repeat(q, seg))
     roots = res[2].reshape(m * seg, 5) if want_roots else None
-    mag, ok, roots = _resolve_uncertified(*flat, res[0].reshape(-1), res[1].reshape(-1), roots)
-    mag, ok = mag.reshape(m, seg), ok.reshape(m, seg)
-    return (mag, ok, roots.reshape(m, seg, 5)) if want_roots else (mag, ok)
+    n_img = res[2].reshape(-1) if want_images and not want_roots else None
+    out = _resolve_uncertified(*flat, res[0].reshape(-1), res[1].reshape(-1), roots, n_img)
+    mag, ok = out[0].reshape(m, seg), out[1].reshape(m, seg)
+    if want_roots:
+        return mag, ok, out[2].reshape(m, seg, 5)
+    return (mag, ok, out[3].reshape(m, seg)) if want_images else (mag, ok)
 
 
 def trajectory_roots(zeta: Array, s: Array, q: Array, segment: int | None = None
@@ -522,11 +527,7 @@ def magnification_trajectory_images(
     x, q_row = _lighter_companion(x, q[:, None])
     q = q_row[:, 0]
     zeta = to_solver_frame(x, y, s[:, None], q[:, None])
-    zs, ss, qs = _to_segments(zeta, s, q, segment)
-    m, seg = zs.shape
-    mag, ok, n_img = _segment_scan(zs, ss, qs, want_roots=False, want_images=True)
-    mag, ok, _, n_img = _resolve_uncertified(zs.reshape(-1), jnp.repeat(ss, seg), jnp.repeat(qs, seg),
-                                             mag.reshape(-1), ok.reshape(-1), None, n_img.reshape(-1))
+    mag, ok, n_img = _trajectory_solve(*_to_segments(zeta, s, q, segment), want_roots=False, want_images=True)
     cut = lambda a: a.reshape(b, -1)[:, :n]  # noqa: E731
     mag, ok, n_img = cut(mag), cut(ok), cut(n_img)
     far = x * x + y * y > (FAR_BASE + FAR_PER_S * s[:, None]) ** 2
