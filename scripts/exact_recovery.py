@@ -1,7 +1,7 @@
 """Exact-stage recovery on held-out Roman events simulated by VBMicrolensing (a test-only reference).
 
     python scripts/exact_recovery.py --n 30 --out exact_recovery.json [--seed 0]
-        [--classes caustic,anomaly,prior]
+        [--classes caustic,anomaly,prior] [--events 0,3,6]
 
 Each event: Roman cadence, window and noise from ``simulators/roman.toml`` (``mulens_sbi.survey``),
 lens and source parameters from the Roman prior with a **finite source** (rho log-uniform on
@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--classes", default="caustic,anomaly,prior")
+    ap.add_argument("--events", default="",
+                    help="comma-separated event indices to run instead of 0..n-1 (e.g. 0,3,6,9)")
     ap.add_argument("--out", default="exact_recovery.json")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--refine", default="auto", choices=("auto", "exact"),
@@ -175,7 +177,11 @@ def main(argv=None) -> int:
     survey = Survey.load("roman")
     vbm = _vbm()
     kinds = args.classes.split(",")
-    for i in range(len(rows), args.n):
+    wanted = [int(x) for x in args.events.split(",") if x.strip()] if args.events else list(range(args.n))
+    done = {r["i"] for r in rows}
+    for i in wanted:
+        if i in done:
+            continue
         kind = kinds[i % len(kinds)]
         rng = np.random.default_rng([args.seed, i])
         p, t, flux, sigma, chi2_truth, d_single = draw_event(rng, survey, kind, vbm)

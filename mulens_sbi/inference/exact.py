@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import jax.numpy as jnp
@@ -39,6 +39,7 @@ from jax.scipy.special import gammaln
 
 from mulens_sbi.event import Event
 from mulens_sbi.inference.broad import PointLensMap, ProposalMixture
+from mulens_sbi.inference.ensemble import ensemble_law
 from mulens_sbi.inference.localfit import (
     LOG_NAMES,
     fd_hessian,
@@ -72,7 +73,7 @@ LM_CHUNK = 16
 LM_BATCH = {"chunk": LM_CHUNK, "fixed_chunk": True}
 
 __all__ = ["ExactSettings", "Mode", "ModeSearch", "MixtureProposal", "anomaly_residual_check",
-           "exact_proposal", "find_modes", "quadratic_refine"]
+           "exact_proposal", "find_modes"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class ExactSettings:
         max_iter: Levenberg–Marquardt steps per fit.
         finite_iter: steps of a finite-source fit (forward-difference Jacobian, ~1 s a step).
         max_finite: at most this many modes get a finite-source fit (the best by the rho grid).
+        finite_walkers, finite_steps: the ensemble MCMC that gives a finite-source mode its
+            importance-sampling law (``finite_walkers · finite_steps`` finite-source evaluations
+            per mode, the first half burn-in; a mirror image reuses its twin's).
         finite_draws: importance-sampling draws per round when a mode is finite-source.
         target_ess: after the population Monte Carlo rounds, more batches of draws from the best
             round's mixture until the effective sample size reaches this (> 0) ...
@@ -93,7 +97,8 @@ class ExactSettings:
         flow_share: share of the proposal drawn from the flow, when its density is given and the
             modes are point-source (:func:`mulens_sbi.fit.exact_posterior`).
         adapt_rounds: at most this many population Monte Carlo rounds
-            (:meth:`MixtureProposal.adapt`) while the efficiency is below 10%.
+            (:meth:`MixtureProposal.adapt`) while the efficiency is below 10% (point-source
+            mixtures only: a finite-source mode's law comes from its ensemble chain).
         hops: rounds of basin hopping (a cloud of candidates around the two best fits so far, the
             best 16 refitted).
         seed: seed of the hops' clouds.
@@ -144,10 +149,12 @@ class ExactSettings:
     accept_chi2_dof: float = 2.0
     finite_iter: int = 30
     max_finite: int = 3
+    finite_walkers: int = 24
+    finite_steps: int = 240
     finite_draws: int = 1000
     target_ess: float = 300.0
     max_draws: int = 40000
-    finite_max_draws: int = 3000
+    finite_max_draws: int = 4000
     adapt_rounds: int = 2
     flow_share: float = 0.2
     hops: int = 2
@@ -182,6 +189,9 @@ class ExactSettings:
             "first_iter": (self.first_iter >= 1, ">= 1"),
             "finite_iter": (self.finite_iter >= 1, ">= 1"),
             "max_finite": (self.max_finite >= 1, ">= 1"),
+            "finite_walkers": (self.finite_walkers >= 16 and self.finite_walkers % 2 == 0,
+                               "even and >= 16 (2P + 2 for the 7 finite-source parameters)"),
+            "finite_steps": (self.finite_steps >= 4, ">= 4"),
             "finite_draws": (self.finite_draws >= 2, ">= 2"),
             "target_ess": (self.target_ess > 0, "> 0"),
             "max_draws": (self.max_draws >= 2, ">= 2"),
@@ -224,10 +234,13 @@ class Mode:
     Attributes:
         params: physical parameters (alpha in degrees), floats.
         chi2: χ² at the optimum; ``names``: its free parameters (sampling space order).
-        z: (P,) sampling-space optimum; ``cov``: (P, P) Gauss–Newton covariance ``(JᵀJ)⁻¹``.
+        z: (P,) sampling-space optimum; ``cov``: (P, P) Gauss–Newton covariance ``(JᵀJ)⁻¹`` (a
+            finite-source mode: its ensemble MCMC's covariance).
         n_starts: local fits that ended here; ``origin``: how it was found (``anomaly``,
             ``grid``, ``flow``, ``reflection``, ``partner``).
         finite: rho is a free parameter of this mode.
+        law_z: centre of the mode's importance-sampling law when it is not the optimum ``z`` (a
+            finite-source mode: the mean of its ensemble MCMC, whose covariance is then ``cov``).
     """
 
     params: dict
@@ -238,6 +251,7 @@ class Mode:
     n_starts: int = 1
     origin: str = "search"
     finite: bool = False
+    law_z: np.ndarray | None = None
 
     def to_dict(self) -> dict:
         sd = np.sqrt(np.clip(np.diag(self.cov), 0, None))
@@ -416,7 +430,7 @@ def _covariances(packed, z, names, chunk: int = LM_CHUNK):
 
 def _fd_covariances(packed, z, names):
     """Gauss–Newton covariances of finite-source optima (forward-difference Jacobian); the modes
-    kept get theirs from χ² itself (:func:`_quadratic_covariance`)."""
+    kept get theirs from an ensemble MCMC (:func:`_ensemble_modes`)."""
     return [_invert(h) for h in fd_hessian(packed, z, names, rows=FD_ROWS)]
 
 
@@ -651,14 +665,11 @@ def find_modes(
     # ---- reflections (same light curve: a separate, equally good mode)
     refl = []
     for m in modes:
-        z = m.z.copy()
-        iu, ia = m.names.index("u_0"), m.names.index("alpha")
-        z[iu], z[ia] = -z[iu], (-z[ia]) % 360.0
-        jac = np.eye(len(z))
-        jac[iu, iu] = jac[ia, ia] = -1.0
+        z, cov = _mirror(m.z, m.cov, m.names)
         params = dict(m.params, u_0=-m.params["u_0"], alpha=float((-m.params["alpha"]) % 360.0))
-        refl.append(Mode(params=params, chi2=m.chi2, names=m.names, z=z, cov=jac @ m.cov @ jac,
-                         n_starts=0, origin="reflection", finite=m.finite))
+        law_z = None if m.law_z is None else _mirror(m.law_z, m.cov, m.names)[0]
+        refl.append(Mode(params=params, chi2=m.chi2, names=m.names, z=z, cov=cov, n_starts=0,
+                         origin="reflection", finite=m.finite, law_z=law_z))
     modes = sorted(modes + refl, key=lambda m: m.chi2)
     check = anomaly_residual_check(packed, single, modes[0], z_max=st.check_z)
     if check is not None and check["flag"]:
@@ -778,86 +789,94 @@ def _with_rho(params: Mapping, rho: np.ndarray, names: tuple) -> np.ndarray:
     return to_z(full, names)
 
 
-def quadratic_refine(chi2_fn: Callable[[np.ndarray], np.ndarray], z: np.ndarray, chi2: float, cov: np.ndarray,
-                     rng: np.random.Generator, n: int = 96, rounds: int = 4,
-                     max_step: float = 3.0) -> tuple[np.ndarray, float, np.ndarray]:
-    """Centre and covariance of a mode from χ² itself, for a χ² whose derivatives are noisy.
+def _z_box(names: tuple, bounds: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of the fit's variables (log of the LOG_NAMES) from a physical box."""
+    lo = np.full(len(names), -np.inf)
+    hi = np.full(len(names), np.inf)
+    for i, n in enumerate(names):
+        if n in bounds:
+            b0, b1 = bounds[n]
+            lo[i], hi[i] = (math.log(b0), math.log(b1)) if n in LOG_NAMES else (b0, b1)
+    return lo, hi
 
-    Each round draws ``n`` Gaussian points from N(z, cov), fits a quadratic
-    ``χ² ≈ c + b·u + uᵀAu`` to their χ² by least squares in the standardized coordinates ``u``
-    (``z + L u``, ``L`` the Cholesky factor of cov), clamps A's eigenvalues to [0.01, 100], and
-    takes as the new covariance ``L A⁻¹ Lᵀ`` (the Gaussian law of exp(−χ²/2)). The quadratic's
-    minimum ``u* = −A⁻¹b/2`` (at most ``max_step`` in norm) is evaluated too: it, or the best draw,
-    becomes the centre where its χ² is lower (a Newton step on the fitted surface). Stops when
-    every eigenvalue is within [0.5, 2] and the predicted gain ``bᵀA⁻¹b/4`` is below 1 (the law
-    matches the surface and the centre is its minimum), or after ``rounds`` rounds.
 
-    Args:
-        chi2_fn: (M, P) points in the fit's variables → (M,) χ² (non-finite where not computable).
-        z, chi2, cov: the starting centre (P,), its χ², and a (P, P) covariance.
-        rng: random draws.
+def _mirror(z: np.ndarray, cov: np.ndarray, names: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The mirror image (u_0, alpha) → (−u_0, −alpha) of a point and its covariance: the same light
+    curve (the trajectory reflected about the binary axis)."""
+    iu, ia = names.index("u_0"), names.index("alpha")
+    z = np.array(z, dtype=float)
+    z[..., iu], z[..., ia] = -z[..., iu], (-z[..., ia]) % 360.0
+    jac = np.eye(len(names))
+    jac[iu, iu] = jac[ia, ia] = -1.0
+    return z, jac @ cov @ jac
 
-    Returns:
-        (z, χ², cov) after the rounds.
-    """
-    z = np.asarray(z, dtype=float).copy()
-    p = z.size
-    iu = np.triu_indices(p)
-    for _ in range(rounds):
+
+def _ensemble_modes(packed, modes: list[Mode], st: ExactSettings, bounds: Mapping, progress: bool
+                    ) -> tuple[list[Mode], list[str]]:
+    """Finite-source modes with their law from a short ensemble MCMC (:func:`ensemble_law`).
+
+    The chain runs on exp(−χ²/2) inside the search's box (the priors of s, q, t_E and rho are
+    log-uniform, i.e. flat in the fit's variables) from the mode's Gauss–Newton law. The mode's
+    importance-sampling law becomes the chain's mean and covariance (``Mode.law_z``,
+    ``Mode.cov``) and its optimum the best point visited where that beats the local fit (the
+    forward-difference fit can stop short: OGLE-2003-BLG-235 ended at χ² 1649.0, 8 above the
+    basin's optimum). A mode whose mirror image already has a chain gets the mirrored law. Modes
+    more than ``keep_delta_chi2`` above the best keep their Gauss–Newton law."""
+    names = BINARY + ("rho",)
+    lo, hi = _z_box(names, bounds)
+    ia = names.index("alpha")
+
+    def log_prob(z: np.ndarray) -> np.ndarray:
+        inside = np.all((z >= lo) & (z <= hi), axis=1)
+        out = np.full(z.shape[0], -np.inf)
+        if inside.any():
+            zz = z[inside].copy()
+            zz[:, ia] %= 360.0
+            out[inside] = -0.5 * _fs_chi2(packed, zz, names)
+        return out
+
+    best = min(m.chi2 for m in modes)
+    done: list[tuple[Mode, Mode]] = []  # (mode as it came, mode with its law)
+    out, notes = [], []
+    for i, m in enumerate(modes):
+        twin = None
+        for orig, new in done:
+            zm, _ = _mirror(orig.z, orig.cov, names)
+            d = m.z - zm
+            d[ia] = (d[ia] + 180.0) % 360.0 - 180.0
+            prec = np.linalg.pinv(orig.cov)
+            if float(d @ prec @ d) < st.merge_sigma**2:
+                twin = new
+                break
+        if twin is not None:
+            z, _ = _mirror(twin.z, twin.cov, names)
+            law_z, cov = _mirror(twin.law_z, twin.cov, names)
+            phys = {k: float(v[0]) for k, v in to_physical(z[None], names).items()}
+            out.append(Mode(params=phys, chi2=twin.chi2, names=names, z=z, cov=cov, n_starts=m.n_starts,
+                            origin=m.origin, finite=True, law_z=law_z))
+            continue
+        if m.chi2 - best > st.keep_delta_chi2:
+            out.append(m)
+            continue
+        law = ensemble_law(log_prob, m.z, m.cov, walkers=st.finite_walkers, steps=st.finite_steps,
+                           seed=st.seed + i, periodic={ia: 360.0}, progress=progress)
+        z, chi2 = m.z, m.chi2
+        if -2.0 * law.best_log_prob < m.chi2:
+            z, chi2 = law.best_z, -2.0 * law.best_log_prob
         try:
-            chol = np.linalg.cholesky(cov)
+            np.linalg.cholesky(law.cov)
+            cov = law.cov
         except np.linalg.LinAlgError:
-            break
-        u = rng.standard_normal((n, p))
-        zz = z + u @ chol.T
-        c = np.asarray(chi2_fn(zz), dtype=float)
-        good = np.isfinite(c)
-        if good.sum() < len(iu[0]) + p + 8:
-            break
-        quad = np.stack([u[:, i] * u[:, j] * (1.0 if i == j else 2.0) for i, j in zip(*iu, strict=True)],
-                        axis=1)
-        x = np.concatenate([np.ones((n, 1)), u, quad], axis=1)[good]
-        coef = np.linalg.lstsq(x, c[good], rcond=None)[0]
-        b = coef[1:1 + p]
-        a = np.zeros((p, p))
-        a[iu] = coef[1 + p:]
-        a = a + a.T - np.diag(np.diag(a))
-        e, v = np.linalg.eigh(a)
-        ec = np.clip(e, 0.01, 100.0)
-        cov = chol @ (v / ec) @ v.T @ chol.T
-        cov = 0.5 * (cov + cov.T)
-        a_inv_b = v @ ((v.T @ b) / ec)
-        gain = 0.25 * float(b @ a_inv_b)
-        step = -0.5 * a_inv_b
-        norm = float(np.linalg.norm(step))
-        if norm > max_step:
-            step *= max_step / norm
-        z_new = z + chol @ step
-        c_new = float(np.asarray(chi2_fn(z_new[None]), dtype=float)[0])
-        j = int(np.argmin(np.where(good, c, np.inf)))
-        if np.isfinite(c_new) and c_new < min(chi2, c[j]):
-            z, chi2 = z_new, c_new
-        elif c[j] < chi2:
-            z, chi2 = zz[j].copy(), float(c[j])
-        if np.all((e > 0.5) & (e < 2.0)) and gain < 1.0:
-            break
-    return z, float(chi2), cov
-
-
-def _quadratic_covariance(packed, mode: Mode, rng: np.random.Generator) -> Mode:
-    """A finite-source mode's centre and covariance from χ² itself (:func:`quadratic_refine`).
-
-    The forward-difference Gauss–Newton matrix of a finite source is dominated by quadrature noise
-    in some directions and misses near-degenerate ones: on a resonant caustic crossing the fitted
-    surface was ~1/30 as curved as the Gauss–Newton law in two directions, and importance sampling
-    of that law had ESS 2 of 160. The forward-difference fit may also stop short of the optimum
-    (OGLE-2003-BLG-235: χ² 1649.0 after 30 steps, 1640.8 at the optimum), and a law centred
-    4σ off has ESS of a few: the Newton steps on the fitted surface move the centre there."""
-    names = mode.names
-    z, chi2, cov = quadratic_refine(lambda zz: _fs_chi2(packed, zz, names), mode.z, mode.chi2, mode.cov, rng)
-    phys = {k: float(v[0]) for k, v in to_physical(z[None], names).items()}
-    return Mode(params=phys, chi2=chi2, names=names, z=z, cov=cov, n_starts=mode.n_starts, origin=mode.origin,
-                finite=True)
+            cov = m.cov
+        phys = {k: float(v[0]) for k, v in to_physical(z[None], names).items()}
+        new = Mode(params=phys, chi2=float(chi2), names=names, z=z, cov=cov, n_starts=m.n_starts,
+                   origin=m.origin, finite=True, law_z=law.mean)
+        done.append((m, new))
+        out.append(new)
+        notes.append(f"finite-source mode at chi2 {m.chi2:.1f}: ensemble MCMC ({st.finite_walkers} walkers x "
+                     f"{st.finite_steps} steps, acceptance {law.acceptance:.2f}, autocorrelation "
+                     f"{np.nanmax(law.tau):.0f} steps) gives its law; best point chi2 {chi2:.1f}")
+    return out, notes
 
 
 def _valley(packed, start: Mapping, rho: float, st: ExactSettings, bounds) -> tuple[np.ndarray, np.ndarray]:
@@ -999,8 +1018,9 @@ def _finite_source(packed, modes: list[Mode], st: ExactSettings, bounds, progres
         if keep:  # finite-source optima merged among themselves as the point-source ones are
             merged = _merge(res.z[keep], res.chi2[keep], [covs[r] for r in keep], list(names), st.merge_sigma,
                             origin, np.asarray(counts))
-            rng = np.random.default_rng(st.seed)
-            out += [_quadratic_covariance(packed, m, rng) for m in merged]
+            merged, enotes = _ensemble_modes(packed, merged, st, bounds, progress)
+            out += merged
+            notes += enotes
         if superseded:
             # the forced fit of a point-source mode improved χ² by more than rho_delta_chi2: that
             # mode is the finite-source mode's point-source shadow (OGLE-2016-BLG-1195: Δχ² 25
@@ -1158,7 +1178,8 @@ def exact_proposal(search: ModeSearch, settings: ExactSettings | None = None, s_
     names = BINARY + (("rho",) if finite else ())
     means, covs, logz = [], [], []
     for m in modes:
-        mu = np.array([m.z[m.names.index(k)] if k in m.names else math.log(1e-4) for k in names])
+        centre = m.z if m.law_z is None else m.law_z
+        mu = np.array([centre[m.names.index(k)] if k in m.names else math.log(1e-4) for k in names])
         c = np.zeros((len(names), len(names)))
         c[: len(m.names), : len(m.names)] = m.cov
         if len(m.names) < len(names):

@@ -439,37 +439,54 @@ def test_anomaly_check_flags_a_mode_that_misses_the_anomaly(crossing):
     assert not res["flag"], res
 
 
-def test_quadratic_refine_moves_the_centre_to_the_minimum_and_learns_the_covariance():
-    """On a 7-D quadratic χ² with correlated curvature (condition number ~400) and quadrature-like
-    noise (σ 0.05 per evaluation), started 4σ off the minimum with a covariance 5x too wide and
-    uncorrelated: the centre ends within 0.3σ of the minimum (Mahalanobis distance) and the
-    covariance's eigenvalues relative to the true one lie in [0.7, 1.4]. The best of the random
-    draws alone (no Newton step) would end ~1σ off in 7 dimensions."""
-    from mulens_sbi.inference.exact import quadratic_refine
+def test_finite_source_modes_get_their_law_from_an_ensemble_chain_and_mirrors_share_it(monkeypatch):
+    """:func:`exact._ensemble_modes` on a stubbed finite-source χ²: a 7-D quadratic (condition
+    number ~400, minimum 1000) that is mirror-symmetric in (u_0, alpha) as a light curve is. The
+    mode comes from a fit that stopped 3σ short, with a Gauss–Newton law 10x too narrow; its mirror
+    image is the second mode. The first gets the chain's law (centre within 0.4σ of the minimum,
+    covariance eigenvalues relative to the truth's within [0.6, 1.6]) and a better optimum; the
+    mirror gets the mirrored law without a chain of its own."""
+    import mulens_sbi.inference.exact as exact
 
+    names = BINARY + ("rho",)
+    p = len(names)
     rng = np.random.default_rng(5)
-    p = 7
-    m = rng.standard_normal((p, p))
-    q, _ = np.linalg.qr(m)
-    true_cov = q @ np.diag(np.geomspace(0.05, 20.0, p)) @ q.T
+    q, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    scales = np.array([0.01, 0.003, 0.02, 0.003, 0.06, 0.8, 0.1])
+    true_cov = (q @ np.diag(np.geomspace(0.05, 20.0, p)) @ q.T) * np.outer(scales, scales)
     prec = np.linalg.inv(true_cov)
-    z_star = rng.standard_normal(p)
-    noise = np.random.default_rng(6)
+    z_star = np.array([2848.0, 0.13, math.log(61.5), math.log(1.12), math.log(0.0039), 43.8,
+                       math.log(9.6e-4)])
+    calls = []
 
-    def chi2_fn(zz):
-        d = zz - z_star
-        return 1000.0 + np.einsum("ni,ij,nj->n", d, prec, d) + 0.05 * noise.standard_normal(len(zz))
+    def fs_chi2(_, z, __):
+        z = np.array(z, dtype=float)
+        neg = z[:, 1] < 0
+        z[neg, 1], z[neg, 5] = -z[neg, 1], (-z[neg, 5]) % 360.0
+        d = z - z_star
+        d[:, 5] = (d[:, 5] + 180.0) % 360.0 - 180.0
+        calls.append(len(z))
+        return 1000.0 + np.einsum("ni,ij,nj->n", d, prec, d)
 
+    monkeypatch.setattr(exact, "_fs_chi2", fs_chi2)
     direction = rng.standard_normal(p)
     direction /= np.sqrt(direction @ prec @ direction)
-    z0 = z_star + 4.0 * direction
-    cov0 = np.diag(np.diag(true_cov)) * 5.0
-    z, c, cov = quadratic_refine(chi2_fn, z0, float(chi2_fn(z0[None])[0]), cov0, np.random.default_rng(7))
-    d = z - z_star
-    assert d @ prec @ d < 0.3**2
-    assert c < 1000.0 + 0.3**2 + 0.3
-    ev = np.linalg.eigvals(prec @ cov).real
-    assert np.all((ev > 0.7) & (ev < 1.4)), ev
+    z0 = z_star + 3.0 * direction
+    c0 = float(fs_chi2(None, z0[None], names)[0])
+    m0 = exact.Mode(params={}, chi2=c0, names=names, z=z0, cov=true_cov / 100.0, finite=True)
+    zm, cm = exact._mirror(z0, m0.cov, names)
+    m1 = exact.Mode(params={}, chi2=c0, names=names, z=zm, cov=cm, finite=True)
+    st = ExactSettings(finite_walkers=24, finite_steps=600)
+    out, notes = exact._ensemble_modes(None, [m0, m1], st, {}, False)
+    d = out[0].law_z - z_star
+    assert d @ prec @ d < 0.4**2, d @ prec @ d
+    ev = np.linalg.eigvals(prec @ out[0].cov).real
+    assert np.all((ev > 0.6) & (ev < 1.6)), ev
+    assert out[0].chi2 < c0 - 5.0 and out[0].params["s"] == pytest.approx(math.exp(out[0].z[3]))
+    assert sum(calls) <= 24 * 600 + 2 * 24  # one chain for the pair
+    assert np.allclose(out[1].law_z, exact._mirror(out[0].law_z, out[0].cov, names)[0])
+    assert out[1].chi2 == out[0].chi2 and out[1].params["u_0"] == pytest.approx(-out[0].params["u_0"])
+    assert len(notes) == 1 and "ensemble MCMC" in notes[0]
 
 
 def test_a_forced_finite_source_fit_replaces_its_point_source_mode(monkeypatch):
@@ -507,7 +524,8 @@ def test_a_forced_finite_source_fit_replaces_its_point_source_mode(monkeypatch):
     monkeypatch.setattr(exact, "levenberg_marquardt_fd", lm_fd)
     monkeypatch.setattr(exact, "_fd_covariances",
                         lambda _, z, __: [(np.eye(len(names)) * 1e-6, True)] * len(z))
-    monkeypatch.setattr(exact, "_quadratic_covariance", lambda _, m, __: dataclasses.replace(m, finite=True))
+    monkeypatch.setattr(exact, "_ensemble_modes",
+                        lambda _, ms, *__: ([dataclasses.replace(m, finite=True) for m in ms], []))
     out, notes = exact._finite_source(packed, modes, ExactSettings(), {}, False)
     assert [m.finite for m in out] == [True, False]
     assert out[0].chi2 == pytest.approx(bad - 25.0) and out[1] is modes[1]
