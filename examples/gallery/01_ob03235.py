@@ -10,7 +10,8 @@ the exact stage (``fit(event, "kmtnet", refine="exact")``), writes the fit's fil
 (t_0, u_0, t_E, s, q, alpha, rho) with the χ² of our best mode and of the published solution, both
 with our exact likelihood on the same data.
 
-``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, no
+``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, a
+short ensemble chain (16 walkers x 80 steps) per finite-source mode, no
 figures. ``--published-only``: no fit, only the χ² at the published solution (about a minute of
 compilation on 2 cores).
 """

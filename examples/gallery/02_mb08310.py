@@ -11,7 +11,8 @@ published planetary model's alpha is not in this gallery (see README.md), so onl
 single-lens, finite-source part is evaluated with our exact likelihood: the reference the planet
 improves on (Δχ² ≈ 880 in the paper, on its own error bars).
 
-``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, no
+``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, a
+short ensemble chain (16 walkers x 80 steps) per finite-source mode, no
 figures. ``--published-only``: no fit, only the χ² at the published values.
 """
 

@@ -11,7 +11,8 @@ the exact stage (``fit(event, "kmtnet", refine="exact")``), writes the fit's fil
 solution, whose parallax (measured with Spitzer, not used here) is dropped: its static part is
 evaluated with our exact likelihood.
 
-``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, no
+``--quick``: 1024 flow samples, 12 local-fit starts, no basin hopping, a 120 s search budget, a
+short ensemble chain (16 walkers x 80 steps) per finite-source mode, no
 figures. ``--published-only``: no fit, only the χ² at the published solution.
 """
 

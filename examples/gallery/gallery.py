@@ -188,8 +188,8 @@ def fit_event(key: str, args: argparse.Namespace):
     from mulens_sbi.inference.exact import ExactSettings
 
     if args.quick:
-        exact = ExactSettings(n_starts=12, hops=0, max_finite=1, finite_draws=256,
-                              time_budget_s=args.time_budget or 120.0, seed=args.seed)
+        exact = ExactSettings(n_starts=12, hops=0, max_finite=1, finite_draws=256, finite_walkers=16,
+                              finite_steps=80, time_budget_s=args.time_budget or 120.0, seed=args.seed)
     else:
         exact = ExactSettings(time_budget_s=args.time_budget or 600.0, seed=args.seed)
     settings = FitSettings(n=args.n or (1024 if args.quick else 10_000), refine="exact", seed=args.seed,
