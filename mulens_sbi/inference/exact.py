@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import jax.numpy as jnp
@@ -811,6 +811,30 @@ def _mirror(z: np.ndarray, cov: np.ndarray, names: tuple) -> tuple[np.ndarray, n
     return z, jac @ cov @ jac
 
 
+#: the Gauss–Newton law of a finite-source mode is kept when χ² at ±1 sd along each of its axes rises
+#: by an amount within these bounds (1 for an exact quadratic)
+GN_CHECK = (0.5, 2.0)
+
+
+def _gauss_newton_holds(chi2_fn: Callable[[np.ndarray], np.ndarray], mode: Mode) -> tuple[bool, np.ndarray]:
+    """Does the mode's Gauss–Newton law describe χ² around it? χ² at ±1 sd along each eigenvector of
+    its covariance (2P evaluations) must rise by :data:`GN_CHECK` (1 for a quadratic surface). On
+    OGLE-2003-BLG-235's finite-source optimum it rose by 29–33 along the widest axis and by 0.03–0.11
+    along another (a curved valley): the law fails and the mode gets an ensemble chain. Returns
+    (holds, the 2P rises)."""
+    e, v = np.linalg.eigh(mode.cov)
+    if not np.all(e > 0):
+        return False, np.full(2 * len(e), np.nan)
+    steps = (v * np.sqrt(e)).T  # (P, P) rows: 1 sd along each axis
+    pts = np.concatenate([mode.z + steps, mode.z - steps])
+    if "alpha" in mode.names:
+        j = mode.names.index("alpha")
+        pts[:, j] %= 360.0
+    rise = np.asarray(chi2_fn(pts), dtype=float) - mode.chi2
+    ok = bool(np.all(np.isfinite(rise)) and np.all((rise > GN_CHECK[0]) & (rise < GN_CHECK[1])))
+    return ok, rise
+
+
 def _ensemble_modes(packed, modes: list[Mode], st: ExactSettings, bounds: Mapping, progress: bool
                     ) -> tuple[list[Mode], list[str]]:
     """Finite-source modes with their law from a short ensemble MCMC (:func:`ensemble_law`).
@@ -821,7 +845,8 @@ def _ensemble_modes(packed, modes: list[Mode], st: ExactSettings, bounds: Mappin
     ``Mode.cov``) and its optimum the best point visited where that beats the local fit (the
     forward-difference fit can stop short: OGLE-2003-BLG-235 ended at χ² 1649.0, 8 above the
     basin's optimum). A mode whose mirror image already has a chain gets the mirrored law. Modes
-    more than ``keep_delta_chi2`` above the best keep their Gauss–Newton law."""
+    more than ``keep_delta_chi2`` above the best, and modes whose Gauss–Newton law describes χ²
+    around them (:func:`_gauss_newton_holds`), keep their Gauss–Newton law."""
     names = BINARY + ("rho",)
     lo, hi = _z_box(names, bounds)
     ia = names.index("alpha")
@@ -857,6 +882,12 @@ def _ensemble_modes(packed, modes: list[Mode], st: ExactSettings, bounds: Mappin
             continue
         if m.chi2 - best > st.keep_delta_chi2:
             out.append(m)
+            continue
+        holds, dchi = _gauss_newton_holds(lambda zz: _fs_chi2(packed, zz, names), m)
+        if holds:
+            out.append(m)
+            notes.append(f"finite-source mode at chi2 {m.chi2:.1f}: its Gauss–Newton law holds (chi2 at "
+                         f"±1 sd along its axes rises by {dchi.min():.2f}-{dchi.max():.2f}); no chain")
             continue
         law = ensemble_law(log_prob, m.z, m.cov, walkers=st.finite_walkers, steps=st.finite_steps,
                            seed=st.seed + i, periodic={ia: 360.0}, progress=progress)

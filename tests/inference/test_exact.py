@@ -483,10 +483,51 @@ def test_finite_source_modes_get_their_law_from_an_ensemble_chain_and_mirrors_sh
     ev = np.linalg.eigvals(prec @ out[0].cov).real
     assert np.all((ev > 0.6) & (ev < 1.6)), ev
     assert out[0].chi2 < c0 - 5.0 and out[0].params["s"] == pytest.approx(math.exp(out[0].z[3]))
-    assert sum(calls) <= 24 * 600 + 2 * 24  # one chain for the pair
+    assert sum(calls) <= 24 * 600 + 2 * 24 + 2 * p  # one Gauss–Newton check and one chain for the pair
     assert np.allclose(out[1].law_z, exact._mirror(out[0].law_z, out[0].cov, names)[0])
     assert out[1].chi2 == out[0].chi2 and out[1].params["u_0"] == pytest.approx(-out[0].params["u_0"])
     assert len(notes) == 1 and "ensemble MCMC" in notes[0]
+
+
+def test_a_gauss_newton_law_that_describes_chi2_is_kept_without_a_chain(monkeypatch):
+    """:func:`exact._gauss_newton_holds` on a 7-D quadratic χ²: with the true covariance χ² rises by
+    exactly 1 at ±1 sd along every axis and the law is kept (2P evaluations, no chain); with one
+    axis 3x too wide it rises by 9 there and the law fails; on a quartic valley (χ² = 1000 + u² +
+    u⁴·25 along one axis, as OGLE-2003-BLG-235's widest axis rose 30x faster than its
+    Gauss–Newton law said) it fails too."""
+    import mulens_sbi.inference.exact as exact
+
+    names = BINARY + ("rho",)
+    p = len(names)
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.standard_normal((p, p)))
+    cov = q @ np.diag(np.geomspace(1e-4, 1.0, p)) @ q.T
+    prec = np.linalg.inv(cov)
+    z_star = np.array([2848.0, 0.13, 4.1, 0.11, -5.5, 43.8, -7.0])
+    calls = []
+
+    def quad(z):
+        d = np.atleast_2d(z) - z_star
+        calls.append(len(d))
+        return 1000.0 + np.einsum("ni,ij,nj->n", d, prec, d)
+
+    mode = exact.Mode(params={}, chi2=1000.0, names=names, z=z_star, cov=cov, finite=True)
+    holds, rise = exact._gauss_newton_holds(quad, mode)
+    assert holds and np.allclose(rise, 1.0, atol=1e-6)
+    e, v = np.linalg.eigh(cov)
+    wide = cov + 8.0 * e[0] * np.outer(v[:, 0], v[:, 0])  # axis 0 three times too wide
+    holds, rise = exact._gauss_newton_holds(quad, exact.Mode(params={}, chi2=1000.0, names=names, z=z_star,
+                                                             cov=wide, finite=True))
+    assert not holds and rise.max() == pytest.approx(9.0, rel=1e-6)
+
+    def quartic(z):
+        u = (np.atleast_2d(z) - z_star) @ v[:, 0] / np.sqrt(e[0])
+        return quad(z) + 25.0 * u**4
+    assert not exact._gauss_newton_holds(quartic, mode)[0]
+    calls.clear()
+    monkeypatch.setattr(exact, "_fs_chi2", lambda _, z, __: quad(z))
+    out, notes = exact._ensemble_modes(None, [mode], ExactSettings(), {}, False)
+    assert out == [mode] and sum(calls) == 2 * p and "no chain" in notes[0]
 
 
 def test_a_forced_finite_source_fit_replaces_its_point_source_mode(monkeypatch):
