@@ -96,19 +96,20 @@ def ensemble_law(log_prob: Callable[[np.ndarray], np.ndarray], z0: np.ndarray, c
     n_eval = walkers + int(bad.sum())
     if bad.any():
         lp0[bad] = np.asarray(log_prob(start[bad]), dtype=float)
-    moves = [(emcee.moves.StretchMove(), 0.8), (emcee.moves.DEMove(), 0.2)]
+    def sampler_at(temperature: float) -> emcee.EnsembleSampler:
+        sampler = emcee.EnsembleSampler(
+            walkers, p, lambda z: np.asarray(log_prob(np.atleast_2d(z)), dtype=float) / temperature,
+            vectorize=True, moves=[(emcee.moves.StretchMove(), 0.8), (emcee.moves.DEMove(), 0.2)])
+        sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
+        return sampler
+
     state = emcee.State(start, log_prob=lp0)
     hot = steps // 4 if burn_temperature > 1 else 0
     if hot:
-        warm = emcee.EnsembleSampler(
-            walkers, p, lambda z: np.asarray(log_prob(np.atleast_2d(z)), dtype=float) / burn_temperature,
-            vectorize=True, moves=moves)
-        warm.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
-        last = warm.run_mcmc(emcee.State(start, log_prob=lp0 / burn_temperature), hot, progress=progress)
+        last = sampler_at(burn_temperature).run_mcmc(emcee.State(start, log_prob=lp0 / burn_temperature), hot,
+                                                     progress=progress)
         state = emcee.State(last.coords, log_prob=last.log_prob * burn_temperature)
-    sampler = emcee.EnsembleSampler(walkers, p, lambda z: np.asarray(log_prob(np.atleast_2d(z)), dtype=float),
-                                    vectorize=True, moves=moves)
-    sampler.random_state = np.random.RandomState(int(rng.integers(2**31))).get_state()
+    sampler = sampler_at(1.0)
     sampler.run_mcmc(state, steps - hot, progress=progress)
     n_eval += walkers * steps
     chain = sampler.get_chain()  # (steps - hot, walkers, P)

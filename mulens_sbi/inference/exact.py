@@ -49,6 +49,7 @@ from mulens_sbi.inference.localfit import (
     residuals_in_rows,
     to_physical,
     to_z,
+    z_bounds,
 )
 from mulens_sbi.inference.search import (
     BINARY,
@@ -789,17 +790,6 @@ def _with_rho(params: Mapping, rho: np.ndarray, names: tuple) -> np.ndarray:
     return to_z(full, names)
 
 
-def _z_box(names: tuple, bounds: Mapping) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) of the fit's variables (log of the LOG_NAMES) from a physical box."""
-    lo = np.full(len(names), -np.inf)
-    hi = np.full(len(names), np.inf)
-    for i, n in enumerate(names):
-        if n in bounds:
-            b0, b1 = bounds[n]
-            lo[i], hi[i] = (math.log(b0), math.log(b1)) if n in LOG_NAMES else (b0, b1)
-    return lo, hi
-
-
 def _mirror(z: np.ndarray, cov: np.ndarray, names: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The mirror image (u_0, alpha) → (−u_0, −alpha) of a point and its covariance: the same light
     curve (the trajectory reflected about the binary axis)."""
@@ -848,7 +838,7 @@ def _ensemble_modes(packed, modes: list[Mode], st: ExactSettings, bounds: Mappin
     more than ``keep_delta_chi2`` above the best, and modes whose Gauss–Newton law describes χ²
     around them (:func:`_gauss_newton_holds`), keep their Gauss–Newton law."""
     names = BINARY + ("rho",)
-    lo, hi = _z_box(names, bounds)
+    lo, hi = z_bounds(names, bounds)
     ia = names.index("alpha")
 
     def log_prob(z: np.ndarray) -> np.ndarray:

@@ -68,6 +68,18 @@ def to_physical(z, names: Sequence[str]) -> dict:
     return {k: (xp.exp(z[:, i]) if k in LOG_NAMES else z[:, i]) for i, k in enumerate(names)}
 
 
+def z_bounds(names: Sequence[str], bounds: Mapping | None) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi), each (P,), of the optimization variables from a physical box ``{name: (low, high)}``
+    (the logarithm for :data:`LOG_NAMES`; ±inf where a parameter has no bound)."""
+    lo = np.full(len(names), -np.inf)
+    hi = np.full(len(names), np.inf)
+    for i, n in enumerate(names):
+        if bounds and n in bounds:
+            b0, b1 = bounds[n]
+            lo[i], hi[i] = (math.log(b0), math.log(b1)) if n in LOG_NAMES else (b0, b1)
+    return lo, hi
+
+
 def profile_residuals(a: jax.Array, w: jax.Array, f: jax.Array, oh: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(K, N) flux residuals ``f − F_s·A − F_b``, each dataset's fluxes solved by weighted least
     squares (weights ``w``, (N,) or (K, N)), and (K,) flags of a solvable 2×2 system."""
@@ -238,13 +250,7 @@ def levenberg_marquardt(
     fixed = {k: float(v) for k, v in (fixed or {}).items()}
     z0 = to_z(starts, names)
     k = z0.shape[0]
-    lo = np.full(len(names), -np.inf)
-    hi = np.full(len(names), np.inf)
-    for i, n in enumerate(names):
-        if bounds and n in bounds:
-            b0, b1 = bounds[n]
-            lo[i] = math.log(b0) if n in LOG_NAMES else b0
-            hi[i] = math.log(b1) if n in LOG_NAMES else b1
+    lo, hi = z_bounds(names, bounds)
     lo = np.tile(lo, (k, 1))
     hi = np.tile(hi, (k, 1))
     for n, v in (pin or {}).items():
@@ -349,13 +355,7 @@ def levenberg_marquardt_fd(
     per = max(1, rows // (p + 1))
     z0 = to_z(starts, names)
     k = z0.shape[0]
-    lo = np.full(p, -np.inf)
-    hi = np.full(p, np.inf)
-    for i, n in enumerate(names):
-        if bounds and n in bounds:
-            b0, b1 = bounds[n]
-            lo[i] = math.log(b0) if n in LOG_NAMES else b0
-            hi[i] = math.log(b1) if n in LOG_NAMES else b1
+    lo, hi = z_bounds(names, bounds)
 
     def resid(zz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return residuals_in_rows(packed, zz, names, rows)
