@@ -62,3 +62,8 @@ def test_a_circular_variable_is_unwrapped_around_the_start():
 def test_bad_settings_are_refused_with_their_range():
     with pytest.raises(ValueError, match="walkers=6 is not allowed: even and >= 2P"):
         ensemble_law(_gaussian(np.zeros(3), np.eye(3)), np.zeros(3), np.eye(3), walkers=6)
+    with pytest.raises(ValueError, match="steps=3 is not allowed: >= 4"):
+        ensemble_law(_gaussian(np.zeros(3), np.eye(3)), np.zeros(3), np.eye(3), walkers=8, steps=3)
+    with pytest.raises(ValueError, match="burn_temperature=0.5 is not allowed: >= 1"):
+        ensemble_law(_gaussian(np.zeros(3), np.eye(3)), np.zeros(3), np.eye(3), walkers=8,
+                     burn_temperature=0.5)

@@ -278,6 +278,10 @@ def test_settings_validate():
         ExactSettings(finite="sometimes")
     with pytest.raises(ValueError, match="ExactSettings.rho_prior"):
         ExactSettings(rho_prior=(0.1, 0.01))
+    with pytest.raises(ValueError, match=r"ExactSettings.finite_walkers=15 .*even and >= 16"):
+        ExactSettings(finite_walkers=15)
+    with pytest.raises(ValueError, match=r"ExactSettings.finite_steps=2 .*>= 4"):
+        ExactSettings(finite_steps=2)
 
 
 def test_robust_fit_ignores_a_few_spikes():
